@@ -1,0 +1,43 @@
+"""Connections to the ledger database, configured so that money never passes through float.
+
+JSON and JSONB values (for example ``billing.summary``) are parsed with ``parse_float=Decimal``;
+``numeric`` columns already arrive as ``Decimal``. Use ``connect`` for a single connection and
+``make_pool`` for the gateway's pool; both apply the same configuration.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from functools import partial
+from typing import Any
+
+import psycopg
+from psycopg.types.json import set_json_loads
+from psycopg_pool import ConnectionPool
+
+_loads = partial(json.loads, parse_float=Decimal)
+
+
+def configure(conn: psycopg.Connection[Any]) -> None:
+    """Make a connection parse JSON numbers as Decimal."""
+    set_json_loads(_loads, conn)
+
+
+def connect(url: str, *, autocommit: bool = True, **kwargs: Any) -> psycopg.Connection[Any]:
+    """A configured connection. Autocommit by default: each billing function is its own transaction."""
+    conn = psycopg.connect(url, autocommit=autocommit, **kwargs)
+    configure(conn)
+    return conn
+
+
+def make_pool(
+    url: str, *, min_size: int = 1, max_size: int = 10, open: bool = True
+) -> ConnectionPool[psycopg.Connection[Any]]:
+    """A connection pool whose connections are configured like ``connect``'s (autocommit)."""
+
+    def _configure(conn: psycopg.Connection[Any]) -> None:
+        conn.autocommit = True
+        configure(conn)
+
+    return ConnectionPool(url, min_size=min_size, max_size=max_size, configure=_configure, open=open)

@@ -1,0 +1,481 @@
+"""Thin, typed wrappers over the billing SQL API (db/functions): one call each, no logic of their own.
+
+Every wrapper runs one named query from ``queries.sql`` on the connection it is given (inside the
+caller's transaction when one is open; its own when the connection is in autocommit mode), maps the
+row into a frozen dataclass, and turns refusals into ``api.errors.BillingError`` subclasses. Money is
+``Decimal`` in and out; floats are refused before they reach the database.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any, TypeVar
+
+import psycopg
+from psycopg.rows import class_row, dict_row
+from psycopg.types.json import Jsonb
+
+from api.errors import translate_errors
+from api.queries import QUERIES
+
+Row = TypeVar("Row")
+Money = Decimal | int
+
+
+@dataclass(frozen=True)
+class BalanceCheck:
+    sufficient: bool
+    balance_usd: Decimal
+    held_usd: Decimal
+    available_usd: Decimal
+    shortfall_usd: Decimal
+
+
+@dataclass(frozen=True)
+class LimitCheck:
+    allowed: bool
+    limit_type: str
+    spent_usd: Decimal
+    held_usd: Decimal
+    limit_usd: Decimal
+    remaining_usd: Decimal
+    resets_at: dt.datetime
+    override: bool
+
+
+@dataclass(frozen=True)
+class Reservation:
+    reservation_id: int | None
+    request_id: str
+    status: str
+    amount_usd: Decimal
+    expires_at: dt.datetime | None
+    available_usd: Decimal
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class Settlement:
+    transaction_id: int | None
+    request_id: str
+    status: str
+    charged_usd: Decimal
+    released_usd: Decimal
+    balance_after_usd: Decimal
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class Release:
+    request_id: str
+    status: str
+    released_usd: Decimal
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class Charge:
+    transaction_id: int | None
+    request_id: str
+    status: str
+    amount_usd: Decimal
+    balance_before_usd: Decimal
+    balance_after_usd: Decimal
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class TopUp:
+    transaction_id: int
+    amount_usd: Decimal
+    amount_uah: Decimal | None
+    currency: str
+    exchange_rate: Decimal | None
+    balance_before_usd: Decimal
+    balance_after_usd: Decimal
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class Refund:
+    transaction_id: int
+    refund_of: int
+    amount_usd: Decimal
+    balance_before_usd: Decimal
+    balance_after_usd: Decimal
+    refunded_total_usd: Decimal
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class Adjustment:
+    transaction_id: int
+    amount_usd: Decimal
+    balance_before_usd: Decimal
+    balance_after_usd: Decimal
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class Settings:
+    user_id: uuid.UUID
+    daily_limit_usd: Decimal
+    monthly_limit_usd: Decimal
+    is_active: bool
+    billing_enabled: bool
+    limit_override: bool
+
+
+@dataclass(frozen=True)
+class Transaction:
+    id: int
+    user_id: uuid.UUID
+    type: str
+    currency: str
+    amount_usd: Decimal
+    amount_uah: Decimal | None
+    exchange_rate: Decimal | None
+    balance_before_usd: Decimal
+    balance_after_usd: Decimal
+    request_id: str | None
+    payment_provider: str | None
+    payment_id: str | None
+    refund_of: int | None
+    actor: str | None
+    description: str | None
+    metadata: dict[str, Any]
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class TrackedRequest:
+    tracking_id: int
+    request_id: str
+    status: str
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class Completion:
+    request_id: str
+    status: str
+    price_usd: Decimal | None
+    transaction_id: int | None
+    billed: bool
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class Violation:
+    invariant: str
+    user_id: uuid.UUID | None
+    transaction_id: int | None
+    detail: str
+
+
+@dataclass(frozen=True)
+class ExchangeRate:
+    id: int
+    currency: str
+    per_usd: Decimal
+    valid_from: dt.datetime
+
+
+@dataclass(frozen=True)
+class ToolPricing:
+    tool_name: str
+    base_price_usd: Decimal
+    markup_percent: Decimal
+    estimate_usd: Decimal | None
+    variable_cost: bool
+    description: str | None
+    updated_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class Configuration:
+    time_zone: str
+    hold_ttl: dt.timedelta
+
+
+def _money(value: Money | None, field: str) -> Decimal | None:
+    """Decimal (or int) through; float refused here, before binary noise can become money."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, Decimal | int):
+        raise TypeError(f"{field} must be a Decimal, not {type(value).__name__}")
+    return Decimal(value)
+
+
+def _rows(conn: psycopg.Connection[Any], query: str, params: dict[str, Any], row_type: type[Row]) -> list[Row]:
+    with translate_errors(), conn.cursor(row_factory=class_row(row_type)) as cur:
+        cur.execute(QUERIES[query], params)
+        return cur.fetchall()
+
+
+def _one(conn: psycopg.Connection[Any], query: str, params: dict[str, Any], row_type: type[Row]) -> Row:
+    rows = _rows(conn, query, params, row_type)
+    if len(rows) != 1:
+        raise RuntimeError(f"billing query {query} returned {len(rows)} rows, expected 1")
+    return rows[0]
+
+
+def _value(conn: psycopg.Connection[Any], query: str, params: dict[str, Any]) -> Any:
+    with translate_errors(), conn.cursor(row_factory=dict_row) as cur:
+        cur.execute(QUERIES[query], params)
+        row = cur.fetchone()
+    assert row is not None
+    return next(iter(row.values()))
+
+
+def ensure_account(
+    conn: psycopg.Connection[Any], external_id: str, email: str | None = None, name: str | None = None
+) -> uuid.UUID:
+    result: uuid.UUID = _value(conn, "ensure_account", {"external_id": external_id, "email": email, "name": name})
+    return result
+
+
+def check_balance(conn: psycopg.Connection[Any], user_id: uuid.UUID, cost_usd: Money) -> BalanceCheck:
+    params = {"user_id": user_id, "cost_usd": _money(cost_usd, "cost_usd")}
+    return _one(conn, "check_balance", params, BalanceCheck)
+
+
+def check_limits(conn: psycopg.Connection[Any], user_id: uuid.UUID, cost_usd: Money) -> LimitCheck:
+    params = {"user_id": user_id, "cost_usd": _money(cost_usd, "cost_usd")}
+    return _one(conn, "check_limits", params, LimitCheck)
+
+
+def reserve(
+    conn: psycopg.Connection[Any],
+    user_id: uuid.UUID,
+    request_id: str,
+    amount_usd: Money,
+    ttl: dt.timedelta | None = None,
+) -> Reservation:
+    params = {"user_id": user_id, "request_id": request_id, "amount_usd": _money(amount_usd, "amount_usd"), "ttl": ttl}
+    return _one(conn, "reserve", params, Reservation)
+
+
+def settle(
+    conn: psycopg.Connection[Any],
+    request_id: str,
+    actual_usd: Money,
+    description: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Settlement:
+    params = {
+        "request_id": request_id,
+        "actual_usd": _money(actual_usd, "actual_usd"),
+        "description": description,
+        "metadata": None if metadata is None else Jsonb(metadata),
+    }
+    return _one(conn, "settle", params, Settlement)
+
+
+def release(conn: psycopg.Connection[Any], request_id: str) -> Release:
+    return _one(conn, "release", {"request_id": request_id}, Release)
+
+
+def charge(
+    conn: psycopg.Connection[Any],
+    user_id: uuid.UUID,
+    request_id: str,
+    amount_usd: Money,
+    description: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Charge:
+    params = {
+        "user_id": user_id,
+        "request_id": request_id,
+        "amount_usd": _money(amount_usd, "amount_usd"),
+        "description": description,
+        "metadata": None if metadata is None else Jsonb(metadata),
+    }
+    return _one(conn, "charge", params, Charge)
+
+
+def top_up(
+    conn: psycopg.Connection[Any],
+    user_id: uuid.UUID,
+    amount: Money,
+    provider: str,
+    payment_id: str,
+    currency: str = "USD",
+    description: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> TopUp:
+    params = {
+        "user_id": user_id,
+        "amount": _money(amount, "amount"),
+        "provider": provider,
+        "payment_id": payment_id,
+        "currency": currency,
+        "description": description,
+        "metadata": None if metadata is None else Jsonb(metadata),
+    }
+    return _one(conn, "top_up", params, TopUp)
+
+
+def refund(
+    conn: psycopg.Connection[Any], transaction_id: int, amount_usd: Money, reason: str, idempotency_key: str
+) -> Refund:
+    params = {
+        "transaction_id": transaction_id,
+        "amount_usd": _money(amount_usd, "amount_usd"),
+        "reason": reason,
+        "idempotency_key": idempotency_key,
+    }
+    return _one(conn, "refund", params, Refund)
+
+
+def adjust(
+    conn: psycopg.Connection[Any], user_id: uuid.UUID, amount_usd: Money, reason: str, actor: str, idempotency_key: str
+) -> Adjustment:
+    params = {
+        "user_id": user_id,
+        "amount_usd": _money(amount_usd, "amount_usd"),
+        "reason": reason,
+        "actor": actor,
+        "idempotency_key": idempotency_key,
+    }
+    return _one(conn, "adjust", params, Adjustment)
+
+
+def update_settings(
+    conn: psycopg.Connection[Any],
+    user_id: uuid.UUID,
+    *,
+    daily_limit_usd: Money | None = None,
+    monthly_limit_usd: Money | None = None,
+    is_active: bool | None = None,
+    billing_enabled: bool | None = None,
+    limit_override: bool | None = None,
+) -> Settings:
+    params = {
+        "user_id": user_id,
+        "daily_limit_usd": _money(daily_limit_usd, "daily_limit_usd"),
+        "monthly_limit_usd": _money(monthly_limit_usd, "monthly_limit_usd"),
+        "is_active": is_active,
+        "billing_enabled": billing_enabled,
+        "limit_override": limit_override,
+    }
+    return _one(conn, "update_settings", params, Settings)
+
+
+def summary(conn: psycopg.Connection[Any], user_id: uuid.UUID) -> dict[str, Any]:
+    """The summary JSON with every number as Decimal (the connection must come from ``api.db``)."""
+    result: dict[str, Any] = _value(conn, "summary", {"user_id": user_id})
+    return result
+
+
+def history(
+    conn: psycopg.Connection[Any],
+    user_id: uuid.UUID,
+    *,
+    type: str | None = None,
+    from_: dt.datetime | None = None,
+    to: dt.datetime | None = None,
+    limit: int = 50,
+    offset: int = 0,
+    before_id: int | None = None,
+) -> list[Transaction]:
+    params = {
+        "user_id": user_id,
+        "type": type,
+        "from": from_,
+        "to": to,
+        "limit": limit,
+        "offset": offset,
+        "before_id": before_id,
+    }
+    return _rows(conn, "history", params, Transaction)
+
+
+def start_request(
+    conn: psycopg.Connection[Any],
+    request_id: str,
+    tool_name: str,
+    user_id: uuid.UUID | None = None,
+    client_key: str | None = None,
+) -> TrackedRequest:
+    params = {"request_id": request_id, "tool_name": tool_name, "user_id": user_id, "client_key": client_key}
+    return _one(conn, "start_request", params, TrackedRequest)
+
+
+def complete_request(
+    conn: psycopg.Connection[Any],
+    request_id: str,
+    success: bool,
+    total_cost_usd: Money = 0,
+    *,
+    cost_breakdown: list[Any] | dict[str, Any] | None = None,
+    execution_time_ms: int | None = None,
+    error: str | None = None,
+    price_usd: Money | None = None,
+    description: str | None = None,
+) -> Completion:
+    params = {
+        "request_id": request_id,
+        "success": success,
+        "total_cost_usd": _money(total_cost_usd, "total_cost_usd"),
+        "cost_breakdown": None if cost_breakdown is None else Jsonb(cost_breakdown),
+        "execution_time_ms": execution_time_ms,
+        "error": error,
+        "price_usd": _money(price_usd, "price_usd"),
+        "description": description,
+    }
+    return _one(conn, "complete_request", params, Completion)
+
+
+def verify_ledger(conn: psycopg.Connection[Any]) -> list[Violation]:
+    return _rows(conn, "verify_ledger", {}, Violation)
+
+
+def reap_expired_holds(conn: psycopg.Connection[Any], max_accounts: int = 1000) -> int:
+    result: int = _value(conn, "reap_expired_holds", {"max_accounts": max_accounts})
+    return result
+
+
+def set_exchange_rate(
+    conn: psycopg.Connection[Any], per_usd: Money, currency: str = "UAH", valid_from: dt.datetime | None = None
+) -> ExchangeRate:
+    params = {"currency": currency, "per_usd": _money(per_usd, "per_usd"), "valid_from": valid_from}
+    return _one(conn, "set_exchange_rate", params, ExchangeRate)
+
+
+def set_tool_pricing(
+    conn: psycopg.Connection[Any],
+    tool_name: str,
+    base_price_usd: Money,
+    markup_percent: Money = 0,
+    estimate_usd: Money | None = None,
+    variable_cost: bool = False,
+    description: str | None = None,
+) -> ToolPricing:
+    params = {
+        "tool_name": tool_name,
+        "base_price_usd": _money(base_price_usd, "base_price_usd"),
+        "markup_percent": _money(markup_percent, "markup_percent"),
+        "estimate_usd": _money(estimate_usd, "estimate_usd"),
+        "variable_cost": variable_cost,
+        "description": description,
+    }
+    return _one(conn, "set_tool_pricing", params, ToolPricing)
+
+
+def list_tool_pricing(conn: psycopg.Connection[Any]) -> list[ToolPricing]:
+    return _rows(conn, "list_tool_pricing", {}, ToolPricing)
+
+
+def tool_price(conn: psycopg.Connection[Any], tool_name: str, cost_usd: Money = 0) -> Decimal:
+    result: Decimal = _value(conn, "tool_price", {"tool_name": tool_name, "cost_usd": _money(cost_usd, "cost_usd")})
+    return result
+
+
+def configure(
+    conn: psycopg.Connection[Any], time_zone: str | None = None, hold_ttl: dt.timedelta | None = None
+) -> Configuration:
+    return _one(conn, "configure", {"time_zone": time_zone, "hold_ttl": hold_ttl}, Configuration)

@@ -1,0 +1,95 @@
+-- Every SQL statement the Python package runs against the ledger, by name. Each block is a
+-- `-- name --` header, a one-line comment, and one statement with %(param)s placeholders.
+-- Application code only ever calls billing.* functions (DESIGN §1: money moves only in PL/pgSQL).
+
+-- ensure_account --
+-- The user id for an external subject, creating the account on first sight.
+SELECT billing.ensure_account(%(external_id)s, %(email)s, %(name)s) AS user_id;
+
+-- check_balance --
+-- Whether the available balance covers a cost.
+SELECT * FROM billing.check_balance(%(user_id)s, %(cost_usd)s);
+
+-- check_limits --
+-- Whether a cost fits the daily and monthly limits.
+SELECT * FROM billing.check_limits(%(user_id)s, %(cost_usd)s);
+
+-- reserve --
+-- Hold an estimate before a tool runs.
+SELECT * FROM billing.reserve(%(user_id)s, %(request_id)s, %(amount_usd)s, %(ttl)s);
+
+-- settle --
+-- Turn a hold into a charge of the actual price.
+SELECT * FROM billing.settle(%(request_id)s, %(actual_usd)s, %(description)s, %(metadata)s);
+
+-- release --
+-- Drop a hold.
+SELECT * FROM billing.release(%(request_id)s);
+
+-- charge --
+-- Charge without a hold.
+SELECT * FROM billing.charge(%(user_id)s, %(request_id)s, %(amount_usd)s, %(description)s, %(metadata)s);
+
+-- top_up --
+-- Credit a confirmed payment, once per (provider, payment_id).
+SELECT * FROM billing.top_up(%(user_id)s, %(amount)s, %(provider)s, %(payment_id)s, %(currency)s,
+                             %(description)s, %(metadata)s);
+
+-- refund --
+-- Give back part or all of a charge.
+SELECT * FROM billing.refund(%(transaction_id)s, %(amount_usd)s, %(reason)s, %(idempotency_key)s);
+
+-- adjust --
+-- Administrative signed correction.
+SELECT * FROM billing.adjust(%(user_id)s, %(amount_usd)s, %(reason)s, %(actor)s, %(idempotency_key)s);
+
+-- update_settings --
+-- Change limits and flags (NULL keeps a setting).
+SELECT * FROM billing.update_settings(%(user_id)s, %(daily_limit_usd)s, %(monthly_limit_usd)s, %(is_active)s,
+                                      %(billing_enabled)s, %(limit_override)s);
+
+-- summary --
+-- The original system's billing summary, as JSON.
+SELECT billing.summary(%(user_id)s) AS summary;
+
+-- history --
+-- A page of the user's transactions, newest first.
+SELECT * FROM billing.history(%(user_id)s, %(type)s, %(from)s, %(to)s, %(limit)s, %(offset)s, %(before_id)s);
+
+-- start_request --
+-- Open the cost-tracking record of a tool call.
+SELECT * FROM billing.start_request(%(request_id)s, %(tool_name)s, %(user_id)s, %(client_key)s);
+
+-- complete_request --
+-- Close a tool call's record and bill it in the same transaction.
+SELECT * FROM billing.complete_request(%(request_id)s, %(success)s, %(total_cost_usd)s, %(cost_breakdown)s,
+                                       %(execution_time_ms)s, %(error)s, %(price_usd)s, %(description)s);
+
+-- verify_ledger --
+-- Every row that breaks a ledger invariant.
+SELECT * FROM billing.verify_ledger();
+
+-- reap_expired_holds --
+-- Expire lapsed holds (operator sweep).
+SELECT billing.reap_expired_holds(%(max_accounts)s) AS reaped;
+
+-- set_exchange_rate --
+-- Record a UAH/USD rate.
+SELECT * FROM billing.set_exchange_rate(%(currency)s, %(per_usd)s, %(valid_from)s);
+
+-- set_tool_pricing --
+-- Create or replace a tool's price.
+SELECT * FROM billing.set_tool_pricing(%(tool_name)s, %(base_price_usd)s, %(markup_percent)s, %(estimate_usd)s,
+                                       %(variable_cost)s, %(description)s);
+
+-- list_tool_pricing --
+-- Every priced tool.
+SELECT * FROM billing.list_tool_pricing();
+
+-- tool_price --
+-- The price of one call given its metered cost.
+SELECT billing.tool_price(%(tool_name)s, %(cost_usd)s) AS price_usd;
+
+-- configure --
+-- Set the time zone of the spend windows and the default hold lifetime.
+SELECT * FROM billing.configure(%(time_zone)s, %(hold_ttl)s);

@@ -1,0 +1,62 @@
+-- billing._load_account(user_id, now, time_zone, for_update) -> billing.user_billing
+-- Returns the user's user_billing row brought up to date in memory: the day and month counters roll
+-- over lazily when `now` (in the configured time zone) is past the window they belong to, and holds
+-- that have expired stop counting.
+-- With for_update (every money-moving function), the row is locked (SELECT ... FOR UPDATE) for the
+-- rest of the transaction, so all work on one account is serialised, and expired holds are reaped:
+-- their reservations marked 'expired' and held_usd written down at once. The caller changes the
+-- returned row and writes it back with billing._save_account.
+-- Without for_update (read-only answers), nothing is locked or written.
+-- Locks: user_billing row of the user and the reservations it reaps (for_update only).
+-- Errors: BL007 unknown_user.
+CREATE OR REPLACE FUNCTION billing._load_account(
+    p_user_id uuid, p_now timestamptz, p_time_zone text, p_for_update boolean DEFAULT true)
+RETURNS billing.user_billing
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    v_account billing.user_billing;
+    v_today   date := (p_now AT TIME ZONE p_time_zone)::date;
+    v_expired numeric;
+BEGIN
+    IF p_for_update THEN
+        SELECT * INTO v_account FROM billing.user_billing WHERE user_id = p_user_id FOR UPDATE;
+    ELSE
+        SELECT * INTO v_account FROM billing.user_billing WHERE user_id = p_user_id;
+    END IF;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'Unknown user: no billing account for user id %.', coalesce(p_user_id::text, 'NULL')
+            USING ERRCODE = 'BL007',
+                  DETAIL = jsonb_build_object('user_id', p_user_id)::text,
+                  HINT = 'Create the account first with billing.ensure_account(external_id).';
+    END IF;
+    IF v_account.day_start IS DISTINCT FROM v_today THEN
+        v_account.day_spent_usd := 0;
+        v_account.day_start := v_today;
+    END IF;
+    IF v_account.month_start IS DISTINCT FROM date_trunc('month', v_today)::date THEN
+        v_account.month_spent_usd := 0;
+        v_account.month_start := date_trunc('month', v_today)::date;
+    END IF;
+    IF v_account.held_usd > 0 THEN
+        IF p_for_update THEN
+            WITH expired AS (
+                UPDATE billing.reservations
+                   SET status = 'expired', resolved_at = p_now
+                 WHERE user_id = p_user_id AND status = 'held' AND expires_at <= p_now
+                RETURNING amount_usd
+            )
+            SELECT coalesce(sum(amount_usd), 0) INTO v_expired FROM expired;
+            IF v_expired > 0 THEN
+                UPDATE billing.user_billing SET held_usd = held_usd - v_expired WHERE user_id = p_user_id;
+            END IF;
+        ELSE
+            SELECT coalesce(sum(amount_usd), 0) INTO v_expired
+              FROM billing.reservations
+             WHERE user_id = p_user_id AND status = 'held' AND expires_at <= p_now;
+        END IF;
+        v_account.held_usd := v_account.held_usd - v_expired;
+    END IF;
+    RETURN v_account;
+END;
+$$;

@@ -1,0 +1,9 @@
+-- billing.list_tool_pricing() -> setof billing.tool_pricing
+-- Every priced tool, by name (the table itself is private to the application role).
+-- Locks: none.  Errors: none.
+CREATE OR REPLACE FUNCTION billing.list_tool_pricing()
+RETURNS SETOF billing.tool_pricing
+LANGUAGE sql STABLE
+SECURITY DEFINER
+SET search_path = billing, pg_temp
+AS $$ SELECT * FROM billing.tool_pricing ORDER BY tool_name $$;

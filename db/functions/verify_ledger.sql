@@ -1,0 +1,123 @@
+-- billing.verify_ledger() -> setof (invariant, user_id, transaction_id, detail)
+-- Every row that breaks an invariant of DESIGN §3; empty when all is well:
+--  balance           balance_usd / balance_uah equal the signed sum of the user's ledger rows
+--  chain             each row's balance_before_usd equals the previous row's balance_after_usd (the
+--                    first row starts from 0) and versions run 1, 2, 3, ... without gaps
+--  version           user_billing.version equals the newest ledger version
+--  totals            total_spent_usd/_uah and total_requests equal what the charges add up to
+--  day_window        day_spent_usd equals the charges in the day window it belongs to (configured
+--                    time zone); month_window likewise for month_spent_usd
+--  holds             held_usd equals the sum of the user's open ('held') reservations
+--  refunds           refunds of a charge add up to no more than the charge
+--  settlement        a settled reservation's transaction is the charge of the same request and user
+--  tracking          a billed tool call's transaction is the charge of the same request and user
+-- It reads the whole ledger: run it from operations or tests, not on the request path.
+-- Locks: none (reads one snapshot).  Errors: none.
+CREATE OR REPLACE FUNCTION billing.verify_ledger()
+RETURNS TABLE (invariant text, user_id uuid, transaction_id bigint, detail text)
+LANGUAGE sql STABLE
+SECURITY DEFINER
+SET search_path = billing, pg_temp
+AS $$
+    WITH cfg AS (
+        SELECT time_zone FROM billing.config
+    ), sums AS (
+        SELECT t.user_id,
+               sum(t.amount_usd) AS usd,
+               sum(coalesce(t.amount_uah, 0)) AS uah,
+               max(t.version) AS version,
+               coalesce(sum(-t.amount_usd) FILTER (WHERE t.type = 'charge'), 0) AS spent_usd,
+               coalesce(sum(-coalesce(t.amount_uah, 0)) FILTER (WHERE t.type = 'charge'), 0) AS spent_uah,
+               count(*) FILTER (WHERE t.type = 'charge') AS charges
+          FROM billing.billing_transactions t
+         GROUP BY t.user_id
+    ), accounts AS (
+        SELECT b.*, coalesce(s.usd, 0) AS l_usd, coalesce(s.uah, 0) AS l_uah, coalesce(s.version, 0) AS l_version,
+               coalesce(s.spent_usd, 0) AS l_spent_usd, coalesce(s.spent_uah, 0) AS l_spent_uah,
+               coalesce(s.charges, 0) AS l_charges
+          FROM billing.user_billing b LEFT JOIN sums s ON s.user_id = b.user_id
+    ), chained AS (
+        SELECT t.id, t.user_id, t.version, t.balance_before_usd,
+               coalesce(lag(t.balance_after_usd) OVER w, 0) AS previous_after,
+               row_number() OVER w AS expected_version
+          FROM billing.billing_transactions t
+        WINDOW w AS (PARTITION BY t.user_id ORDER BY t.version)
+    )
+    SELECT 'balance', a.user_id, NULL::bigint,
+           format('balance_usd is %s but the ledger sums to %s', a.balance_usd, a.l_usd)
+      FROM accounts a WHERE a.balance_usd <> a.l_usd
+    UNION ALL
+    SELECT 'balance', a.user_id, NULL,
+           format('balance_uah is %s but the ledger sums to %s', a.balance_uah, a.l_uah)
+      FROM accounts a WHERE a.balance_uah <> a.l_uah
+    UNION ALL
+    SELECT 'chain', c.user_id, c.id,
+           format('balance_before_usd %s does not follow the previous balance_after_usd %s',
+                  c.balance_before_usd, c.previous_after)
+      FROM chained c WHERE c.balance_before_usd <> c.previous_after
+    UNION ALL
+    SELECT 'chain', c.user_id, c.id, format('version %s where %s was expected', c.version, c.expected_version)
+      FROM chained c WHERE c.version <> c.expected_version
+    UNION ALL
+    SELECT 'version', a.user_id, NULL,
+           format('account version %s but the newest ledger version is %s', a.version, a.l_version)
+      FROM accounts a WHERE a.version <> a.l_version
+    UNION ALL
+    SELECT 'totals', a.user_id, NULL,
+           format('total_spent_usd %s / total_spent_uah %s / total_requests %s but the charges add up to %s / %s / %s',
+                  a.total_spent_usd, a.total_spent_uah, a.total_requests, a.l_spent_usd, a.l_spent_uah, a.l_charges)
+      FROM accounts a
+     WHERE a.total_spent_usd <> a.l_spent_usd OR a.total_spent_uah <> a.l_spent_uah
+        OR a.total_requests <> a.l_charges
+    UNION ALL
+    SELECT 'day_window', a.user_id, NULL,
+           format('day_spent_usd %s for %s but that day''s charges add up to %s', a.day_spent_usd, a.day_start, w.spent)
+      FROM accounts a, cfg
+     CROSS JOIN LATERAL (
+        SELECT coalesce(sum(-t.amount_usd), 0) AS spent
+          FROM billing.billing_transactions t
+         WHERE t.user_id = a.user_id AND t.type = 'charge'
+           AND t.created_at >= a.day_start::timestamp AT TIME ZONE cfg.time_zone
+           AND t.created_at < (a.day_start + 1)::timestamp AT TIME ZONE cfg.time_zone) w
+     WHERE a.day_start IS NOT NULL AND a.day_spent_usd <> w.spent
+    UNION ALL
+    SELECT 'month_window', a.user_id, NULL,
+           format('month_spent_usd %s for %s but that month''s charges add up to %s',
+                  a.month_spent_usd, a.month_start, w.spent)
+      FROM accounts a, cfg
+     CROSS JOIN LATERAL (
+        SELECT coalesce(sum(-t.amount_usd), 0) AS spent
+          FROM billing.billing_transactions t
+         WHERE t.user_id = a.user_id AND t.type = 'charge'
+           AND t.created_at >= a.month_start::timestamp AT TIME ZONE cfg.time_zone
+           AND t.created_at < (a.month_start + interval '1 month')::timestamp AT TIME ZONE cfg.time_zone) w
+     WHERE a.month_start IS NOT NULL AND a.month_spent_usd <> w.spent
+    UNION ALL
+    SELECT 'holds', a.user_id, NULL,
+           format('held_usd %s but open holds add up to %s', a.held_usd, coalesce(h.held, 0))
+      FROM accounts a
+      LEFT JOIN (SELECT r.user_id, sum(r.amount_usd) AS held FROM billing.reservations r
+                  WHERE r.status = 'held' GROUP BY r.user_id) h ON h.user_id = a.user_id
+     WHERE a.held_usd <> coalesce(h.held, 0)
+    UNION ALL
+    SELECT 'refunds', c.user_id, c.id,
+           format('charge of %s refunded %s in total', -c.amount_usd, r.refunded)
+      FROM billing.billing_transactions c
+      JOIN (SELECT t.refund_of, sum(t.amount_usd) AS refunded FROM billing.billing_transactions t
+             WHERE t.type = 'refund' GROUP BY t.refund_of) r ON r.refund_of = c.id
+     WHERE c.type <> 'charge' OR r.refunded > -c.amount_usd
+    UNION ALL
+    SELECT 'settlement', r.user_id, r.transaction_id,
+           format('reservation %s (%s) points at a transaction that is not its charge', r.request_id, r.status)
+      FROM billing.reservations r
+      LEFT JOIN billing.billing_transactions t ON t.id = r.transaction_id
+     WHERE r.transaction_id IS NOT NULL
+       AND (r.status <> 'settled' OR t.type <> 'charge' OR t.request_id <> r.request_id OR t.user_id <> r.user_id)
+    UNION ALL
+    SELECT 'tracking', ct.user_id, ct.transaction_id,
+           format('tool call %s points at a transaction that is not its charge', ct.request_id)
+      FROM billing.cost_tracking ct
+      LEFT JOIN billing.billing_transactions t ON t.id = ct.transaction_id
+     WHERE ct.transaction_id IS NOT NULL
+       AND (t.type <> 'charge' OR t.request_id <> ct.request_id OR t.user_id IS DISTINCT FROM ct.user_id)
+$$;
