@@ -93,3 +93,7 @@ SELECT billing.tool_price(%(tool_name)s, %(cost_usd)s) AS price_usd;
 -- configure --
 -- Set the time zone of the spend windows and the default hold lifetime.
 SELECT * FROM billing.configure(%(time_zone)s, %(hold_ttl)s);
+
+-- user_by_external_id --
+-- An operator lookup (CLI): the summary row of the user with that external subject, if any.
+SELECT * FROM billing.user_billing_summary WHERE external_id = %(external_id)s;

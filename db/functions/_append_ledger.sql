@@ -6,7 +6,8 @@
 -- one top-up per payment, one refund/adjustment per key) already holds another user's row: the caller
 -- has already looked for its own replay, so NULL means a conflict.
 -- The caller must then apply the row to its in-memory account with billing._account_after.
--- Locks: none beyond the caller's.  Errors: none of its own.
+-- Locks: none beyond the caller's.
+-- Errors: BL006 invalid_amount when the balance would leave the range of numeric(20,8) (|balance| >= 1e12).
 CREATE OR REPLACE FUNCTION billing._append_ledger(
     p_account     billing.user_billing,
     p_now         timestamptz,
@@ -31,6 +32,12 @@ DECLARE
     v_uah  numeric := p_amount_uah;
     v_row  billing.billing_transactions;
 BEGIN
+    IF abs(p_account.balance_usd + p_amount_usd) >= 1e12 THEN
+        RAISE EXCEPTION 'Invalid amount: the balance would become % USD, beyond the largest balance kept (1000000000000).',
+                p_account.balance_usd + p_amount_usd
+            USING ERRCODE = 'BL006',
+                  DETAIL = jsonb_build_object('balance_usd', p_account.balance_usd, 'amount_usd', p_amount_usd)::text;
+    END IF;
     IF v_uah IS NULL THEN
         SELECT per_usd INTO v_rate
           FROM billing.exchange_rates

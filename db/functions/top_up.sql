@@ -54,7 +54,7 @@ BEGIN
                       HINT = 'Set one with billing.set_exchange_rate(''UAH'', per_usd).';
         END IF;
         v_uah := p_amount;
-        v_usd := round(p_amount / v_rate, 8);
+        v_usd := billing._check_usd(round(p_amount / v_rate, 8), 'amount converted to USD');
     ELSE
         v_usd := p_amount;
     END IF;

@@ -1,0 +1,21 @@
+# The Tollgate gateway. It needs a PostgreSQL given by TOLLGATE_DATABASE_URL (see docker-compose.yml);
+# the embedded server of a developer checkout is not meant for containers.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    TOLLGATE_DB_DIR=/app/db \
+    TOLLGATE_DATA_DIR=/var/lib/tollgate
+
+WORKDIR /app
+COPY . .
+RUN pip install . \
+    && useradd --system --home-dir /var/lib/tollgate --create-home tollgate
+
+USER tollgate
+EXPOSE 8000
+# A plain command, no wrapper: tollgate is PID 1 and gets docker's SIGTERM itself. Other commands
+# run the same way: `docker compose run --rm gateway tollgate migrate status`.
+CMD ["tollgate", "run"]

@@ -1,0 +1,1 @@
+"""Tollgate: a prepaid, usage-based billing gateway whose ledger lives in PostgreSQL."""

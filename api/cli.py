@@ -1,0 +1,378 @@
+"""The `tollgate` command line: run the gateway, migrate the ledger, manage the embedded server.
+
+Adding a command takes two pieces: a `cmd_<name>(args, settings) -> int` function, and a block
+in `build_parser` that adds its parser and sets `handler=cmd_<name>`. Expected failures (bad
+settings, an unreachable database, a migration that fails) print one line to stderr and exit
+with status 2; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import threading
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from decimal import Decimal, InvalidOperation
+from types import FrameType
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import psycopg.conninfo
+from psycopg.rows import dict_row
+
+from api import db, embedded, ledger, migrate
+from api.config import Settings, load_settings
+from api.errors import BillingError
+from api.queries import QUERIES
+
+EXIT_ERROR = 2
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+class UsageError(Exception):
+    """A command was asked for something that does not apply to this configuration."""
+
+
+# Failures a user can cause and fix; they get a one-line message instead of a traceback.
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
+    UsageError,
+    ValueError,
+    migrate.MigrationError,
+    embedded.EmbeddedServerError,
+    psycopg.Error,
+    BillingError,
+)
+
+
+def redact(url: str) -> str:
+    """`url` with its password, if any, replaced by ***, for printing."""
+    if "password" not in psycopg.conninfo.conninfo_to_dict(url):
+        return url
+    parts = urlsplit(url)
+    if parts.scheme in ("postgres", "postgresql") and parts.password is not None:
+        userinfo, _, hostinfo = parts.netloc.rpartition("@")
+        user = userinfo.partition(":")[0]
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{hostinfo}"))
+    return psycopg.conninfo.make_conninfo(url, password="***")  # noqa: S106 - a mask, not a secret
+
+
+def _require_embedded(settings: Settings, action: str) -> None:
+    if settings.database_url is not None:
+        raise UsageError(f"TOLLGATE_DATABASE_URL is set, so there is no embedded server to {action}")
+
+
+# --- tollgate migrate ---------------------------------------------------------------------------
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    url = embedded.database_url(settings)
+    if args.action == "status":
+        for migration_id, applied in migrate.status(url, settings.db_dir):
+            print(f"{'applied' if applied else 'pending'}  {migration_id}")
+    elif args.action == "down":
+        rolled_back = migrate.downgrade(url, settings.db_dir, args.to)
+        for migration_id in rolled_back:
+            print(f"rolled back {migration_id}")
+        if not rolled_back:
+            print("nothing to roll back")
+    else:
+        for migration_id in migrate.upgrade(url, settings.db_dir):
+            print(f"applied {migration_id}")
+        print("functions, views and grants re-applied")
+    return 0
+
+
+# --- tollgate db --------------------------------------------------------------------------------
+
+
+def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action == "url":
+        print(embedded.database_url(settings))
+    elif args.action == "psql":
+        psql = str(embedded.psql_path())
+        url = embedded.database_url(settings)
+        sys.stdout.flush()
+        # exec, not a child process: psql must own the terminal and its Ctrl-C (query cancel).
+        os.execv(psql, [psql, url, *args.passthrough])  # noqa: S606 - argv list, no shell
+    elif args.action == "start":
+        _require_embedded(settings, "start")
+        print(embedded.database_url(settings))
+    elif args.action == "stop":
+        _require_embedded(settings, "stop")
+        print("stopped" if embedded.stop(settings) else "not running")
+    else:
+        _require_embedded(settings, "inspect")
+        running = embedded.status(settings)
+        print(f"running: {running}" if running else "not running")
+        return 0 if running else 1
+    return 0
+
+
+# --- tollgate run -------------------------------------------------------------------------------
+
+
+def wait_for_shutdown() -> str:
+    """Block until SIGINT or SIGTERM arrives; return the signal's name."""
+    received: list[int] = []
+    arrived = threading.Event()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        received.append(signum)
+        arrived.set()
+
+    watched = (signal.SIGINT, signal.SIGTERM)
+    previous = {signum: signal.signal(signum, on_signal) for signum in watched}
+    try:
+        arrived.wait()
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    return signal.Signals(received[0]).name
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    # Stop the embedded server at the end only if this process started it: another
+    # `tollgate run`, or a `tollgate db start`, may be relying on it.
+    started_here = settings.database_url is None and embedded.status(settings) is None
+    try:
+        url = embedded.database_url(settings)
+        applied = migrate.upgrade(url, settings.db_dir)
+        where = "embedded PostgreSQL" if settings.database_url is None else "PostgreSQL"
+        print(f"tollgate: ledger on {where} at {redact(url)}", flush=True)
+        if applied:
+            print(f"tollgate: applied migrations {', '.join(applied)}", flush=True)
+        print("tollgate: running (`tollgate db psql` opens a SQL shell); stop with Ctrl-C", flush=True)
+        name = wait_for_shutdown()
+        print(f"tollgate: {name} received, shutting down", flush=True)
+    finally:
+        if started_here and embedded.stop(settings):
+            print("tollgate: embedded PostgreSQL stopped", flush=True)
+    return 0
+
+
+# --- ledger operations: tollgate user / topup / pricing / rate / ledger ----------------------------
+
+
+@contextmanager
+def _ledger_connection(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
+    with db.connect(embedded.database_url(settings)) as conn:
+        yield conn
+
+
+def decimal_arg(text: str) -> Decimal:
+    """An argparse type: a finite decimal number, parsed exactly (the SQL functions check the rest)."""
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a decimal number") from None
+    if not value.is_finite():
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def _resolve_user(conn: psycopg.Connection[Any], user: str) -> uuid.UUID:
+    """A user given as its uuid or its external subject; an unknown subject is an error, not a new user."""
+    try:
+        return uuid.UUID(user)
+    except ValueError:
+        pass
+    with conn.cursor(row_factory=dict_row) as cur:
+        row = cur.execute(QUERIES["user_by_external_id"], {"external_id": user}).fetchone()
+    if row is None:
+        raise UsageError(f"no user with external id {user!r} (create it with `tollgate user create`)")
+    user_id: uuid.UUID = row["user_id"]
+    return user_id
+
+
+def _plain(value: object) -> str:
+    """Decimals in positional notation (0.00000000, not 0E-8)."""
+    return format(value, "f") if isinstance(value, Decimal) else str(value)
+
+
+def _print_fields(prefix: str = "", **fields: object) -> None:
+    for name, value in fields.items():
+        if isinstance(value, dict):
+            _print_fields(f"{prefix}{name}.", **value)
+        else:
+            print(f"{prefix}{name}: {_plain(value)}")
+
+
+def cmd_user(args: argparse.Namespace, settings: Settings) -> int:
+    with _ledger_connection(settings) as conn:
+        if args.action == "create":
+            user_id = ledger.ensure_account(conn, args.external_id, args.email, args.name)
+            print(user_id)
+            return 0
+        user_id = _resolve_user(conn, args.user)
+        summary = ledger.summary(conn, user_id)
+    _print_fields(**summary)
+    return 0
+
+
+def cmd_topup(args: argparse.Namespace, settings: Settings) -> int:
+    with _ledger_connection(settings) as conn:
+        user_id = _resolve_user(conn, args.user)
+        result = ledger.top_up(
+            conn, user_id, args.amount, args.provider, args.payment_id, args.currency, args.description
+        )
+    _print_fields(
+        transaction_id=result.transaction_id,
+        amount_usd=result.amount_usd,
+        balance_after_usd=result.balance_after_usd,
+        replayed=result.replayed,
+    )
+    return 0
+
+
+def cmd_pricing(args: argparse.Namespace, settings: Settings) -> int:
+    with _ledger_connection(settings) as conn:
+        if args.action == "set":
+            rows = [
+                ledger.set_tool_pricing(
+                    conn, args.tool, args.base, args.markup, args.estimate, args.variable, args.description
+                )
+            ]
+        else:
+            rows = ledger.list_tool_pricing(conn)
+    print(f"{'tool':<32} {'base_usd':>16} {'markup_%':>10} {'estimate_usd':>16} variable")
+    for row in rows:
+        estimate = "-" if row.estimate_usd is None else str(row.estimate_usd)
+        print(
+            f"{row.tool_name:<32} {row.base_price_usd!s:>16} {row.markup_percent!s:>10} {estimate:>16} "
+            f"{'yes' if row.variable_cost else 'no'}"
+        )
+    return 0
+
+
+def cmd_rate(args: argparse.Namespace, settings: Settings) -> int:
+    with _ledger_connection(settings) as conn:
+        rate = ledger.set_exchange_rate(conn, args.per_usd, args.currency)
+    print(f"{rate.currency} per USD: {rate.per_usd} from {rate.valid_from.isoformat()}")
+    return 0
+
+
+def cmd_ledger(args: argparse.Namespace, settings: Settings) -> int:
+    with _ledger_connection(settings) as conn:
+        if args.action == "reap":
+            print(f"expired holds reaped: {ledger.reap_expired_holds(conn)}")
+            return 0
+        violations = ledger.verify_ledger(conn)
+    for violation in violations:
+        print(f"{violation.invariant}: user {violation.user_id} transaction {violation.transaction_id}: "
+              f"{violation.detail}")
+    print("ledger OK: every invariant holds" if not violations else f"{len(violations)} invariant violation(s)")
+    return 0 if not violations else 1
+
+
+# --- parser -------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tollgate",
+        description="Prepaid, usage-based billing gateway with its ledger in PostgreSQL.",
+        epilog="Configured by TOLLGATE_* environment variables; without TOLLGATE_DATABASE_URL an "
+        "embedded PostgreSQL in TOLLGATE_DATA_DIR (default ./.tollgate) is used.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="migrate, then serve until SIGINT/SIGTERM")
+    run.set_defaults(handler=cmd_run)
+
+    migrate_parser = commands.add_parser("migrate", help="apply or roll back schema migrations (default: up)")
+    migrate_parser.set_defaults(handler=cmd_migrate, action="up")
+    migrate_actions = migrate_parser.add_subparsers(dest="action", metavar="ACTION")
+    migrate_actions.add_parser("up", help="apply pending migrations, re-apply functions, views and grants")
+    down = migrate_actions.add_parser("down", help="roll back migrations")
+    down.add_argument("--to", metavar="ID", help="keep migration ID applied (default: roll back all)")
+    migrate_actions.add_parser("status", help="list migrations and whether each is applied")
+
+    db = commands.add_parser("db", help="the database: embedded server control, URL, SQL shell")
+    db.set_defaults(handler=cmd_db)
+    db_actions = db.add_subparsers(dest="action", required=True, metavar="ACTION")
+    db_actions.add_parser("start", help="start the embedded server (creating it on first use); print its URL")
+    db_actions.add_parser("stop", help="stop the embedded server")
+    db_actions.add_parser("status", help="print the embedded server's URL if running (exit 1 if not)")
+    db_actions.add_parser("url", help="print the database URL (starting the embedded server if needed)")
+    psql = db_actions.add_parser(
+        "psql",
+        help="open psql on the database; further arguments go to psql (after -- if one is -h)",
+        usage="tollgate db psql [--] [PSQL ARGUMENTS ...]",
+    )
+    psql.set_defaults(passthrough=[])
+
+    user = commands.add_parser("user", help="create a user or show a user's billing summary")
+    user.set_defaults(handler=cmd_user)
+    user_actions = user.add_subparsers(dest="action", required=True, metavar="ACTION")
+    user_create = user_actions.add_parser("create", help="create (or find) the user of an external subject")
+    user_create.add_argument("external_id", help="the identity provider's subject (JWT sub), e.g. an e-mail")
+    user_create.add_argument("--email")
+    user_create.add_argument("--name")
+    user_show = user_actions.add_parser("show", help="print the billing summary of a user")
+    user_show.add_argument("user", help="user id (uuid) or external subject")
+
+    topup = commands.add_parser("topup", help="credit a user (operator action, idempotent per payment id)")
+    topup.set_defaults(handler=cmd_topup)
+    topup.add_argument("user", help="user id (uuid) or external subject")
+    topup.add_argument("amount", type=decimal_arg, help="amount in --currency, e.g. 10.00")
+    topup.add_argument("--payment-id", required=True, help="unique id of this payment (replays are ignored)")
+    topup.add_argument("--provider", default="manual", help="payment provider (default: manual)")
+    topup.add_argument("--currency", default="USD", choices=["USD", "UAH"])
+    topup.add_argument("--description")
+
+    pricing = commands.add_parser("pricing", help="set or list tool prices")
+    pricing.set_defaults(handler=cmd_pricing)
+    pricing_actions = pricing.add_subparsers(dest="action", required=True, metavar="ACTION")
+    pricing_set = pricing_actions.add_parser("set", help="create or replace a tool's price")
+    pricing_set.add_argument("tool")
+    pricing_set.add_argument("--base", type=decimal_arg, required=True, help="USD per call")
+    pricing_set.add_argument("--markup", type=decimal_arg, default=Decimal(0), help="percent on metered cost")
+    pricing_set.add_argument("--estimate", type=decimal_arg, help="USD held before a call (default: --base)")
+    pricing_set.add_argument("--variable", action="store_true", help="cost known only after the call")
+    pricing_set.add_argument("--description")
+    pricing_actions.add_parser("list", help="list tool prices")
+
+    rate = commands.add_parser("rate", help="record the UAH/USD exchange rate")
+    rate.set_defaults(handler=cmd_rate)
+    rate.add_argument("currency", choices=["UAH"])
+    rate.add_argument("per_usd", type=decimal_arg, help="UAH per 1 USD, e.g. 41.25")
+
+    ledger_parser = commands.add_parser("ledger", help="check the ledger's invariants, reap expired holds")
+    ledger_parser.set_defaults(handler=cmd_ledger)
+    ledger_actions = ledger_parser.add_subparsers(dest="action", required=True, metavar="ACTION")
+    ledger_actions.add_parser("verify", help="list invariant violations (exit 1 if any)")
+    ledger_actions.add_parser("reap", help="expire holds past their expiry")
+
+    return parser
+
+
+def _one_line(exc: BaseException) -> str:
+    return "; ".join(line.strip() for line in str(exc).splitlines() if line.strip()) or type(exc).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    # Commands that hand their arguments to another program set a `passthrough` default.
+    args, extra = parser.parse_known_args(argv)
+    if extra and not hasattr(args, "passthrough"):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if hasattr(args, "passthrough"):
+        args.passthrough = extra[1:] if extra[:1] == ["--"] else extra
+    handler: Handler = args.handler
+    try:
+        return handler(args, load_settings())
+    except EXPECTED_ERRORS as exc:
+        print(f"tollgate: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Benchmarks of the billing ledger; `make bench` runs bench/run.py."""
