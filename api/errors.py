@@ -158,15 +158,25 @@ EXCEPTIONS: dict[str, type[BillingError]] = {
 }
 
 
+MONEY_SUFFIXES = ("_usd", "_uah")
+
+
 def parse_detail(detail: str | None) -> dict[str, Any]:
-    """The functions put a JSON object in DETAIL; numbers become Decimal, never float."""
+    """The functions put a JSON object in DETAIL; fractions and amounts (keys ending in _usd or
+    _uah) become Decimal, never float; other whole numbers (ids, counts) stay int."""
     if not detail:
         return {}
     try:
         parsed = json.loads(detail, parse_float=Decimal)
     except json.JSONDecodeError:
         return {"text": detail}
-    return parsed if isinstance(parsed, dict) else {"value": parsed}
+    if not isinstance(parsed, dict):
+        return {"value": parsed}
+    # A whole amount such as 2 arrives as a JSON integer; money is Decimal whatever its digits.
+    return {
+        key: Decimal(value) if key.endswith(MONEY_SUFFIXES) and type(value) is int else value
+        for key, value in parsed.items()
+    }
 
 
 def from_psycopg(error: psycopg.Error) -> BillingError | None:

@@ -45,6 +45,27 @@ DO $grants$
 DECLARE
     r record;
 BEGIN
+    -- SECURITY DEFINER functions run as their owner: the unprivileged tollgate_owner (migration
+    -- 0003), never the role that migrates, which is often a superuser.
+    FOR r IN
+        SELECT p.oid::regprocedure AS routine
+        FROM pg_proc p
+        WHERE p.pronamespace = 'billing'::regnamespace
+          AND p.proowner <> 'tollgate_owner'::regrole
+          AND NOT EXISTS (SELECT FROM pg_depend d
+                          WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e')
+    LOOP
+        EXECUTE format('ALTER ROUTINE %s OWNER TO tollgate_owner', r.routine);
+    END LOOP;
+    FOR r IN
+        SELECT c.oid::regclass AS relation, c.relkind
+        FROM pg_class c
+        WHERE c.relnamespace = 'billing'::regnamespace AND c.relkind IN ('v', 'm')
+          AND c.relowner <> 'tollgate_owner'::regrole
+    LOOP
+        EXECUTE format('ALTER %s %s OWNER TO tollgate_owner',
+                       CASE r.relkind WHEN 'v' THEN 'VIEW' ELSE 'MATERIALIZED VIEW' END, r.relation);
+    END LOOP;
     -- Functions whose name starts with _ are helpers (trigger functions, internals): not an API.
     FOR r IN
         SELECT p.oid::regprocedure AS routine

@@ -1,7 +1,7 @@
 -- billing._limit_status(account, amount, time_zone) -> (allowed, limit_type, spent_usd, held_usd, limit_usd,
 --                                                     remaining_usd, resets_at, override)
 -- Whether `amount` more fits the daily and monthly limits of an account whose windows are current
--- (rolled by billing._lock_account or billing._current_account): today's/this month's spend + open holds
+-- (rolled over by billing._load_account): today's/this month's spend + open holds
 -- + amount must not pass the limit. Reports the limit that refuses (daily first), or when both allow,
 -- the one with less room left. With the admin override set, always allowed (figures still reported).
 -- Locks: none.  Errors: none.

@@ -1,7 +1,12 @@
--- billing._load_account(user_id, now, time_zone, for_update) -> billing.user_billing
+-- billing._load_account(user_id, time_zone, clock, for_update) -> billing.user_billing
 -- Returns the user's user_billing row brought up to date in memory: the day and month counters roll
--- over lazily when `now` (in the configured time zone) is past the window they belong to, and holds
--- that have expired stop counting.
+-- over lazily when the current time (in the configured time zone) is past the window they belong to,
+-- and holds that have expired stop counting.
+-- "The current time" is read AFTER the row lock is granted (clock_timestamp(), or `clock` — the test
+-- clock, billing.config.clock_override — when not NULL), so successive holders of one account's lock
+-- see non-decreasing times and a transaction that waited across midnight cannot roll the windows
+-- back. It is returned in the row's updated_at field: callers use that value as "now" for everything
+-- they write (ledger created_at, hold expiry), which keeps the counters and the ledger in step.
 -- With for_update (every money-moving function), the row is locked (SELECT ... FOR UPDATE) for the
 -- rest of the transaction, so all work on one account is serialised, and expired holds are reaped:
 -- their reservations marked 'expired' and held_usd written down at once. The caller changes the
@@ -10,13 +15,14 @@
 -- Locks: user_billing row of the user and the reservations it reaps (for_update only).
 -- Errors: BL007 unknown_user.
 CREATE OR REPLACE FUNCTION billing._load_account(
-    p_user_id uuid, p_now timestamptz, p_time_zone text, p_for_update boolean DEFAULT true)
+    p_user_id uuid, p_time_zone text, p_clock timestamptz DEFAULT NULL, p_for_update boolean DEFAULT true)
 RETURNS billing.user_billing
 LANGUAGE plpgsql
 AS $$
 DECLARE
     v_account billing.user_billing;
-    v_today   date := (p_now AT TIME ZONE p_time_zone)::date;
+    v_now     timestamptz;
+    v_today   date;
     v_expired numeric;
 BEGIN
     IF p_for_update THEN
@@ -30,6 +36,9 @@ BEGIN
                   DETAIL = jsonb_build_object('user_id', p_user_id)::text,
                   HINT = 'Create the account first with billing.ensure_account(external_id).';
     END IF;
+    v_now := coalesce(p_clock, clock_timestamp());
+    v_today := (v_now AT TIME ZONE p_time_zone)::date;
+    v_account.updated_at := v_now;
     IF v_account.day_start IS DISTINCT FROM v_today THEN
         v_account.day_spent_usd := 0;
         v_account.day_start := v_today;
@@ -42,8 +51,8 @@ BEGIN
         IF p_for_update THEN
             WITH expired AS (
                 UPDATE billing.reservations
-                   SET status = 'expired', resolved_at = p_now
-                 WHERE user_id = p_user_id AND status = 'held' AND expires_at <= p_now
+                   SET status = 'expired', resolved_at = v_now
+                 WHERE user_id = p_user_id AND status = 'held' AND expires_at <= v_now
                 RETURNING amount_usd
             )
             SELECT coalesce(sum(amount_usd), 0) INTO v_expired FROM expired;
@@ -53,7 +62,7 @@ BEGIN
         ELSE
             SELECT coalesce(sum(amount_usd), 0) INTO v_expired
               FROM billing.reservations
-             WHERE user_id = p_user_id AND status = 'held' AND expires_at <= p_now;
+             WHERE user_id = p_user_id AND status = 'held' AND expires_at <= v_now;
         END IF;
         v_account.held_usd := v_account.held_usd - v_expired;
     END IF;

@@ -2,7 +2,8 @@
 -- Appends the charge ledger row for a request on a locked account and returns it. It does not check
 -- funds or limits: billing.charge and billing.reserve do that before; billing.settle and
 -- billing.complete_request record the charge of work already done (see the overrun policy in
--- db/README.md). Raises a conflict when another user already has a charge for this request id.
+-- db/README.md). Raises a conflict when the request already has a charge (the caller has ruled out
+-- its own replay; the DETAIL says whether that charge is the same user's).
 -- The caller applies the row with billing._account_after and saves the account.
 -- Locks: none beyond the caller's.  Errors: BL005 idempotency_conflict.
 CREATE OR REPLACE FUNCTION billing._record_charge(
@@ -18,9 +19,14 @@ BEGIN
         p_account, p_now, 'charge', -p_amount_usd, p_request_id,
         coalesce(p_description, 'Charge for request ' || p_request_id), p_metadata);
     IF v_tx.id IS NULL THEN
-        RAISE EXCEPTION 'Idempotency conflict: request % was already charged to another user.', p_request_id
+        SELECT * INTO v_tx FROM billing.billing_transactions t WHERE t.request_id = p_request_id AND t.type = 'charge';
+        RAISE EXCEPTION 'Idempotency conflict: request % was already charged % USD%.',
+                p_request_id, billing._fmt_usd(-v_tx.amount_usd),
+                CASE WHEN v_tx.user_id = p_account.user_id THEN '' ELSE ' to another user' END
             USING ERRCODE = 'BL005',
-                  DETAIL = jsonb_build_object('request_id', p_request_id, 'same_user', false)::text,
+                  DETAIL = jsonb_build_object('request_id', p_request_id, 'transaction_id', v_tx.id,
+                                              'charged_usd', -v_tx.amount_usd,
+                                              'same_user', v_tx.user_id = p_account.user_id)::text,
                   HINT = 'Use a new request_id for a new call.';
     END IF;
     RETURN v_tx;

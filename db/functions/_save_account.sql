@@ -1,5 +1,5 @@
 -- billing._save_account(account)
--- Writes back the counters of a user_billing row that the caller locked with billing._lock_account and
+-- Writes back the counters of a user_billing row that the caller locked with billing._load_account and
 -- changed in memory (balances, holds, totals, day/month windows, version, last request). Settings
 -- (limits, flags) are not touched: billing.update_settings owns them.
 -- Locks: the user_billing row (already held by the caller).  Errors: none.

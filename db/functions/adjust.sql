@@ -18,6 +18,7 @@ SET search_path = billing, pg_temp
 AS $$
 DECLARE
     v_now     timestamptz;
+    v_clock     timestamptz;
     v_tz      text;
     v_account billing.user_billing;
     v_tx      billing.billing_transactions;
@@ -26,8 +27,9 @@ BEGIN
     PERFORM billing._check_text(p_reason, 'reason', 1000, true, true);
     PERFORM billing._check_text(p_actor, 'actor');
     PERFORM billing._check_text(p_idempotency_key, 'idempotency_key');
-    SELECT coalesce(c.clock_override, now()), c.time_zone INTO v_now, v_tz FROM billing.config c;
-    v_account := billing._load_account(p_user_id, v_now, v_tz);
+    SELECT c.clock_override, c.time_zone INTO v_clock, v_tz FROM billing.config c;
+    v_account := billing._load_account(p_user_id, v_tz, v_clock);
+    v_now := v_account.updated_at;
 
     SELECT * INTO v_tx FROM billing.billing_transactions t
      WHERE t.type = 'adjustment' AND t.idempotency_key = p_idempotency_key;

@@ -22,6 +22,7 @@ SET search_path = billing, pg_temp
 AS $$
 DECLARE
     v_now     timestamptz;
+    v_clock     timestamptz;
     v_tz      text;
     v_account billing.user_billing;
     v_tx      billing.billing_transactions;
@@ -30,9 +31,10 @@ BEGIN
     PERFORM billing._check_text(p_request_id, 'request_id');
     PERFORM billing._check_text(p_description, 'description', 1000, false, true);
     p_metadata := billing._check_metadata(p_metadata);
-    SELECT coalesce(c.clock_override, now()), c.time_zone INTO v_now, v_tz FROM billing.config c;
+    SELECT c.clock_override, c.time_zone INTO v_clock, v_tz FROM billing.config c;
 
-    v_account := billing._load_account(p_user_id, v_now, v_tz);
+    v_account := billing._load_account(p_user_id, v_tz, v_clock);
+    v_now := v_account.updated_at;
     request_id := p_request_id;
 
     SELECT * INTO v_tx FROM billing.billing_transactions t

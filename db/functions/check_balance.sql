@@ -12,13 +12,13 @@ SECURITY DEFINER
 SET search_path = billing, pg_temp
 AS $$
 DECLARE
-    v_now     timestamptz;
+    v_clock     timestamptz;
     v_tz      text;
     v_account billing.user_billing;
 BEGIN
     PERFORM billing._check_usd(p_cost, 'cost', 'non_negative');
-    SELECT coalesce(c.clock_override, now()), c.time_zone INTO v_now, v_tz FROM billing.config c;
-    v_account := billing._load_account(p_user_id, v_now, v_tz, false);
+    SELECT c.clock_override, c.time_zone INTO v_clock, v_tz FROM billing.config c;
+    v_account := billing._load_account(p_user_id, v_tz, v_clock, false);
     balance_usd := v_account.balance_usd;
     held_usd := v_account.held_usd;
     available_usd := v_account.balance_usd - v_account.held_usd;

@@ -14,12 +14,12 @@ SECURITY DEFINER
 SET search_path = billing, pg_temp
 AS $$
 DECLARE
-    v_now timestamptz;
+    v_clock timestamptz;
     v_tz  text;
 BEGIN
     PERFORM billing._check_usd(p_cost, 'cost', 'non_negative');
-    SELECT coalesce(c.clock_override, now()), c.time_zone INTO v_now, v_tz FROM billing.config c;
+    SELECT c.clock_override, c.time_zone INTO v_clock, v_tz FROM billing.config c;
     SELECT * INTO allowed, limit_type, spent_usd, held_usd, limit_usd, remaining_usd, resets_at, override
-      FROM billing._limit_status(billing._load_account(p_user_id, v_now, v_tz, false), p_cost, v_tz);
+      FROM billing._limit_status(billing._load_account(p_user_id, v_tz, v_clock, false), p_cost, v_tz);
 END;
 $$;

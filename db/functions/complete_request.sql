@@ -11,7 +11,8 @@
 -- Idempotent on request_id: a replay with the same outcome, cost and price returns the stored result
 -- (replayed = true); a different one is a conflict.
 -- Locks: the cost_tracking row, then the user's user_billing row (always in this order).
--- Errors: BL009 invalid_argument, BL006 invalid_amount, BL008 unknown_request, BL005 idempotency_conflict,
+-- Errors: BL009 invalid_argument, BL006 invalid_amount, BL008 unknown_request, BL005 idempotency_conflict
+--         (also when the request's hold belongs to another user than the tracked caller),
 --         BL012 invalid_state (the hold was released before a successful completion).
 CREATE OR REPLACE FUNCTION billing.complete_request(
     p_request_id text, p_success boolean, p_total_cost_usd numeric DEFAULT 0, p_cost_breakdown jsonb DEFAULT NULL,
@@ -25,11 +26,13 @@ SET search_path = billing, pg_temp
 AS $$
 DECLARE
     v_now       timestamptz;
+    v_clock     timestamptz;
     v_tz        text;
     v_tracking  billing.cost_tracking;
     v_account   billing.user_billing;
     v_tx        billing.billing_transactions;
     v_held      text;
+    v_holder    uuid;
     v_metadata  jsonb;
 BEGIN
     PERFORM billing._check_text(p_request_id, 'request_id');
@@ -52,7 +55,8 @@ BEGIN
     END IF;
     PERFORM billing._check_text(p_error, 'error', 4000, false, true);
     PERFORM billing._check_text(p_description, 'description', 1000, false, true);
-    SELECT coalesce(c.clock_override, now()), c.time_zone INTO v_now, v_tz FROM billing.config c;
+    SELECT c.clock_override, c.time_zone INTO v_clock, v_tz FROM billing.config c;
+    v_now := coalesce(v_clock, now());
 
     SELECT * INTO v_tracking FROM billing.cost_tracking ct WHERE ct.request_id = p_request_id FOR UPDATE;
     IF NOT FOUND THEN
@@ -81,7 +85,15 @@ BEGIN
         RETURN;
     END IF;
 
-    SELECT r.status INTO v_held FROM billing.reservations r WHERE r.request_id = p_request_id;
+    SELECT r.status, r.user_id INTO v_held, v_holder FROM billing.reservations r WHERE r.request_id = p_request_id;
+    IF v_held IS NOT NULL AND v_holder IS DISTINCT FROM v_tracking.user_id THEN
+        RAISE EXCEPTION 'Idempotency conflict: request % holds money of another user than the caller it was tracked for.',
+                p_request_id
+            USING ERRCODE = 'BL005',
+                  DETAIL = jsonb_build_object('request_id', p_request_id, 'tracked_user_id', v_tracking.user_id,
+                                              'hold_user_id', v_holder)::text,
+                  HINT = 'Use one request_id per call, for start_request, reserve and complete_request alike.';
+    END IF;
     IF p_success THEN
         status := 'completed';
         price_usd := coalesce(p_price_usd, billing.tool_price(v_tracking.tool_name, p_total_cost_usd))::numeric(20, 8);
@@ -91,9 +103,9 @@ BEGIN
               FROM billing.settle(p_request_id, price_usd, coalesce(p_description, 'Tool call: ' || v_tracking.tool_name),
                                   v_metadata) s;
         ELSIF v_tracking.user_id IS NOT NULL AND price_usd > 0 THEN
-            v_account := billing._load_account(v_tracking.user_id, v_now, v_tz);
+            v_account := billing._load_account(v_tracking.user_id, v_tz, v_clock);
             IF v_account.billing_enabled THEN
-                v_tx := billing._record_charge(v_account, v_now, p_request_id, price_usd,
+                v_tx := billing._record_charge(v_account, v_account.updated_at, p_request_id, price_usd,
                                                coalesce(p_description, 'Tool call: ' || v_tracking.tool_name),
                                                v_metadata);
                 PERFORM billing._save_account(billing._account_after(v_account, v_tx));

@@ -30,7 +30,7 @@ BEGIN
         RAISE EXCEPTION 'Invalid argument: from (%) is after to (%).', p_from, p_to
             USING ERRCODE = 'BL009', DETAIL = jsonb_build_object('from', p_from, 'to', p_to)::text;
     END IF;
-    PERFORM billing._load_account(p_user_id, now(), 'UTC', false);  -- BL007 when unknown
+    PERFORM billing._load_account(p_user_id, 'UTC', NULL, false);  -- BL007 when unknown
     RETURN QUERY
         SELECT t.id, t.user_id, t.type, t.currency, t.amount_usd, t.amount_uah, t.exchange_rate,
                t.balance_before_usd, t.balance_after_usd, t.request_id, t.payment_provider, t.payment_id,

@@ -33,7 +33,7 @@ BEGIN
         PERFORM 1 FROM billing.user_billing b WHERE b.user_id = v_user_id FOR UPDATE;
         SELECT count(*) INTO v_before FROM billing.reservations r
          WHERE r.user_id = v_user_id AND r.status = 'held' AND r.expires_at <= v_now;
-        PERFORM billing._load_account(v_user_id, v_now, v_tz);  -- reaps under the lock just taken
+        PERFORM billing._load_account(v_user_id, v_tz, v_now);  -- reaps under the lock just taken
         SELECT count(*) INTO v_after FROM billing.reservations r
          WHERE r.user_id = v_user_id AND r.status = 'held' AND r.expires_at <= v_now;
         v_reaped := v_reaped + v_before - v_after;

@@ -18,6 +18,7 @@ SET search_path = billing, pg_temp
 AS $$
 DECLARE
     v_now      timestamptz;
+    v_clock      timestamptz;
     v_tz       text;
     v_charge   billing.billing_transactions;
     v_account  billing.user_billing;
@@ -27,7 +28,7 @@ BEGIN
     PERFORM billing._check_usd(p_amount_usd, 'amount_usd');
     PERFORM billing._check_text(p_reason, 'reason', 1000, true, true);
     PERFORM billing._check_text(p_idempotency_key, 'idempotency_key');
-    SELECT coalesce(c.clock_override, now()), c.time_zone INTO v_now, v_tz FROM billing.config c;
+    SELECT c.clock_override, c.time_zone INTO v_clock, v_tz FROM billing.config c;
 
     SELECT * INTO v_charge FROM billing.billing_transactions t WHERE t.id = p_transaction_id;
     IF NOT FOUND THEN
@@ -41,7 +42,8 @@ BEGIN
                   DETAIL = jsonb_build_object('transaction_id', p_transaction_id, 'type', v_charge.type)::text,
                   HINT = 'Use billing.adjust for other corrections.';
     END IF;
-    v_account := billing._load_account(v_charge.user_id, v_now, v_tz);
+    v_account := billing._load_account(v_charge.user_id, v_tz, v_clock);
+    v_now := v_account.updated_at;
 
     SELECT coalesce(sum(t.amount_usd), 0) INTO v_refunded
       FROM billing.billing_transactions t WHERE t.refund_of = p_transaction_id;

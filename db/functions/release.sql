@@ -15,19 +15,21 @@ SET search_path = billing, pg_temp
 AS $$
 DECLARE
     v_now         timestamptz;
+    v_clock         timestamptz;
     v_tz          text;
     v_user_id     uuid;
     v_account     billing.user_billing;
     v_reservation billing.reservations;
 BEGIN
     PERFORM billing._check_text(p_request_id, 'request_id');
-    SELECT coalesce(c.clock_override, now()), c.time_zone INTO v_now, v_tz FROM billing.config c;
+    SELECT c.clock_override, c.time_zone INTO v_clock, v_tz FROM billing.config c;
     SELECT r.user_id INTO v_user_id FROM billing.reservations r WHERE r.request_id = p_request_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'Unknown request: no hold was taken for request %.', p_request_id
             USING ERRCODE = 'BL008', DETAIL = jsonb_build_object('request_id', p_request_id)::text;
     END IF;
-    v_account := billing._load_account(v_user_id, v_now, v_tz);
+    v_account := billing._load_account(v_user_id, v_tz, v_clock);
+    v_now := v_account.updated_at;
     SELECT * INTO v_reservation FROM billing.reservations r WHERE r.request_id = p_request_id;
     request_id := p_request_id;
     status := v_reservation.status;

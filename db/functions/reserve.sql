@@ -6,7 +6,8 @@
 -- hold_ttl, 15 minutes) unless settled or released first; the next call on the account reaps it.
 -- billing_enabled = false: nothing is held; status 'not_billed' and reservation_id NULL.
 -- Idempotent on request_id: a replay with the same user and amount returns the original reservation
--- (whatever its status now, replayed = true); a different user or amount is a conflict.
+-- (whatever its status now, replayed = true); a different user or amount is a conflict, and so is a
+-- request that was already charged directly (billing.charge).
 -- Locks: the user's user_billing row.
 -- Errors: BL006 invalid_amount, BL009 invalid_argument (request_id, ttl), BL007 unknown_user,
 --         BL004 account_inactive, BL001 insufficient_funds, BL002 daily_limit_exceeded,
@@ -21,6 +22,7 @@ SET search_path = billing, pg_temp
 AS $$
 DECLARE
     v_now      timestamptz;
+    v_clock    timestamptz;
     v_tz       text;
     v_ttl      interval;
     v_account  billing.user_billing;
@@ -32,10 +34,11 @@ BEGIN
         RAISE EXCEPTION 'Invalid argument: ttl must be positive and at most 1 day, not %.', p_ttl
             USING ERRCODE = 'BL009', DETAIL = jsonb_build_object('field', 'ttl', 'value', p_ttl::text)::text;
     END IF;
-    SELECT coalesce(c.clock_override, now()), c.time_zone, coalesce(p_ttl, c.hold_ttl)
-      INTO v_now, v_tz, v_ttl FROM billing.config c;
+    SELECT c.clock_override, c.time_zone, coalesce(p_ttl, c.hold_ttl)
+      INTO v_clock, v_tz, v_ttl FROM billing.config c;
 
-    v_account := billing._load_account(p_user_id, v_now, v_tz);
+    v_account := billing._load_account(p_user_id, v_tz, v_clock);
+    v_now := v_account.updated_at;
     request_id := p_request_id;
 
     SELECT * INTO v_existing FROM billing.reservations r WHERE r.request_id = p_request_id;
@@ -59,6 +62,13 @@ BEGIN
     END IF;
 
     replayed := false;
+    IF EXISTS (SELECT FROM billing.billing_transactions t WHERE t.request_id = p_request_id AND t.type = 'charge') THEN
+        RAISE EXCEPTION 'Idempotency conflict: request % was already charged, so a hold for it could never be settled.',
+                p_request_id
+            USING ERRCODE = 'BL005',
+                  DETAIL = jsonb_build_object('request_id', p_request_id, 'already_charged', true)::text,
+                  HINT = 'Use a new request_id for a new call.';
+    END IF;
     IF NOT v_account.billing_enabled THEN
         status := 'not_billed';
         amount_usd := 0;

@@ -9,7 +9,9 @@
 -- balance can go below zero only this way (by the overrun of calls already running, never by a new
 -- call); the next billing.reserve/charge is then refused until the balance is topped up.
 -- Idempotent on request_id: a replay with the same actual price returns the original result
--- (replayed = true); a different price is a conflict. Settling a released hold is refused.
+-- (replayed = true; also when billing was disabled and nothing was charged); a different price is a
+-- conflict. Settling a released hold is refused, and so is settling a request that was already
+-- charged directly with billing.charge (a conflict: one charge per request).
 -- Locks: the user's user_billing row (the reservation is only changed under it).
 -- Errors: BL006 invalid_amount, BL009 invalid_argument, BL008 unknown_request, BL005 idempotency_conflict,
 --         BL012 invalid_state.
@@ -23,6 +25,7 @@ SET search_path = billing, pg_temp
 AS $$
 DECLARE
     v_now         timestamptz;
+    v_clock         timestamptz;
     v_tz          text;
     v_user_id     uuid;
     v_account     billing.user_billing;
@@ -33,7 +36,7 @@ BEGIN
     PERFORM billing._check_text(p_request_id, 'request_id');
     PERFORM billing._check_text(p_description, 'description', 1000, false, true);
     p_metadata := billing._check_metadata(p_metadata);
-    SELECT coalesce(c.clock_override, now()), c.time_zone INTO v_now, v_tz FROM billing.config c;
+    SELECT c.clock_override, c.time_zone INTO v_clock, v_tz FROM billing.config c;
 
     SELECT r.user_id INTO v_user_id FROM billing.reservations r WHERE r.request_id = p_request_id;
     IF NOT FOUND THEN
@@ -41,19 +44,20 @@ BEGIN
             USING ERRCODE = 'BL008', DETAIL = jsonb_build_object('request_id', p_request_id)::text,
                   HINT = 'Call billing.reserve before settling, or billing.charge to charge without a hold.';
     END IF;
-    v_account := billing._load_account(v_user_id, v_now, v_tz);
+    v_account := billing._load_account(v_user_id, v_tz, v_clock);
+    v_now := v_account.updated_at;
     SELECT * INTO v_reservation FROM billing.reservations r WHERE r.request_id = p_request_id;
     request_id := p_request_id;
 
     IF v_reservation.status = 'settled' THEN
         SELECT * INTO v_tx FROM billing.billing_transactions t WHERE t.id = v_reservation.transaction_id;
         charged_usd := coalesce(-v_tx.amount_usd, 0);
-        IF charged_usd <> p_actual_usd THEN
+        IF v_reservation.settled_usd <> p_actual_usd THEN
             RAISE EXCEPTION 'Idempotency conflict: request % was already settled at % USD, not % USD.',
-                    p_request_id, billing._fmt_usd(charged_usd), billing._fmt_usd(p_actual_usd)
+                    p_request_id, billing._fmt_usd(v_reservation.settled_usd), billing._fmt_usd(p_actual_usd)
                 USING ERRCODE = 'BL005',
-                      DETAIL = jsonb_build_object('request_id', p_request_id, 'charged_usd', charged_usd,
-                                                  'requested_usd', p_actual_usd)::text;
+                      DETAIL = jsonb_build_object('request_id', p_request_id, 'settled_usd', v_reservation.settled_usd,
+                                                  'charged_usd', charged_usd, 'requested_usd', p_actual_usd)::text;
         END IF;
         transaction_id := v_tx.id;
         status := 'settled';
@@ -78,7 +82,7 @@ BEGIN
         v_account := billing._account_after(v_account, v_tx);
     END IF;
     UPDATE billing.reservations r
-       SET status = 'settled', resolved_at = v_now, transaction_id = v_tx.id
+       SET status = 'settled', resolved_at = v_now, settled_usd = p_actual_usd, transaction_id = v_tx.id
      WHERE r.id = v_reservation.id;
     PERFORM billing._save_account(v_account);
 

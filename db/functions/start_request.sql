@@ -22,7 +22,7 @@ BEGIN
     PERFORM billing._check_text(p_client_key, 'client_key', 200, false);
     SELECT coalesce(c.clock_override, now()), c.time_zone INTO v_now, v_tz FROM billing.config c;
     IF p_user_id IS NOT NULL THEN
-        PERFORM billing._load_account(p_user_id, v_now, v_tz, false);  -- BL007 when unknown
+        PERFORM billing._load_account(p_user_id, v_tz, NULL, false);  -- BL007 when unknown
     END IF;
     request_id := p_request_id;
     INSERT INTO billing.cost_tracking AS ct (request_id, tool_name, user_id, client_key, created_at)

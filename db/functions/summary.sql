@@ -15,12 +15,12 @@ SECURITY DEFINER
 SET search_path = billing, pg_temp
 AS $$
 DECLARE
-    v_now     timestamptz;
+    v_clock     timestamptz;
     v_tz      text;
     v_account billing.user_billing;
 BEGIN
-    SELECT coalesce(c.clock_override, now()), c.time_zone INTO v_now, v_tz FROM billing.config c;
-    v_account := billing._load_account(p_user_id, v_now, v_tz, false);
+    SELECT c.clock_override, c.time_zone INTO v_clock, v_tz FROM billing.config c;
+    v_account := billing._load_account(p_user_id, v_tz, v_clock, false);
     RETURN jsonb_build_object(
         'user_id', v_account.user_id,
         'balance_usd', v_account.balance_usd,

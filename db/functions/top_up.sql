@@ -22,6 +22,7 @@ SET search_path = billing, pg_temp
 AS $$
 DECLARE
     v_now      timestamptz;
+    v_clock      timestamptz;
     v_tz       text;
     v_currency text := upper(btrim(coalesce(p_currency, 'USD')));
     v_usd      numeric;
@@ -39,7 +40,10 @@ BEGIN
         RAISE EXCEPTION 'Unsupported currency %: top-ups are in USD or UAH.', p_currency
             USING ERRCODE = 'BL014', DETAIL = jsonb_build_object('currency', p_currency)::text;
     END IF;
-    SELECT coalesce(c.clock_override, now()), c.time_zone INTO v_now, v_tz FROM billing.config c;
+    SELECT c.clock_override, c.time_zone INTO v_clock, v_tz FROM billing.config c;
+
+    v_account := billing._load_account(p_user_id, v_tz, v_clock);
+    v_now := v_account.updated_at;
 
     IF v_currency = 'UAH' THEN
         IF p_amount <> round(p_amount, 2) THEN
@@ -58,8 +62,6 @@ BEGIN
     ELSE
         v_usd := p_amount;
     END IF;
-
-    v_account := billing._load_account(p_user_id, v_now, v_tz);
 
     SELECT * INTO v_tx FROM billing.billing_transactions t
      WHERE t.payment_provider = p_provider AND t.payment_id = p_payment_id AND t.type = 'topup';

@@ -18,7 +18,7 @@ SECURITY DEFINER
 SET search_path = billing, pg_temp
 AS $$
 DECLARE
-    v_now timestamptz;
+    v_clock timestamptz;
     v_tz  text;
 BEGIN
     IF p_daily_limit_usd IS NOT NULL THEN
@@ -27,8 +27,8 @@ BEGIN
     IF p_monthly_limit_usd IS NOT NULL THEN
         PERFORM billing._check_usd(p_monthly_limit_usd, 'monthly_limit_usd', 'non_negative');
     END IF;
-    SELECT coalesce(c.clock_override, now()), c.time_zone INTO v_now, v_tz FROM billing.config c;
-    PERFORM billing._load_account(p_user_id, v_now, v_tz);  -- locks the row; BL007 when unknown
+    SELECT c.clock_override, c.time_zone INTO v_clock, v_tz FROM billing.config c;
+    PERFORM billing._load_account(p_user_id, v_tz, v_clock);  -- locks the row; BL007 when unknown
     UPDATE billing.user_billing b
        SET daily_limit_usd   = coalesce(p_daily_limit_usd, b.daily_limit_usd),
            monthly_limit_usd = coalesce(p_monthly_limit_usd, b.monthly_limit_usd),

@@ -138,10 +138,13 @@ CREATE TABLE billing.reservations (
     amount_usd     numeric(20, 8) NOT NULL CHECK (amount_usd > 0),
     status         text NOT NULL DEFAULT 'held' CHECK (status IN ('held', 'settled', 'released', 'expired')),
     expires_at     timestamptz NOT NULL,
+    -- The actual price settle was called with (charged, unless billing was disabled): replays compare it.
+    settled_usd    numeric(20, 8) CHECK (settled_usd IS NULL OR settled_usd >= 0),
     transaction_id bigint REFERENCES billing.billing_transactions (id),
     created_at     timestamptz NOT NULL DEFAULT now(),
     resolved_at    timestamptz,
-    CONSTRAINT resolved_when_not_held CHECK ((status = 'held') = (resolved_at IS NULL))
+    CONSTRAINT resolved_when_not_held CHECK ((status = 'held') = (resolved_at IS NULL)),
+    CONSTRAINT settled_with_price CHECK ((status = 'settled') = (settled_usd IS NOT NULL))
 );
 CREATE INDEX reservations_open_by_user ON billing.reservations (user_id, expires_at) WHERE status = 'held';
 CREATE INDEX reservations_open_by_expiry ON billing.reservations (expires_at) WHERE status = 'held';
