@@ -20,8 +20,11 @@ _loads = partial(json.loads, parse_float=Decimal)
 
 
 def configure(conn: psycopg.Connection[Any]) -> None:
-    """Make a connection parse JSON numbers as Decimal."""
+    """Parse JSON numbers as Decimal, and run at READ COMMITTED whatever the server's default: the
+    billing functions serialise on the account's row lock and read what committed before it was
+    granted; at REPEATABLE READ racing calls would fail with serialization errors instead."""
     set_json_loads(_loads, conn)
+    conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
 
 
 def connect(url: str, *, autocommit: bool = True, **kwargs: Any) -> psycopg.Connection[Any]:
