@@ -140,11 +140,12 @@ def test_top_up_currency_refusals_write_nothing(db):
     ledger.set_exchange_rate(db, D(41))
     with h.nothing_written(db), pytest.raises(InvalidAmount):
         ledger.top_up(db, user_id, D("100.123"), "mono", "uah-2", currency="UAH")
-    # a rate that only takes effect later does not count now
-    ledger.set_exchange_rate(db, D(42), valid_from=dt.datetime.now(dt.UTC) - dt.timedelta(days=3650))
-    h.set_clock(db, dt.datetime.now(dt.UTC) - dt.timedelta(days=3651))
-    with h.nothing_written(db), pytest.raises(NoExchangeRate):
-        ledger.top_up(db, user_id, D(100), "mono", "uah-3", currency="UAH")
+    # a rate is recorded when it takes effect: a future one is refused, a backfilled past one is
+    # history and does not replace the newer rate in force
+    with h.nothing_written(db), pytest.raises(InvalidArgument):
+        ledger.set_exchange_rate(db, D(42), valid_from=dt.datetime.now(dt.UTC) + dt.timedelta(days=1))
+    ledger.set_exchange_rate(db, D(30), valid_from=dt.datetime.now(dt.UTC) - dt.timedelta(days=3650))
+    assert ledger.top_up(db, user_id, D(41), "mono", "uah-3", currency="UAH").exchange_rate == D(41)
 
 
 def test_top_up_argument_refusals_write_nothing(db):

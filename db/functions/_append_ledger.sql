@@ -1,8 +1,8 @@
 -- billing._append_ledger(account, now, type, amount_usd, ...) -> billing.billing_transactions
 -- Appends one ledger row for an account the caller has locked, with the before/after snapshot taken
 -- from the locked row and the next per-user version. UAH: when the caller gives no UAH amount, it is
--- derived from amount_usd at the rate in force at `now` (none set: UAH amount and rate stay NULL); the
--- rate is recorded on the row. Returns the new row, or NULL when a unique index (one charge per request,
+-- derived from amount_usd at the rate in force (billing.config.uah_per_usd; none set: UAH amount and
+-- rate stay NULL); the rate is recorded on the row. Returns the new row, or NULL when a unique index (one charge per request,
 -- one top-up per payment, one refund/adjustment per key) already holds another user's row: the caller
 -- has already looked for its own replay, so NULL means a conflict.
 -- The caller must then apply the row to its in-memory account with billing._account_after.
@@ -39,11 +39,7 @@ BEGIN
                   DETAIL = jsonb_build_object('balance_usd', p_account.balance_usd, 'amount_usd', p_amount_usd)::text;
     END IF;
     IF v_uah IS NULL THEN
-        SELECT per_usd INTO v_rate
-          FROM billing.exchange_rates
-         WHERE currency = 'UAH' AND valid_from <= p_now
-         ORDER BY valid_from DESC
-         LIMIT 1;
+        SELECT c.uah_per_usd INTO v_rate FROM billing.config c;
         v_uah := round(p_amount_usd * v_rate, 2);
     END IF;
     INSERT INTO billing.billing_transactions AS t (

@@ -3,13 +3,14 @@
 -- over lazily when the current time (in the configured time zone) is past the window they belong to,
 -- and holds that have expired stop counting.
 -- "The current time" is read AFTER the row lock is granted (clock_timestamp(), or `clock` — the test
--- clock, billing.config.clock_override — when not NULL), so successive holders of one account's lock
--- see non-decreasing times and a transaction that waited across midnight cannot roll the windows
--- back. It is returned in the row's updated_at field: callers use that value as "now" for everything
+-- clock, billing.config.clock_override — when not NULL) and never before the account's last change
+-- (billing._effective_now), so successive holders of one account's lock see non-decreasing times and
+-- a transaction that waited across midnight cannot roll the windows back. It is returned in the row's updated_at field: callers use that value as "now" for everything
 -- they write (ledger created_at, hold expiry), which keeps the counters and the ledger in step.
 -- With for_update (every money-moving function), the row is locked (SELECT ... FOR UPDATE) for the
 -- rest of the transaction, so all work on one account is serialised, and expired holds are reaped:
--- their reservations marked 'expired' and held_usd written down at once. The caller changes the
+-- their reservations marked 'expired', held_usd written down and holds_expire_at recomputed at once
+-- (so the fast paths, which only run while no hold can have expired, run again). The caller changes the
 -- returned row and writes it back with billing._save_account.
 -- Without for_update (read-only answers), nothing is locked or written.
 -- Locks: user_billing row of the user and the reservations it reaps (for_update only).
@@ -36,7 +37,7 @@ BEGIN
                   DETAIL = jsonb_build_object('user_id', p_user_id)::text,
                   HINT = 'Create the account first with billing.ensure_account(external_id).';
     END IF;
-    v_now := coalesce(p_clock, clock_timestamp());
+    v_now := billing._effective_now(p_clock, clock_timestamp(), v_account.updated_at);
     v_today := (v_now AT TIME ZONE p_time_zone)::date;
     v_account.updated_at := v_now;
     IF v_account.day_start IS DISTINCT FROM v_today THEN
@@ -47,7 +48,8 @@ BEGIN
         v_account.month_spent_usd := 0;
         v_account.month_start := date_trunc('month', v_today)::date;
     END IF;
-    IF v_account.held_usd > 0 THEN
+    -- Holds can only have expired once the account's bound (holds_expire_at) has passed.
+    IF v_account.held_usd > 0 AND (v_account.holds_expire_at IS NULL OR v_account.holds_expire_at <= v_now) THEN
         IF p_for_update THEN
             WITH expired AS (
                 UPDATE billing.reservations
@@ -56,9 +58,12 @@ BEGIN
                 RETURNING amount_usd
             )
             SELECT coalesce(sum(amount_usd), 0) INTO v_expired FROM expired;
-            IF v_expired > 0 THEN
-                UPDATE billing.user_billing SET held_usd = held_usd - v_expired WHERE user_id = p_user_id;
-            END IF;
+            -- The bound becomes exact again: the earliest expiry of the holds still open.
+            SELECT min(r.expires_at) INTO v_account.holds_expire_at
+              FROM billing.reservations r WHERE r.user_id = p_user_id AND r.status = 'held';
+            UPDATE billing.user_billing
+               SET held_usd = held_usd - v_expired, holds_expire_at = v_account.holds_expire_at
+             WHERE user_id = p_user_id;
         ELSE
             SELECT coalesce(sum(amount_usd), 0) INTO v_expired
               FROM billing.reservations

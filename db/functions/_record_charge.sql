@@ -17,7 +17,7 @@ DECLARE
 BEGIN
     v_tx := billing._append_ledger(
         p_account, p_now, 'charge', -p_amount_usd, p_request_id,
-        coalesce(p_description, 'Charge for request ' || p_request_id), p_metadata);
+        p_description, p_metadata);
     IF v_tx.id IS NULL THEN
         SELECT * INTO v_tx FROM billing.billing_transactions t WHERE t.request_id = p_request_id AND t.type = 'charge';
         RAISE EXCEPTION 'Idempotency conflict: request % was already charged % USD%.',

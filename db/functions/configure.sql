@@ -50,7 +50,7 @@ BEGIN
                day_spent_usd = coalesce(s.day, 0),
                month_start = v_month,
                month_spent_usd = coalesce(s.month, 0),
-               updated_at = now()
+               updated_at = greatest(b.updated_at, now())
           FROM billing.user_billing b2
           LEFT JOIN spend s ON s.user_id = b2.user_id
          WHERE b.user_id = b2.user_id;

@@ -8,6 +8,8 @@
 -- Idempotent on request_id: a replay with the same user and amount returns the original reservation
 -- (whatever its status now, replayed = true); a different user or amount is a conflict, and so is a
 -- request that was already charged directly (billing.charge).
+-- Fast path: one statement does the usual case; everything else takes the exact path, which locks
+-- first and then decides.
 -- Locks: the user's user_billing row.
 -- Errors: BL006 invalid_amount, BL009 invalid_argument (request_id, ttl), BL007 unknown_user,
 --         BL004 account_inactive, BL001 insufficient_funds, BL002 daily_limit_exceeded,
@@ -27,13 +29,75 @@ DECLARE
     v_ttl      interval;
     v_account  billing.user_billing;
     v_existing billing.reservations;
+    v_moved    boolean;
 BEGIN
-    PERFORM billing._check_usd(p_amount_usd, 'amount_usd');
-    PERFORM billing._check_text(p_request_id, 'request_id');
+    -- Arguments: a cheap test first; the helpers raise the precise error.
+    IF p_amount_usd IS NULL OR p_amount_usd = 'NaN' OR p_amount_usd <= 0 OR p_amount_usd >= 1e12
+       OR p_amount_usd <> round(p_amount_usd, 8) THEN
+        PERFORM billing._check_usd(p_amount_usd, 'amount_usd');
+    END IF;
+    IF p_request_id IS NULL OR length(p_request_id) > 200 OR btrim(p_request_id) = '' OR p_request_id ~ '[[:cntrl:]]' THEN
+        PERFORM billing._check_text(p_request_id, 'request_id');
+    END IF;
     IF p_ttl IS NOT NULL AND (p_ttl <= interval '0' OR p_ttl > interval '1 day') THEN
         RAISE EXCEPTION 'Invalid argument: ttl must be positive and at most 1 day, not %.', p_ttl
             USING ERRCODE = 'BL009', DETAIL = jsonb_build_object('field', 'ttl', 'value', p_ttl::text)::text;
     END IF;
+
+    -- Fast path, one statement: the usual hold on an active, billed account with room for it (open
+    -- holds count) for a new request, when no open hold can have expired yet (holds_expire_at).
+    -- Anything else falls through to the exact path below, which reaps expired holds, answers replays
+    -- and raises refusals.
+    WITH cfg AS (
+        SELECT c.time_zone, c.hold_ttl, c.clock_override, coalesce(c.clock_override, clock_timestamp()) AS clock
+          FROM billing.config c
+    ), moved AS (
+        UPDATE billing.user_billing b
+           SET held_usd        = b.held_usd + p_amount_usd,
+               holds_expire_at = CASE WHEN b.held_usd = 0 THEN billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at) + coalesce(p_ttl, cfg.hold_ttl)
+                                      ELSE least(b.holds_expire_at, billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at) + coalesce(p_ttl, cfg.hold_ttl)) END,
+               day_spent_usd   = CASE WHEN b.day_start = billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone)
+                                      THEN b.day_spent_usd ELSE 0 END,
+               day_start       = billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone),
+               month_spent_usd = CASE WHEN b.month_start = date_trunc('month', billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone))::date
+                                      THEN b.month_spent_usd ELSE 0 END,
+               month_start     = date_trunc('month', billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone))::date,
+               updated_at      = billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at)
+          FROM cfg
+         WHERE b.user_id = p_user_id AND b.is_active AND b.billing_enabled
+           AND (b.held_usd = 0 OR b.holds_expire_at > billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at))
+           AND b.balance_usd - b.held_usd >= p_amount_usd
+           AND (b.limit_override OR (
+                    CASE WHEN b.day_start = billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone)
+                         THEN b.day_spent_usd ELSE 0 END + b.held_usd + p_amount_usd <= b.daily_limit_usd
+                AND CASE WHEN b.month_start = date_trunc('month', billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone))::date
+                         THEN b.month_spent_usd ELSE 0 END + b.held_usd + p_amount_usd <= b.monthly_limit_usd))
+           AND NOT EXISTS (SELECT FROM billing.reservations r WHERE r.request_id = p_request_id)
+           AND NOT EXISTS (SELECT FROM billing.billing_transactions t
+                            WHERE t.request_id = p_request_id AND t.type = 'charge')
+        RETURNING b.balance_usd - b.held_usd AS available_usd, b.updated_at, coalesce(p_ttl, cfg.hold_ttl) AS ttl
+    ), held AS (
+        INSERT INTO billing.reservations AS r (request_id, user_id, amount_usd, expires_at, created_at)
+        SELECT p_request_id, p_user_id, p_amount_usd, m.updated_at + m.ttl, m.updated_at
+          FROM moved m
+        ON CONFLICT DO NOTHING
+        RETURNING r.id, r.amount_usd, r.expires_at
+    )
+    SELECT h.id, h.amount_usd, h.expires_at, m.available_usd, m.updated_at IS NOT NULL
+      INTO reservation_id, amount_usd, expires_at, available_usd, v_moved
+      FROM moved m LEFT JOIN held h ON true;
+    IF reservation_id IS NOT NULL THEN
+        request_id := p_request_id;
+        status := 'held';
+        replayed := false;
+        RETURN;
+    ELSIF v_moved THEN
+        -- Another transaction took a hold for this request while this one waited for the lock:
+        -- give the amount back, then answer exactly below.
+        UPDATE billing.user_billing b SET held_usd = b.held_usd - p_amount_usd WHERE b.user_id = p_user_id;
+    END IF;
+
+    -- Exact path.
     SELECT c.clock_override, c.time_zone, coalesce(p_ttl, c.hold_ttl)
       INTO v_clock, v_tz, v_ttl FROM billing.config c;
 
@@ -88,6 +152,8 @@ BEGIN
                   DETAIL = jsonb_build_object('request_id', p_request_id, 'same_user', false)::text,
                   HINT = 'Use a new request_id for a new call.';
     END IF;
+    v_account.holds_expire_at := CASE WHEN v_account.held_usd = 0 THEN v_now + v_ttl
+                                      ELSE least(v_account.holds_expire_at, v_now + v_ttl) END;
     v_account.held_usd := v_account.held_usd + p_amount_usd;
     PERFORM billing._save_account(v_account);
     available_usd := v_account.balance_usd - v_account.held_usd;

@@ -12,6 +12,7 @@
 -- (replayed = true; also when billing was disabled and nothing was charged); a different price is a
 -- conflict. Settling a released hold is refused, and so is settling a request that was already
 -- charged directly with billing.charge (a conflict: one charge per request).
+-- Fast path: after the lock, one statement does the usual case; everything else takes the exact path.
 -- Locks: the user's user_billing row (the reservation is only changed under it).
 -- Errors: BL006 invalid_amount, BL009 invalid_argument, BL008 unknown_request, BL005 idempotency_conflict,
 --         BL012 invalid_state.
@@ -31,19 +32,107 @@ DECLARE
     v_account     billing.user_billing;
     v_reservation billing.reservations;
     v_tx          billing.billing_transactions;
+    v_hold        numeric;
+    v_status      text;
+    v_moved       boolean;
 BEGIN
-    PERFORM billing._check_usd(p_actual_usd, 'actual_usd', 'non_negative');
-    PERFORM billing._check_text(p_request_id, 'request_id');
-    PERFORM billing._check_text(p_description, 'description', 1000, false, true);
-    p_metadata := billing._check_metadata(p_metadata);
-    SELECT c.clock_override, c.time_zone INTO v_clock, v_tz FROM billing.config c;
+    -- Arguments: a cheap test first; the helpers raise the precise error.
+    IF p_actual_usd IS NULL OR p_actual_usd = 'NaN' OR p_actual_usd < 0 OR p_actual_usd >= 1e12
+       OR p_actual_usd <> round(p_actual_usd, 8) THEN
+        PERFORM billing._check_usd(p_actual_usd, 'actual_usd', 'non_negative');
+    END IF;
+    IF p_request_id IS NULL OR length(p_request_id) > 200 OR btrim(p_request_id) = '' OR p_request_id ~ '[[:cntrl:]]' THEN
+        PERFORM billing._check_text(p_request_id, 'request_id');
+    END IF;
+    IF length(p_description) > 1000 THEN
+        PERFORM billing._check_text(p_description, 'description', 1000, false, true);
+    END IF;
+    IF p_metadata IS NOT NULL THEN
+        p_metadata := billing._check_metadata(p_metadata);
+    END IF;
 
-    SELECT r.user_id INTO v_user_id FROM billing.reservations r WHERE r.request_id = p_request_id;
+    SELECT r.user_id, r.amount_usd, r.status INTO v_user_id, v_hold, v_status
+      FROM billing.reservations r WHERE r.request_id = p_request_id;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'Unknown request: no hold was taken for request %.', p_request_id
             USING ERRCODE = 'BL008', DETAIL = jsonb_build_object('request_id', p_request_id)::text,
                   HINT = 'Call billing.reserve before settling, or billing.charge to charge without a hold.';
     END IF;
+    -- The account lock first, as everywhere: every change of a reservation happens under it, so
+    -- the next statement, which starts after the lock is granted, sees the hold as it really is.
+    PERFORM FROM billing.user_billing b WHERE b.user_id = v_user_id FOR UPDATE;
+
+    IF v_status = 'held' AND p_actual_usd > 0 THEN
+        -- Fast path, one statement: a held hold of a billed account settled at a price > 0 for a
+        -- request without a charge, when no open hold of the account can have expired yet
+        -- (holds_expire_at). Anything else falls through to the exact path below.
+        WITH cfg AS (
+            SELECT c.time_zone, c.uah_per_usd, c.clock_override, coalesce(c.clock_override, clock_timestamp()) AS clock
+              FROM billing.config c
+        ), moved AS (
+            UPDATE billing.user_billing b
+               SET balance_usd     = b.balance_usd - p_actual_usd,
+                   balance_uah     = b.balance_uah - coalesce(round(p_actual_usd * cfg.uah_per_usd, 2), 0),
+                   held_usd        = b.held_usd - v_hold,
+                   total_spent_usd = b.total_spent_usd + p_actual_usd,
+                   total_spent_uah = b.total_spent_uah + coalesce(round(p_actual_usd * cfg.uah_per_usd, 2), 0),
+                   total_requests  = b.total_requests + 1,
+                   day_spent_usd   = CASE WHEN b.day_start = billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone)
+                                          THEN b.day_spent_usd ELSE 0 END + p_actual_usd,
+                   day_start       = billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone),
+                   month_spent_usd = CASE WHEN b.month_start = date_trunc('month', billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone))::date
+                                          THEN b.month_spent_usd ELSE 0 END + p_actual_usd,
+                   month_start     = date_trunc('month', billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone))::date,
+                   version         = b.version + 1,
+                   last_request_at = billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at),
+                   updated_at      = billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at)
+              FROM cfg
+             WHERE b.user_id = v_user_id AND b.billing_enabled
+               AND b.holds_expire_at > billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at)
+               AND abs(b.balance_usd - p_actual_usd) < 1e12
+               AND EXISTS (SELECT FROM billing.reservations r WHERE r.request_id = p_request_id AND r.status = 'held')
+               AND NOT EXISTS (SELECT FROM billing.billing_transactions t
+                                WHERE t.request_id = p_request_id AND t.type = 'charge')
+            RETURNING b.version, b.balance_usd, b.updated_at, cfg.uah_per_usd
+        ), entry AS (
+            INSERT INTO billing.billing_transactions AS t (
+                user_id, version, type, amount_usd, amount_uah, exchange_rate, balance_before_usd,
+                balance_after_usd, request_id, description, metadata, created_at)
+            SELECT v_user_id, m.version, 'charge', -p_actual_usd, -round(p_actual_usd * m.uah_per_usd, 2),
+                   m.uah_per_usd, m.balance_usd + p_actual_usd, m.balance_usd, p_request_id, p_description,
+                   coalesce(p_metadata, '{}'::jsonb), m.updated_at
+              FROM moved m
+            ON CONFLICT DO NOTHING
+            RETURNING t.id, t.balance_after_usd, t.created_at
+        ), done AS (
+            UPDATE billing.reservations r
+               SET status = 'settled', resolved_at = e.created_at, settled_usd = p_actual_usd, transaction_id = e.id
+              FROM entry e
+             WHERE r.request_id = p_request_id
+            RETURNING r.id
+        )
+        SELECT e.id, e.balance_after_usd, m.version IS NOT NULL
+          INTO transaction_id, balance_after_usd, v_moved
+          FROM moved m LEFT JOIN entry e ON true LEFT JOIN done d ON true;
+        IF transaction_id IS NOT NULL THEN
+            request_id := p_request_id;
+            status := 'settled';
+            charged_usd := p_actual_usd;
+            released_usd := greatest(v_hold - p_actual_usd, 0);
+            replayed := false;
+            RETURN;
+        ELSIF v_moved THEN
+            -- Only an uncommitted charge of another user for this request id can get here (the
+            -- NOT EXISTS above saw every committed one): refuse, and the whole call rolls back.
+            RAISE EXCEPTION 'Idempotency conflict: request % is being charged to another user.', p_request_id
+                USING ERRCODE = 'BL005',
+                      DETAIL = jsonb_build_object('request_id', p_request_id, 'same_user', false)::text,
+                      HINT = 'Use a new request_id for a new call.';
+        END IF;
+    END IF;
+
+    -- Exact path.
+    SELECT c.clock_override, c.time_zone INTO v_clock, v_tz FROM billing.config c;
     v_account := billing._load_account(v_user_id, v_tz, v_clock);
     v_now := v_account.updated_at;
     SELECT * INTO v_reservation FROM billing.reservations r WHERE r.request_id = p_request_id;

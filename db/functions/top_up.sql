@@ -50,8 +50,7 @@ BEGIN
             RAISE EXCEPTION 'Invalid amount: a UAH amount has at most 2 decimal places, not %.', p_amount
                 USING ERRCODE = 'BL006', DETAIL = jsonb_build_object('field', 'amount', 'value', p_amount)::text;
         END IF;
-        SELECT e.per_usd INTO v_rate FROM billing.exchange_rates e
-         WHERE e.currency = 'UAH' AND e.valid_from <= v_now ORDER BY e.valid_from DESC LIMIT 1;
+        SELECT c.uah_per_usd INTO v_rate FROM billing.config c;
         IF v_rate IS NULL THEN
             RAISE EXCEPTION 'No exchange rate: a UAH top-up needs a UAH/USD rate and none is set.'
                 USING ERRCODE = 'BL013', DETAIL = jsonb_build_object('currency', 'UAH')::text,

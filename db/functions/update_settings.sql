@@ -35,7 +35,7 @@ BEGIN
            is_active         = coalesce(p_is_active, b.is_active),
            billing_enabled   = coalesce(p_billing_enabled, b.billing_enabled),
            limit_override    = coalesce(p_limit_override, b.limit_override),
-           updated_at        = now()
+           updated_at        = greatest(b.updated_at, now())
      WHERE b.user_id = p_user_id
     RETURNING b.user_id, b.daily_limit_usd, b.monthly_limit_usd, b.is_active, b.billing_enabled, b.limit_override
          INTO user_id, daily_limit_usd, monthly_limit_usd, is_active, billing_enabled, limit_override;

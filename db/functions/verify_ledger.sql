@@ -7,7 +7,8 @@
 --  totals            total_spent_usd/_uah and total_requests equal what the charges add up to
 --  day_window        day_spent_usd equals the charges in the day window it belongs to (configured
 --                    time zone); month_window likewise for month_spent_usd
---  holds             held_usd equals the sum of the user's open ('held') reservations
+--  holds             held_usd equals the sum of the user's open ('held') reservations, and no open
+--                    hold expires before the account's holds_expire_at bound
 --  refunds           refunds of a charge add up to no more than the charge
 --  settlement        a settled reservation's transaction is the charge of the same request and user
 --  tracking          a billed tool call's transaction is the charge of the same request and user
@@ -99,6 +100,14 @@ AS $$
       LEFT JOIN (SELECT r.user_id, sum(r.amount_usd) AS held FROM billing.reservations r
                   WHERE r.status = 'held' GROUP BY r.user_id) h ON h.user_id = a.user_id
      WHERE a.held_usd <> coalesce(h.held, 0)
+    UNION ALL
+    SELECT 'holds', a.user_id, NULL,
+           format('holds_expire_at %s is later than the earliest open hold''s expiry %s',
+                  a.holds_expire_at, h.first_expiry)
+      FROM accounts a
+      JOIN (SELECT r.user_id, min(r.expires_at) AS first_expiry FROM billing.reservations r
+             WHERE r.status = 'held' GROUP BY r.user_id) h ON h.user_id = a.user_id
+     WHERE a.holds_expire_at IS NULL OR a.holds_expire_at > h.first_expiry
     UNION ALL
     SELECT 'refunds', c.user_id, c.id,
            format('charge of %s refunded %s in total', -c.amount_usd, r.refunded)

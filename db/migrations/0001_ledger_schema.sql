@@ -6,12 +6,15 @@
 CREATE SCHEMA billing;
 COMMENT ON SCHEMA billing IS 'Tollgate billing ledger. Tables are private; call the functions, read the views.';
 
--- One row: settings the functions read on every call (time zone of the day/month windows, hold TTL)
--- and the test-only clock. clock_override must stay NULL in production.
+-- One row: settings the functions read on every call (time zone of the day/month windows, hold TTL,
+-- the UAH rate in force, kept here by billing.set_exchange_rate so a charge reads one row) and the
+-- test-only clock. clock_override must stay NULL in production.
 CREATE TABLE billing.config (
     id             boolean PRIMARY KEY DEFAULT true CHECK (id),
     time_zone      text NOT NULL DEFAULT 'UTC',
     hold_ttl       interval NOT NULL DEFAULT interval '15 minutes' CHECK (hold_ttl > interval '0'),
+    uah_per_usd    numeric(20, 8) CHECK (uah_per_usd IS NULL OR uah_per_usd > 0),
+    uah_rate_from  timestamptz,
     clock_override timestamptz
 );
 INSERT INTO billing.config DEFAULT VALUES;
@@ -40,6 +43,9 @@ CREATE TABLE billing.user_billing (
     balance_usd       numeric(20, 8) NOT NULL DEFAULT 0,
     balance_uah       numeric(26, 2) NOT NULL DEFAULT 0,
     held_usd          numeric(20, 8) NOT NULL DEFAULT 0 CHECK (held_usd >= 0),
+    -- No open hold expires before this (a lower bound, exact after every reap): while it is in the
+    -- future no hold can need reaping, so the single-statement fast paths may skip the reap.
+    holds_expire_at   timestamptz,
     daily_limit_usd   numeric(20, 8) NOT NULL DEFAULT 10 CHECK (daily_limit_usd >= 0),
     monthly_limit_usd numeric(20, 8) NOT NULL DEFAULT 100 CHECK (monthly_limit_usd >= 0),
     total_spent_usd   numeric(20, 8) NOT NULL DEFAULT 0 CHECK (total_spent_usd >= 0),
