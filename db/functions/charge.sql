@@ -106,18 +106,7 @@ BEGIN
     ELSIF v_version IS NOT NULL THEN
         -- The request was charged by a transaction that committed while this one waited for the lock
         -- (a racing replay, or a conflict): undo the counters, then answer exactly below.
-        UPDATE billing.user_billing b
-           SET balance_usd     = b.balance_usd + p_amount_usd,
-               balance_uah     = b.balance_uah + coalesce(round(p_amount_usd * v_rate, 2), 0),
-               total_spent_usd = b.total_spent_usd - p_amount_usd,
-               total_spent_uah = b.total_spent_uah - coalesce(round(p_amount_usd * v_rate, 2), 0),
-               total_requests  = b.total_requests - 1,
-               day_spent_usd   = b.day_spent_usd - p_amount_usd,
-               month_spent_usd = b.month_spent_usd - p_amount_usd,
-               version         = b.version - 1,
-               last_request_at = (SELECT t.created_at FROM billing.billing_transactions t
-                                   WHERE t.user_id = p_user_id AND t.type = 'charge' ORDER BY t.id DESC LIMIT 1)
-         WHERE b.user_id = p_user_id;
+        PERFORM billing._undo_fast_charge(p_user_id, p_amount_usd, v_rate);
     END IF;
 
     -- Exact path.

@@ -12,7 +12,7 @@
 -- (replayed = true; also when billing was disabled and nothing was charged); a different price is a
 -- conflict. Settling a released hold is refused, and so is settling a request that was already
 -- charged directly with billing.charge (a conflict: one charge per request).
--- Fast path: after the lock, one statement does the usual case; everything else takes the exact path.
+-- Fast path: one statement does the usual case; everything else takes the exact path.
 -- Locks: the user's user_billing row (the reservation is only changed under it).
 -- Errors: BL006 invalid_amount, BL009 invalid_argument, BL008 unknown_request, BL005 idempotency_conflict,
 --         BL012 invalid_state.
@@ -33,8 +33,8 @@ DECLARE
     v_reservation billing.reservations;
     v_tx          billing.billing_transactions;
     v_hold        numeric;
-    v_status      text;
-    v_moved       boolean;
+    v_rate        numeric;
+    v_done        boolean;
 BEGIN
     -- Arguments: a cheap test first; the helpers raise the precise error.
     IF p_actual_usd IS NULL OR p_actual_usd = 'NaN' OR p_actual_usd < 0 OR p_actual_usd >= 1e12
@@ -51,29 +51,23 @@ BEGIN
         p_metadata := billing._check_metadata(p_metadata);
     END IF;
 
-    SELECT r.user_id, r.amount_usd, r.status INTO v_user_id, v_hold, v_status
-      FROM billing.reservations r WHERE r.request_id = p_request_id;
-    IF NOT FOUND THEN
-        RAISE EXCEPTION 'Unknown request: no hold was taken for request %.', p_request_id
-            USING ERRCODE = 'BL008', DETAIL = jsonb_build_object('request_id', p_request_id)::text,
-                  HINT = 'Call billing.reserve before settling, or billing.charge to charge without a hold.';
-    END IF;
-    -- The account lock first, as everywhere: every change of a reservation happens under it, so
-    -- the next statement, which starts after the lock is granted, sees the hold as it really is.
-    PERFORM FROM billing.user_billing b WHERE b.user_id = v_user_id FOR UPDATE;
-
-    IF v_status = 'held' AND p_actual_usd > 0 THEN
-        -- Fast path, one statement: a held hold of a billed account settled at a price > 0 for a
+    IF p_actual_usd > 0 THEN
+        -- Fast path, one statement: a held hold of a billed account, settled at a price > 0, for a
         -- request without a charge, when no open hold of the account can have expired yet
-        -- (holds_expire_at). Anything else falls through to the exact path below.
+        -- (holds_expire_at). The account UPDATE takes the lock first, as everywhere; the hold is then
+        -- re-checked on its own row ('held' or not, once the lock was granted) before the ledger row
+        -- is written. Anything else falls through to the exact path below.
         WITH cfg AS (
             SELECT c.time_zone, c.uah_per_usd, c.clock_override, coalesce(c.clock_override, clock_timestamp()) AS clock
               FROM billing.config c
+        ), hold AS (
+            SELECT r.user_id, r.amount_usd FROM billing.reservations r
+             WHERE r.request_id = p_request_id AND r.status = 'held'
         ), moved AS (
             UPDATE billing.user_billing b
                SET balance_usd     = b.balance_usd - p_actual_usd,
                    balance_uah     = b.balance_uah - coalesce(round(p_actual_usd * cfg.uah_per_usd, 2), 0),
-                   held_usd        = b.held_usd - v_hold,
+                   held_usd        = b.held_usd - hold.amount_usd,
                    total_spent_usd = b.total_spent_usd + p_actual_usd,
                    total_spent_uah = b.total_spent_uah + coalesce(round(p_actual_usd * cfg.uah_per_usd, 2), 0),
                    total_requests  = b.total_requests + 1,
@@ -86,34 +80,40 @@ BEGIN
                    version         = b.version + 1,
                    last_request_at = billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at),
                    updated_at      = billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at)
-              FROM cfg
-             WHERE b.user_id = v_user_id AND b.billing_enabled
+              FROM cfg, hold
+             WHERE b.user_id = hold.user_id AND b.billing_enabled
+               -- `hold` was read before the lock: if a racing call settled or released it meanwhile,
+               -- `done` below finds it no longer held and this update is undone; this keeps held_usd
+               -- from going negative on the way.
+               AND b.held_usd >= hold.amount_usd
                AND b.holds_expire_at > billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at)
                AND abs(b.balance_usd - p_actual_usd) < 1e12
-               AND EXISTS (SELECT FROM billing.reservations r WHERE r.request_id = p_request_id AND r.status = 'held')
                AND NOT EXISTS (SELECT FROM billing.billing_transactions t
                                 WHERE t.request_id = p_request_id AND t.type = 'charge')
-            RETURNING b.version, b.balance_usd, b.updated_at, cfg.uah_per_usd
-        ), entry AS (
-            INSERT INTO billing.billing_transactions AS t (
-                user_id, version, type, amount_usd, amount_uah, exchange_rate, balance_before_usd,
-                balance_after_usd, request_id, description, metadata, created_at)
-            SELECT v_user_id, m.version, 'charge', -p_actual_usd, -round(p_actual_usd * m.uah_per_usd, 2),
-                   m.uah_per_usd, m.balance_usd + p_actual_usd, m.balance_usd, p_request_id, p_description,
-                   coalesce(p_metadata, '{}'::jsonb), m.updated_at
-              FROM moved m
-            ON CONFLICT DO NOTHING
-            RETURNING t.id, t.balance_after_usd, t.created_at
+            RETURNING b.user_id, b.version, b.balance_usd, b.updated_at, cfg.uah_per_usd, hold.amount_usd AS hold_usd,
+                      nextval('billing.billing_transactions_id_seq'::regclass) AS transaction_id
         ), done AS (
             UPDATE billing.reservations r
-               SET status = 'settled', resolved_at = e.created_at, settled_usd = p_actual_usd, transaction_id = e.id
-              FROM entry e
-             WHERE r.request_id = p_request_id
+               SET status = 'settled', resolved_at = m.updated_at, settled_usd = p_actual_usd,
+                   transaction_id = m.transaction_id
+              FROM moved m
+             WHERE r.request_id = p_request_id AND r.status = 'held'
             RETURNING r.id
+        ), entry AS (
+            INSERT INTO billing.billing_transactions AS t (
+                id, user_id, version, type, amount_usd, amount_uah, exchange_rate, balance_before_usd,
+                balance_after_usd, request_id, description, metadata, created_at)
+            OVERRIDING SYSTEM VALUE
+            SELECT m.transaction_id, m.user_id, m.version, 'charge', -p_actual_usd,
+                   -round(p_actual_usd * m.uah_per_usd, 2), m.uah_per_usd, m.balance_usd + p_actual_usd,
+                   m.balance_usd, p_request_id, p_description, coalesce(p_metadata, '{}'::jsonb), m.updated_at
+              FROM moved m, done d
+            ON CONFLICT DO NOTHING
+            RETURNING t.id, t.balance_after_usd
         )
-        SELECT e.id, e.balance_after_usd, m.version IS NOT NULL
-          INTO transaction_id, balance_after_usd, v_moved
-          FROM moved m LEFT JOIN entry e ON true LEFT JOIN done d ON true;
+        SELECT e.id, e.balance_after_usd, m.user_id, m.hold_usd, m.uah_per_usd, d.id IS NOT NULL
+          INTO transaction_id, balance_after_usd, v_user_id, v_hold, v_rate, v_done
+          FROM moved m LEFT JOIN done d ON true LEFT JOIN entry e ON true;
         IF transaction_id IS NOT NULL THEN
             request_id := p_request_id;
             status := 'settled';
@@ -121,14 +121,24 @@ BEGIN
             released_usd := greatest(v_hold - p_actual_usd, 0);
             replayed := false;
             RETURN;
-        ELSIF v_moved THEN
+        ELSIF v_done THEN
             -- Only an uncommitted charge of another user for this request id can get here (the
             -- NOT EXISTS above saw every committed one): refuse, and the whole call rolls back.
             RAISE EXCEPTION 'Idempotency conflict: request % is being charged to another user.', p_request_id
                 USING ERRCODE = 'BL005',
                       DETAIL = jsonb_build_object('request_id', p_request_id, 'same_user', false)::text,
                       HINT = 'Use a new request_id for a new call.';
+        ELSIF v_user_id IS NOT NULL THEN
+            -- The hold changed while this call waited for the account's lock: undo, answer exactly.
+            PERFORM billing._undo_fast_charge(v_user_id, p_actual_usd, v_rate, v_hold);
         END IF;
+    END IF;
+
+    SELECT r.user_id INTO v_user_id FROM billing.reservations r WHERE r.request_id = p_request_id;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'Unknown request: no hold was taken for request %.', p_request_id
+            USING ERRCODE = 'BL008', DETAIL = jsonb_build_object('request_id', p_request_id)::text,
+                  HINT = 'Call billing.reserve before settling, or billing.charge to charge without a hold.';
     END IF;
 
     -- Exact path.
