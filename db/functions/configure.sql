@@ -13,6 +13,7 @@ CREATE OR REPLACE FUNCTION billing.configure(
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = billing, pg_temp
+SET jit = off  -- JIT compiles big plans for seconds (seen on Debian's PostgreSQL 15); never worth it here
 AS $$
 DECLARE
     v_old_zone  text;

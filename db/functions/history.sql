@@ -15,6 +15,7 @@ RETURNS TABLE (
 LANGUAGE plpgsql STABLE
 SECURITY DEFINER
 SET search_path = billing, pg_temp
+SET jit = off  -- JIT compiles big plans for seconds (seen on Debian's PostgreSQL 15); never worth it here
 AS $$
 BEGIN
     IF p_type IS NOT NULL AND p_type NOT IN ('charge', 'refund', 'topup', 'adjustment') THEN

@@ -10,6 +10,7 @@ RETURNS integer
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = billing, pg_temp
+SET jit = off  -- JIT compiles big plans for seconds (seen on Debian's PostgreSQL 15); never worth it here
 AS $$
 DECLARE
     v_now     timestamptz;

@@ -19,6 +19,7 @@ RETURNS TABLE (invariant text, user_id uuid, transaction_id bigint, detail text)
 LANGUAGE sql STABLE
 SECURITY DEFINER
 SET search_path = billing, pg_temp
+SET jit = off  -- JIT compiles big plans for seconds (seen on Debian's PostgreSQL 15); never worth it here
 AS $$
     WITH cfg AS (
         SELECT time_zone FROM billing.config
