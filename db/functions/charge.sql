@@ -52,61 +52,64 @@ BEGIN
     -- takes the account's row lock in the UPDATE; the counters roll over to the day of the effective
     -- time. Anything else falls through to the exact path below, which reaps expired holds, answers
     -- replays and raises the refusal with its figures.
-    WITH cfg AS (
-        SELECT c.time_zone, c.uah_per_usd, c.clock_override, coalesce(c.clock_override, clock_timestamp()) AS clock
-          FROM billing.config c
-    ), moved AS (
-        UPDATE billing.user_billing b
-           SET balance_usd     = b.balance_usd - p_amount_usd,
-               balance_uah     = b.balance_uah - coalesce(round(p_amount_usd * cfg.uah_per_usd, 2), 0),
-               total_spent_usd = b.total_spent_usd + p_amount_usd,
-               total_spent_uah = b.total_spent_uah + coalesce(round(p_amount_usd * cfg.uah_per_usd, 2), 0),
-               total_requests  = b.total_requests + 1,
-               day_spent_usd   = CASE WHEN b.day_start = billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone)
-                                      THEN b.day_spent_usd ELSE 0 END + p_amount_usd,
-               day_start       = billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone),
-               month_spent_usd = CASE WHEN b.month_start = date_trunc('month', billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone))::date
-                                      THEN b.month_spent_usd ELSE 0 END + p_amount_usd,
-               month_start     = date_trunc('month', billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone))::date,
-               version         = b.version + 1,
-               last_request_at = billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at),
-               updated_at      = billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at)
-          FROM cfg
-         WHERE b.user_id = p_user_id AND b.is_active AND b.billing_enabled
-           AND (b.held_usd = 0 OR b.holds_expire_at > billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at))
-           AND b.balance_usd - b.held_usd >= p_amount_usd
-           AND abs(b.balance_usd - p_amount_usd) < 1e12
-           AND (b.limit_override OR (
-                    CASE WHEN b.day_start = billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone)
-                         THEN b.day_spent_usd ELSE 0 END + b.held_usd + p_amount_usd <= b.daily_limit_usd
-                AND CASE WHEN b.month_start = date_trunc('month', billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone))::date
-                         THEN b.month_spent_usd ELSE 0 END + b.held_usd + p_amount_usd <= b.monthly_limit_usd))
-           AND NOT EXISTS (SELECT FROM billing.billing_transactions t
-                            WHERE t.request_id = p_request_id AND t.type = 'charge')
-        RETURNING b.version, b.balance_usd, b.updated_at, cfg.uah_per_usd
-    ), entry AS (
-        INSERT INTO billing.billing_transactions AS t (
-            user_id, version, type, amount_usd, amount_uah, exchange_rate, balance_before_usd, balance_after_usd,
-            request_id, description, metadata, created_at)
-        SELECT p_user_id, m.version, 'charge', -p_amount_usd, -round(p_amount_usd * m.uah_per_usd, 2), m.uah_per_usd,
-               m.balance_usd + p_amount_usd, m.balance_usd, p_request_id, p_description,
-               coalesce(p_metadata, '{}'::jsonb), m.updated_at
-          FROM moved m
-        ON CONFLICT DO NOTHING
-        RETURNING t.id, t.amount_usd, t.balance_before_usd, t.balance_after_usd
-    )
-    SELECT e.id, -e.amount_usd, e.balance_before_usd, e.balance_after_usd, m.version, m.uah_per_usd
-      INTO transaction_id, amount_usd, balance_before_usd, balance_after_usd, v_version, v_rate
-      FROM moved m LEFT JOIN entry e ON true;
-    IF transaction_id IS NOT NULL THEN
-        request_id := p_request_id;
-        status := 'charged';
-        replayed := false;
-        RETURN;
-    ELSIF v_version IS NOT NULL THEN
-        -- The request was charged by a transaction that committed while this one waited for the lock
-        -- (a racing replay, or a conflict): undo the counters, then answer exactly below.
-        PERFORM billing._undo_fast_charge(p_user_id, p_amount_usd, v_rate);
+    -- The request-id probe runs before the locking UPDATE, not inside it: inside, PostgreSQL would
+    -- re-check it while holding a contended lock. A duplicate that commits in between is caught by
+    -- ON CONFLICT and undone below.
+    IF NOT EXISTS (SELECT FROM billing.billing_transactions t WHERE t.request_id = p_request_id AND t.type = 'charge') THEN
+        WITH cfg AS (
+            SELECT c.time_zone, c.uah_per_usd, c.clock_override, coalesce(c.clock_override, clock_timestamp()) AS clock
+              FROM billing.config c
+        ), moved AS (
+            UPDATE billing.user_billing b
+               SET balance_usd     = b.balance_usd - p_amount_usd,
+                   balance_uah     = b.balance_uah - coalesce(round(p_amount_usd * cfg.uah_per_usd, 2), 0),
+                   total_spent_usd = b.total_spent_usd + p_amount_usd,
+                   total_spent_uah = b.total_spent_uah + coalesce(round(p_amount_usd * cfg.uah_per_usd, 2), 0),
+                   total_requests  = b.total_requests + 1,
+                   day_spent_usd   = CASE WHEN b.day_start = billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone)
+                                          THEN b.day_spent_usd ELSE 0 END + p_amount_usd,
+                   day_start       = billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone),
+                   month_spent_usd = CASE WHEN b.month_start = date_trunc('month', billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone))::date
+                                          THEN b.month_spent_usd ELSE 0 END + p_amount_usd,
+                   month_start     = date_trunc('month', billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone))::date,
+                   version         = b.version + 1,
+                   last_request_at = billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at),
+                   updated_at      = billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at)
+              FROM cfg
+             WHERE b.user_id = p_user_id AND b.is_active AND b.billing_enabled
+               AND (b.held_usd = 0 OR b.holds_expire_at > billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at))
+               AND b.balance_usd - b.held_usd >= p_amount_usd
+               AND abs(b.balance_usd - p_amount_usd) < 1e12
+               AND (b.limit_override OR (
+                        CASE WHEN b.day_start = billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone)
+                             THEN b.day_spent_usd ELSE 0 END + b.held_usd + p_amount_usd <= b.daily_limit_usd
+                    AND CASE WHEN b.month_start = date_trunc('month', billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone))::date
+                             THEN b.month_spent_usd ELSE 0 END + b.held_usd + p_amount_usd <= b.monthly_limit_usd))
+            RETURNING b.version, b.balance_usd, b.updated_at, cfg.uah_per_usd
+        ), entry AS (
+            INSERT INTO billing.billing_transactions AS t (
+                user_id, version, type, amount_usd, amount_uah, exchange_rate, balance_before_usd, balance_after_usd,
+                request_id, description, metadata, created_at)
+            SELECT p_user_id, m.version, 'charge', -p_amount_usd, -round(p_amount_usd * m.uah_per_usd, 2), m.uah_per_usd,
+                   m.balance_usd + p_amount_usd, m.balance_usd, p_request_id, p_description,
+                   coalesce(p_metadata, '{}'::jsonb), m.updated_at
+              FROM moved m
+            ON CONFLICT DO NOTHING
+            RETURNING t.id, t.amount_usd, t.balance_before_usd, t.balance_after_usd
+        )
+        SELECT e.id, -e.amount_usd, e.balance_before_usd, e.balance_after_usd, m.version, m.uah_per_usd
+          INTO transaction_id, amount_usd, balance_before_usd, balance_after_usd, v_version, v_rate
+          FROM moved m LEFT JOIN entry e ON true;
+        IF transaction_id IS NOT NULL THEN
+            request_id := p_request_id;
+            status := 'charged';
+            replayed := false;
+            RETURN;
+        ELSIF v_version IS NOT NULL THEN
+            -- The request was charged by a transaction that committed while this one waited for the lock
+            -- (a racing replay, or a conflict): undo the counters, then answer exactly below.
+            PERFORM billing._undo_fast_charge(p_user_id, p_amount_usd, v_rate);
+        END IF;
     END IF;
 
     -- Exact path.

@@ -48,53 +48,55 @@ BEGIN
     -- holds count) for a new request, when no open hold can have expired yet (holds_expire_at).
     -- Anything else falls through to the exact path below, which reaps expired holds, answers replays
     -- and raises refusals.
-    WITH cfg AS (
-        SELECT c.time_zone, c.hold_ttl, c.clock_override, coalesce(c.clock_override, clock_timestamp()) AS clock
-          FROM billing.config c
-    ), moved AS (
-        UPDATE billing.user_billing b
-           SET held_usd        = b.held_usd + p_amount_usd,
-               holds_expire_at = CASE WHEN b.held_usd = 0 THEN billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at) + coalesce(p_ttl, cfg.hold_ttl)
-                                      ELSE least(b.holds_expire_at, billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at) + coalesce(p_ttl, cfg.hold_ttl)) END,
-               day_spent_usd   = CASE WHEN b.day_start = billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone)
-                                      THEN b.day_spent_usd ELSE 0 END,
-               day_start       = billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone),
-               month_spent_usd = CASE WHEN b.month_start = date_trunc('month', billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone))::date
-                                      THEN b.month_spent_usd ELSE 0 END,
-               month_start     = date_trunc('month', billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone))::date,
-               updated_at      = billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at)
-          FROM cfg
-         WHERE b.user_id = p_user_id AND b.is_active AND b.billing_enabled
-           AND (b.held_usd = 0 OR b.holds_expire_at > billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at))
-           AND b.balance_usd - b.held_usd >= p_amount_usd
-           AND (b.limit_override OR (
-                    CASE WHEN b.day_start = billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone)
-                         THEN b.day_spent_usd ELSE 0 END + b.held_usd + p_amount_usd <= b.daily_limit_usd
-                AND CASE WHEN b.month_start = date_trunc('month', billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone))::date
-                         THEN b.month_spent_usd ELSE 0 END + b.held_usd + p_amount_usd <= b.monthly_limit_usd))
-           AND NOT EXISTS (SELECT FROM billing.reservations r WHERE r.request_id = p_request_id)
-           AND NOT EXISTS (SELECT FROM billing.billing_transactions t
-                            WHERE t.request_id = p_request_id AND t.type = 'charge')
-        RETURNING b.balance_usd - b.held_usd AS available_usd, b.updated_at, coalesce(p_ttl, cfg.hold_ttl) AS ttl
-    ), held AS (
-        INSERT INTO billing.reservations AS r (request_id, user_id, amount_usd, expires_at, created_at)
-        SELECT p_request_id, p_user_id, p_amount_usd, m.updated_at + m.ttl, m.updated_at
-          FROM moved m
-        ON CONFLICT DO NOTHING
-        RETURNING r.id, r.amount_usd, r.expires_at
-    )
-    SELECT h.id, h.amount_usd, h.expires_at, m.available_usd, m.updated_at IS NOT NULL
-      INTO reservation_id, amount_usd, expires_at, available_usd, v_moved
-      FROM moved m LEFT JOIN held h ON true;
-    IF reservation_id IS NOT NULL THEN
-        request_id := p_request_id;
-        status := 'held';
-        replayed := false;
-        RETURN;
-    ELSIF v_moved THEN
-        -- Another transaction took a hold for this request while this one waited for the lock:
-        -- give the amount back, then answer exactly below.
-        UPDATE billing.user_billing b SET held_usd = b.held_usd - p_amount_usd WHERE b.user_id = p_user_id;
+    -- The request-id probes run before the locking UPDATE, not inside it (there PostgreSQL would
+    -- re-check them while holding a contended lock); a racing duplicate is caught by ON CONFLICT.
+    IF NOT EXISTS (SELECT FROM billing.reservations r WHERE r.request_id = p_request_id)
+       AND NOT EXISTS (SELECT FROM billing.billing_transactions t WHERE t.request_id = p_request_id AND t.type = 'charge') THEN
+        WITH cfg AS (
+            SELECT c.time_zone, c.hold_ttl, c.clock_override, coalesce(c.clock_override, clock_timestamp()) AS clock
+              FROM billing.config c
+        ), moved AS (
+            UPDATE billing.user_billing b
+               SET held_usd        = b.held_usd + p_amount_usd,
+                   holds_expire_at = CASE WHEN b.held_usd = 0 THEN billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at) + coalesce(p_ttl, cfg.hold_ttl)
+                                          ELSE least(b.holds_expire_at, billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at) + coalesce(p_ttl, cfg.hold_ttl)) END,
+                   day_spent_usd   = CASE WHEN b.day_start = billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone)
+                                          THEN b.day_spent_usd ELSE 0 END,
+                   day_start       = billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone),
+                   month_spent_usd = CASE WHEN b.month_start = date_trunc('month', billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone))::date
+                                          THEN b.month_spent_usd ELSE 0 END,
+                   month_start     = date_trunc('month', billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone))::date,
+                   updated_at      = billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at)
+              FROM cfg
+             WHERE b.user_id = p_user_id AND b.is_active AND b.billing_enabled
+               AND (b.held_usd = 0 OR b.holds_expire_at > billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at))
+               AND b.balance_usd - b.held_usd >= p_amount_usd
+               AND (b.limit_override OR (
+                        CASE WHEN b.day_start = billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone)
+                             THEN b.day_spent_usd ELSE 0 END + b.held_usd + p_amount_usd <= b.daily_limit_usd
+                    AND CASE WHEN b.month_start = date_trunc('month', billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone))::date
+                             THEN b.month_spent_usd ELSE 0 END + b.held_usd + p_amount_usd <= b.monthly_limit_usd))
+            RETURNING b.balance_usd - b.held_usd AS available_usd, b.updated_at, coalesce(p_ttl, cfg.hold_ttl) AS ttl
+        ), held AS (
+            INSERT INTO billing.reservations AS r (request_id, user_id, amount_usd, expires_at, created_at)
+            SELECT p_request_id, p_user_id, p_amount_usd, m.updated_at + m.ttl, m.updated_at
+              FROM moved m
+            ON CONFLICT DO NOTHING
+            RETURNING r.id, r.amount_usd, r.expires_at
+        )
+        SELECT h.id, h.amount_usd, h.expires_at, m.available_usd, m.updated_at IS NOT NULL
+          INTO reservation_id, amount_usd, expires_at, available_usd, v_moved
+          FROM moved m LEFT JOIN held h ON true;
+        IF reservation_id IS NOT NULL THEN
+            request_id := p_request_id;
+            status := 'held';
+            replayed := false;
+            RETURN;
+        ELSIF v_moved THEN
+            -- Another transaction took a hold for this request while this one waited for the lock:
+            -- give the amount back, then answer exactly below.
+            UPDATE billing.user_billing b SET held_usd = b.held_usd - p_amount_usd WHERE b.user_id = p_user_id;
+        END IF;
     END IF;
 
     -- Exact path.

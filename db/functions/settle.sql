@@ -51,7 +51,10 @@ BEGIN
         p_metadata := billing._check_metadata(p_metadata);
     END IF;
 
-    IF p_actual_usd > 0 THEN
+    -- The request-id probe runs before the locking UPDATE, not inside it (there PostgreSQL would
+    -- re-check it while holding a contended lock); a racing charge is caught by ON CONFLICT.
+    IF p_actual_usd > 0
+       AND NOT EXISTS (SELECT FROM billing.billing_transactions t WHERE t.request_id = p_request_id AND t.type = 'charge') THEN
         -- Fast path, one statement: a held hold of a billed account, settled at a price > 0, for a
         -- request without a charge, when no open hold of the account can have expired yet
         -- (holds_expire_at). The account UPDATE takes the lock first, as everywhere; the hold is then
@@ -88,8 +91,6 @@ BEGIN
                AND b.held_usd >= hold.amount_usd
                AND b.holds_expire_at > billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at)
                AND abs(b.balance_usd - p_actual_usd) < 1e12
-               AND NOT EXISTS (SELECT FROM billing.billing_transactions t
-                                WHERE t.request_id = p_request_id AND t.type = 'charge')
             RETURNING b.user_id, b.version, b.balance_usd, b.updated_at, cfg.uah_per_usd, hold.amount_usd AS hold_usd,
                       nextval('billing.billing_transactions_id_seq'::regclass) AS transaction_id
         ), done AS (
