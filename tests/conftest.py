@@ -16,6 +16,7 @@ Fixtures:
     connect                  connect(url=None, *, autocommit=True) -> psycopg.Connection,
                              for concurrency tests; every connection is closed after the test
     plpgsql_check_available  the plpgsql_check extension, created in db_url's database
+    db                       `conn`, parsing JSON numbers as Decimal (as api.db.connect does)
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
+from api import db as apidb
 from api import embedded, migrate
 from api.config import DEFAULT_DB_DIR
 
@@ -202,3 +204,10 @@ def plpgsql_check_available(conn: psycopg.Connection[Any]) -> str:
     version = conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'plpgsql_check'").fetchone()
     assert version is not None
     return str(version[0])
+
+
+@pytest.fixture
+def db(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
+    """The owner connection, parsing JSON numbers as Decimal (as api.db.connect does)."""
+    apidb.configure(conn)
+    return conn

@@ -25,12 +25,6 @@ def _verify_ledger_after_test(request):
     yield from h.verify_ledger_after(request)
 
 
-@pytest.fixture
-def db(conn):
-    """The owner connection, parsing JSON numbers as Decimal (as api.db.connect does)."""
-    apidb.configure(conn)
-    return conn
-
 
 # --- ensure_account -------------------------------------------------------------------------------
 

@@ -15,7 +15,6 @@ from typing import Any
 import psycopg
 import pytest
 
-from api import db as apidb
 from api import errors, ledger
 from api.config import DEFAULT_DB_DIR
 from api.errors import ERROR_CODES, EXCEPTIONS, BillingError, LimitExceeded
@@ -50,11 +49,6 @@ FITTING_STATUSES: dict[str, set[int]] = {
 def _verify_ledger_after_test(request):
     yield from h.verify_ledger_after(request)
 
-
-@pytest.fixture
-def db(conn):
-    apidb.configure(conn)
-    return conn
 
 
 def _sql_files() -> list[Path]:

@@ -16,7 +16,6 @@ from decimal import ROUND_HALF_UP, Decimal
 import psycopg
 import pytest
 
-from api import db as apidb
 from api import ledger
 from api.errors import (
     AccountInactive,
@@ -44,12 +43,6 @@ D = Decimal
 def _verify_ledger_after_test(request):
     yield from h.verify_ledger_after(request)
 
-
-@pytest.fixture
-def db(conn):
-    """The owner connection, parsing JSON numbers as Decimal (as api.db.connect does)."""
-    apidb.configure(conn)
-    return conn
 
 
 def _half_up(value: Decimal, places: int) -> Decimal:

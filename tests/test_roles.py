@@ -25,11 +25,6 @@ def _verify_ledger_after_test(request):
     yield from h.verify_ledger_after(request)
 
 
-@pytest.fixture
-def db(conn):
-    apidb.configure(conn)
-    return conn
-
 
 @pytest.fixture
 def app(connect, app_url):
