@@ -46,6 +46,7 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
     ErrorCode("BL012", "invalid_state", 409, "the operation does not apply in the object's current state"),
     ErrorCode("BL013", "no_exchange_rate", 422, "a UAH amount needs an exchange rate and none is set"),
     ErrorCode("BL014", "unsupported_currency", 422, "the currency is not USD or UAH"),
+    ErrorCode("BL015", "unknown_api_key", 404, "no API key with that name"),
     ErrorCode("BL090", "ledger_append_only", 409, "ledger rows cannot be updated or deleted"),
 )
 
@@ -132,6 +133,10 @@ class UnsupportedCurrency(BillingError):
     sqlstate = "BL014"
 
 
+class UnknownApiKey(BillingError):
+    sqlstate = "BL015"
+
+
 class LedgerAppendOnly(BillingError):
     sqlstate = "BL090"
 
@@ -153,6 +158,7 @@ EXCEPTIONS: dict[str, type[BillingError]] = {
         InvalidState,
         NoExchangeRate,
         UnsupportedCurrency,
+        UnknownApiKey,
         LedgerAppendOnly,
     )
 }

@@ -201,6 +201,62 @@ class Configuration:
     hold_ttl: dt.timedelta
 
 
+@dataclass(frozen=True)
+class RequestStart:
+    """The pre-flight of a metered call (billing.begin_request): tracking record, estimate and hold."""
+
+    tracking_id: int
+    request_id: str
+    status: str
+    estimate_usd: Decimal
+    reservation_id: int | None
+    reservation_status: str | None
+    available_usd: Decimal | None
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    """An API key as listed (never its digest). ``revoked_at`` is None for a live key (and on creation)."""
+
+    id: int
+    name: str
+    key_prefix: str | None
+    user_id: uuid.UUID | None
+    created_at: dt.datetime
+    revoked_at: dt.datetime | None = None
+
+
+@dataclass(frozen=True)
+class ApiKeyRevocation:
+    name: str
+    revoked_at: dt.datetime
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class ApiKeyIdentity:
+    """Who an API key is: ``name`` is the client key of its calls, ``user_id`` the user it bills (or None)."""
+
+    name: str
+    user_id: uuid.UUID | None
+    revoked: bool
+    key_hash: bytes
+
+
+@dataclass(frozen=True)
+class UnbilledCall:
+    request_id: str
+    tool_name: str
+    user_id: uuid.UUID | None
+    client_key: str | None
+    created_at: dt.datetime
+    age: dt.timedelta
+    hold_usd: Decimal | None
+    hold_status: str | None
+    hold_expires_at: dt.datetime | None
+
+
 def _money(value: Money | None, field: str) -> Decimal | None:
     """Decimal (or int) through; float refused here, before binary noise can become money."""
     if value is None:
@@ -479,3 +535,60 @@ def configure(
     conn: psycopg.Connection[Any], time_zone: str | None = None, hold_ttl: dt.timedelta | None = None
 ) -> Configuration:
     return _one(conn, "configure", {"time_zone": time_zone, "hold_ttl": hold_ttl}, Configuration)
+
+
+def begin_request(
+    conn: psycopg.Connection[Any],
+    request_id: str,
+    tool_name: str,
+    user_id: uuid.UUID | None = None,
+    client_key: str | None = None,
+    estimate_usd: Money | None = None,
+    ttl: dt.timedelta | None = None,
+) -> RequestStart:
+    """start_request + estimate + reserve in one transaction; a refused hold writes nothing."""
+    params = {
+        "request_id": request_id,
+        "tool_name": tool_name,
+        "user_id": user_id,
+        "client_key": client_key,
+        "estimate_usd": _money(estimate_usd, "estimate_usd"),
+        "ttl": ttl,
+    }
+    return _one(conn, "begin_request", params, RequestStart)
+
+
+def estimate_price(conn: psycopg.Connection[Any], tool_name: str) -> Decimal:
+    result: Decimal = _value(conn, "estimate_price", {"tool_name": tool_name})
+    return result
+
+
+def create_api_key(
+    conn: psycopg.Connection[Any],
+    name: str,
+    key_hash: bytes,
+    key_prefix: str | None,
+    user_id: uuid.UUID | None = None,
+) -> ApiKey:
+    """Register a key by its digest (``api.apikeys.hash_key``); the key itself never reaches the database."""
+    params = {"name": name, "key_hash": key_hash, "key_prefix": key_prefix, "user_id": user_id}
+    return _one(conn, "create_api_key", params, ApiKey)
+
+
+def revoke_api_key(conn: psycopg.Connection[Any], name: str) -> ApiKeyRevocation:
+    return _one(conn, "revoke_api_key", {"name": name}, ApiKeyRevocation)
+
+
+def list_api_keys(conn: psycopg.Connection[Any]) -> list[ApiKey]:
+    return _rows(conn, "list_api_keys", {}, ApiKey)
+
+
+def authenticate_api_key(conn: psycopg.Connection[Any], key_hash: bytes) -> ApiKeyIdentity | None:
+    """The key with that digest, revoked or not; None when no key has it."""
+    rows = _rows(conn, "authenticate_api_key", {"key_hash": key_hash}, ApiKeyIdentity)
+    return rows[0] if rows else None
+
+
+def unbilled_calls(conn: psycopg.Connection[Any]) -> list[UnbilledCall]:
+    """billing.unbilled_calls, oldest first. A view: needs the owner's or the analyst role's connection."""
+    return _rows(conn, "list_unbilled_calls", {}, UnbilledCall)

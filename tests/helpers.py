@@ -31,6 +31,7 @@ BILLING_TABLES = (
     "cost_tracking",
     "tool_pricing",
     "exchange_rates",
+    "api_keys",
 )
 
 UTC = dt.UTC

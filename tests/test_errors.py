@@ -41,6 +41,7 @@ FITTING_STATUSES: dict[str, set[int]] = {
     "invalid_state": {409},
     "no_exchange_rate": {422, 503},
     "unsupported_currency": {400, 422},
+    "unknown_api_key": {404},
     "ledger_append_only": {403, 409, 500},
 }
 
@@ -124,7 +125,7 @@ def test_different_kinds_of_refusal_have_different_http_statuses():
         "funds": {"insufficient_funds"},
         "limits": {"daily_limit_exceeded", "monthly_limit_exceeded"},
         "inactive": {"account_inactive"},
-        "not_found": {"unknown_user", "unknown_request", "unknown_transaction"},
+        "not_found": {"unknown_user", "unknown_request", "unknown_transaction", "unknown_api_key"},
         "invalid": {"invalid_amount", "invalid_argument", "unsupported_currency"},
     }
     status = {code.name: code.http_status for code in ERROR_CODES}
@@ -179,6 +180,7 @@ def _scenarios(db) -> dict[str, Callable[[], Any]]:
         "BL012": lambda: ledger.refund(db, topup_id, D("0.5"), "r", "k-3"),
         "BL013": lambda: ledger.top_up(db, user_id, D("100.5"), "mono", "uah-1", currency="UAH"),
         "BL014": lambda: ledger.top_up(db, user_id, D("100.5"), "stripe", "eur-1", currency="EUR"),
+        "BL015": lambda: ledger.revoke_api_key(db, "no-such-key"),
         "BL090": append_only,
     }
 
