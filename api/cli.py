@@ -12,12 +12,11 @@ import argparse
 import os
 import signal
 import sys
-import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from decimal import Decimal, InvalidOperation
-from types import FrameType
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -117,42 +116,75 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
 # --- tollgate run -------------------------------------------------------------------------------
 
 
-def wait_for_shutdown() -> str:
-    """Block until SIGINT or SIGTERM arrives; return the signal's name."""
-    received: list[int] = []
-    arrived = threading.Event()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        received.append(signum)
-        arrived.set()
-
-    watched = (signal.SIGINT, signal.SIGTERM)
-    previous = {signum: signal.signal(signum, on_signal) for signum in watched}
-    try:
-        arrived.wait()
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
-    return signal.Signals(received[0]).name
-
-
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from api.app import create_app
+    from api.logs import configure_logging
+
+    gateway = settings.gateway
+    host = args.host or gateway.host
+    port = gateway.port if args.port is None else args.port
+    if host != gateway.host:
+        settings = replace(settings, gateway=replace(gateway, host=host))
     # Stop the embedded server at the end only if this process started it: another
     # `tollgate run`, or a `tollgate db start`, may be relying on it.
     started_here = settings.database_url is None and embedded.status(settings) is None
     try:
         url = embedded.database_url(settings)
-        applied = migrate.upgrade(url, settings.db_dir)
         where = "embedded PostgreSQL" if settings.database_url is None else "PostgreSQL"
         print(f"tollgate: ledger on {where} at {redact(url)}", flush=True)
+        # --no-migrate: the gateway connects as the application role, which may only EXECUTE the
+        # billing functions; the owner migrates separately (`tollgate migrate`).
+        applied = [] if args.no_migrate else migrate.upgrade(url, settings.db_dir)
         if applied:
             print(f"tollgate: applied migrations {', '.join(applied)}", flush=True)
-        print("tollgate: running (`tollgate db psql` opens a SQL shell); stop with Ctrl-C", flush=True)
-        name = wait_for_shutdown()
-        print(f"tollgate: {name} received, shutting down", flush=True)
+        configure_logging(gateway.log_level)
+        app = create_app(settings, url)
+        print(f"tollgate: serving on http://{host}:{port} (MCP: /sse and /mcp, API: /api; Ctrl-C stops)", flush=True)
+        # uvicorn stops accepting on SIGINT/SIGTERM and lets in-flight calls finish (and settle) for
+        # up to 30 s before closing what is left (long-lived SSE streams). Afterwards it re-raises the
+        # signal under the handlers it found; these record it, so that we still stop the embedded
+        # server and exit 0 instead of dying by the signal.
+        received: list[int] = []
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(signum, lambda number, _frame: received.append(number))
+        uvicorn.run(
+            app,
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=30,
+            backlog=4096,
+            lifespan="on",
+        )
     finally:
         if started_here and embedded.stop(settings):
             print("tollgate: embedded PostgreSQL stopped", flush=True)
+    return 0
+
+
+def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
+    from api.auth import load_jwt_key, mint_token
+
+    gateway = settings.gateway
+    if not gateway.jwt_algorithms[0].startswith("HS"):
+        print("tollgate: token needs the HS secret; with a public key, tokens come from your identity provider",
+              file=sys.stderr)
+        return 2
+    key = load_jwt_key(gateway, settings.data_dir)
+    token = mint_token(
+        key,
+        args.user,
+        algorithm=gateway.jwt_algorithms[0],
+        email=args.user if "@" in args.user else None,
+        admin_scope=gateway.admin_scope if args.admin else None,
+        issuer=gateway.jwt_issuer,
+        audience=gateway.jwt_audience,
+        lifetime_seconds=args.hours * 3600,
+    )
+    print(token)
     return 0
 
 
@@ -257,7 +289,48 @@ def cmd_rate(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_apikey(args: argparse.Namespace, settings: Settings) -> int:
+    from api import apikeys
+
+    with _ledger_connection(settings) as conn:
+        if args.action == "create":
+            key = apikeys.generate_key()
+            # One transaction: a refused key does not leave a user created for it behind.
+            with conn.transaction():
+                user_id = None
+                if args.user is not None:
+                    try:
+                        user_id = uuid.UUID(args.user)
+                    except ValueError:
+                        user_id = ledger.ensure_account(conn, args.user)
+                created = ledger.create_api_key(
+                    conn, args.name, apikeys.hash_key(key), apikeys.key_prefix(key), user_id
+                )
+            billed = f"bills user {created.user_id}" if created.user_id else "tracked, not charged"
+            print(f"api key {created.name} created ({billed})")
+            print(key)
+            print("tollgate: store this key now: only its hash is kept, so it cannot be shown again", file=sys.stderr)
+            return 0
+        if args.action == "revoke":
+            revoked = ledger.revoke_api_key(conn, args.name)
+            when = revoked.revoked_at.isoformat()
+            print(f"api key {revoked.name} {'was already revoked' if revoked.replayed else 'revoked'} at {when}")
+            return 0
+        keys = ledger.list_api_keys(conn)
+    print(f"{'name':<32} {'prefix':<16} {'user_id':<36} {'created_at':<25} revoked_at")
+    for row in keys:
+        prefix = f"{row.key_prefix}…" if row.key_prefix else "-"
+        print(
+            f"{row.name:<32} {prefix:<16} {row.user_id or '-'!s:<36} "
+            f"{row.created_at.isoformat(timespec='seconds'):<25} "
+            f"{'-' if row.revoked_at is None else row.revoked_at.isoformat(timespec='seconds')}"
+        )
+    return 0
+
+
 def cmd_ledger(args: argparse.Namespace, settings: Settings) -> int:
+    if args.action == "reconcile":
+        return reconcile(settings, args.fail_stale_minutes)
     with _ledger_connection(settings) as conn:
         if args.action == "reap":
             print(f"expired holds reaped: {ledger.reap_expired_holds(conn)}")
@@ -268,6 +341,58 @@ def cmd_ledger(args: argparse.Namespace, settings: Settings) -> int:
               f"{violation.detail}")
     print("ledger OK: every invariant holds" if not violations else f"{len(violations)} invariant violation(s)")
     return 0 if not violations else 1
+
+
+def reconcile(settings: Settings, fail_stale_minutes: int | None) -> int:
+    """Replay this installation's spool (idempotent), then report what is still unbilled.
+
+    The spool holds the outcome of every call whose completion could not be written; replaying it
+    bills each call once (``complete_request`` is idempotent on the request id). A call still
+    pending with no spooled outcome lost its gateway mid-call; ``--fail-stale-minutes`` closes such
+    calls as failed, which frees their holds and charges nothing.
+    """
+    import asyncio
+
+    from api import aledger
+    from api.metering import permanent_failure
+    from api.spool import PendingCompletion, Spool
+
+    url = embedded.database_url(settings)
+    spool = Spool(settings.data_dir / "spool")
+
+    async def replay_all() -> tuple[int, int, list[tuple[str, str]]]:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            async def complete(entry: PendingCompletion) -> None:
+                await aledger.complete_request(
+                    conn, entry.request_id, entry.success, entry.total_cost_usd,
+                    cost_breakdown=entry.cost_breakdown, execution_time_ms=entry.execution_time_ms,
+                    error=entry.error, description=entry.description,
+                )
+
+            report = await spool.replay(complete, permanent_failure)
+            return report.written, report.remaining, report.rejected
+
+    written, remaining, rejected = asyncio.run(replay_all())
+    print(f"spool: {written} completion(s) written, {remaining} kept for retry, {len(rejected)} rejected")
+    for request_id, reason in rejected:
+        print(f"  rejected {request_id}: {reason}")
+    with _ledger_connection(settings) as conn:
+        if fail_stale_minutes is not None:
+            spooled = {entry.request_id for entry in spool.pending()}
+            stale = [
+                row for row in conn.execute(QUERIES["stale_unbilled_calls"], {"minutes": fail_stale_minutes})
+                if row[0] not in spooled  # their outcome is known and will be billed by a later replay
+            ]
+            for (request_id,) in stale:
+                ledger.complete_request(
+                    conn, request_id, False, error="outcome lost: the gateway stopped before the call finished"
+                )
+            print(f"closed {len(stale)} stale call(s) as failed")
+        rows = conn.execute(QUERIES["unbilled_calls"]).fetchall()
+    for request_id, tool_name, user_id, created_at in rows:
+        print(f"unbilled: {request_id} {tool_name} user {user_id} since {created_at:%Y-%m-%d %H:%M:%S%z}")
+    print(f"{len(rows)} call(s) still unbilled" if rows else "no unbilled calls")
+    return 0 if remaining == 0 else 1
 
 
 # --- parser -------------------------------------------------------------------------------------
@@ -282,7 +407,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="migrate, then serve until SIGINT/SIGTERM")
+    run = commands.add_parser("run", help="migrate, then serve the gateway until SIGINT/SIGTERM")
+    run.add_argument("--host", help="listen address (default TOLLGATE_HOST or 127.0.0.1)")
+    run.add_argument("--port", type=int, help="listen port (default TOLLGATE_PORT or 8000)")
+    run.add_argument("--no-migrate", action="store_true", help="do not migrate first (the URL is the app role's)")
+    token = commands.add_parser("token", help="mint a development JWT signed with the local secret")
+    token.add_argument("--user", required=True, help="the subject (sub); an e-mail address is also put in `email`")
+    token.add_argument("--admin", action="store_true", help="include the admin scope")
+    token.add_argument("--hours", type=int, default=24, help="lifetime in hours (default 24)")
+    token.set_defaults(handler=cmd_token)
     run.set_defaults(handler=cmd_run)
 
     migrate_parser = commands.add_parser("migrate", help="apply or roll back schema migrations (default: up)")
@@ -343,11 +476,32 @@ def build_parser() -> argparse.ArgumentParser:
     rate.add_argument("currency", choices=["UAH"])
     rate.add_argument("per_usd", type=decimal_arg, help="UAH per 1 USD, e.g. 41.25")
 
+    apikey = commands.add_parser("apikey", help="create, revoke or list API keys (only their hashes are stored)")
+    apikey.set_defaults(handler=cmd_apikey)
+    apikey_actions = apikey.add_subparsers(dest="action", required=True, metavar="ACTION")
+    apikey_create = apikey_actions.add_parser("create", help="create a key and print it once")
+    apikey_create.add_argument("name", help="client name recorded on the key's calls (letters, digits, . _ -)")
+    apikey_create.add_argument(
+        "--user", help="bill this user (id or external subject, created if new); default: tracked, not charged"
+    )
+    apikey_revoke = apikey_actions.add_parser("revoke", help="revoke a key (idempotent)")
+    apikey_revoke.add_argument("name")
+    apikey_actions.add_parser("list", help="list keys (names and prefixes, never the keys)")
+
     ledger_parser = commands.add_parser("ledger", help="check the ledger's invariants, reap expired holds")
     ledger_parser.set_defaults(handler=cmd_ledger)
     ledger_actions = ledger_parser.add_subparsers(dest="action", required=True, metavar="ACTION")
     ledger_actions.add_parser("verify", help="list invariant violations (exit 1 if any)")
     ledger_actions.add_parser("reap", help="expire holds past their expiry")
+    reconcile_parser = ledger_actions.add_parser(
+        "reconcile", help="bill spooled completions (calls that ran while the ledger was unreachable); list the rest"
+    )
+    reconcile_parser.add_argument(
+        "--fail-stale-minutes",
+        type=int,
+        metavar="N",
+        help="also close calls pending for over N minutes whose outcome no spool holds, as failed (not charged)",
+    )
 
     return parser
 

@@ -19,6 +19,36 @@ DEFAULT_DB_DIR = Path(__file__).resolve().parent.parent / "db"
 DEFAULT_DATA_DIR = Path(".tollgate")
 DEFAULT_POOL_MIN = 1
 DEFAULT_POOL_MAX = 10
+DEFAULT_TOOLS_CONFIG = Path("tollgate.toml")
+JWT_ALGORITHMS = frozenset({"HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512", "PS256"})
+
+
+@dataclass(frozen=True)
+class GatewaySettings:
+    """How the gateway serves: listening address, authentication, metering and limits (README table)."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    # HS* secret, or the path of a PEM public key for RS*/ES*/PS*. Neither: a development secret is
+    # generated into the data directory (see api.auth.load_jwt_key).
+    jwt_secret: str | None = None
+    jwt_public_key_file: Path | None = None
+    # Pinned from configuration, never read from the token.
+    jwt_algorithms: tuple[str, ...] = ("HS256",)
+    jwt_issuer: str | None = None
+    jwt_audience: str | None = None
+    jwt_leeway_seconds: int = 30
+    # A JWT whose `scope` (space separated) or `scopes`/`scp` (list) holds this is an administrator.
+    admin_scope: str = "tollgate:admin"
+    allow_anonymous: bool = True
+    # Off: tools are served with no tracking and no charge (benchmarks, trusted deployments).
+    metering: bool = True
+    tools_config: Path | None = None
+    max_body_bytes: int = 1_048_576
+    tool_timeout_seconds: int = 120
+    # Unbilled completions (database unreachable after a tool ran) are retried this often.
+    spool_retry_seconds: int = 10
+    log_level: str = "INFO"
 
 
 @dataclass(frozen=True)
@@ -33,6 +63,7 @@ class Settings:
     db_dir: Path
     pool_min: int
     pool_max: int
+    gateway: GatewaySettings = GatewaySettings()
 
     @property
     def pgdata(self) -> Path:
@@ -89,9 +120,73 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         raise ValueError(f"TOLLGATE_POOL_MAX={pool_max} is smaller than TOLLGATE_POOL_MIN={pool_min}")
 
     return Settings(
+        gateway=_load_gateway(env),
         database_url=database_url,
         data_dir=data_dir,
         db_dir=db_dir,
         pool_min=pool_min,
         pool_max=pool_max,
+    )
+
+
+def _get_bool(environ: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = _get(environ, name)
+    if raw is None:
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"{name}={raw!r} is not a boolean (use true or false)")
+
+
+def _load_gateway(env: Mapping[str, str]) -> GatewaySettings:
+    secret = _get(env, "TOLLGATE_JWT_SECRET")
+    key_file_raw = _get(env, "TOLLGATE_JWT_PUBLIC_KEY_FILE")
+    if secret is not None and key_file_raw is not None:
+        raise ValueError("set one of TOLLGATE_JWT_SECRET (HS256) and TOLLGATE_JWT_PUBLIC_KEY_FILE (RS/ES), not both")
+    key_file = Path(key_file_raw).expanduser().resolve() if key_file_raw else None
+    if key_file is not None and not key_file.is_file():
+        raise ValueError(f"TOLLGATE_JWT_PUBLIC_KEY_FILE={key_file} is not a readable file")
+    if secret is not None and len(secret.encode()) < 32:
+        raise ValueError("TOLLGATE_JWT_SECRET must be at least 32 bytes (RFC 7518 section 3.2)")
+    raw_algorithms = _get(env, "TOLLGATE_JWT_ALGORITHMS")
+    default_algorithm = "RS256" if key_file is not None else "HS256"
+    algorithms = tuple(a.strip() for a in (raw_algorithms or default_algorithm).split(",") if a.strip())
+    unknown = [a for a in algorithms if a not in JWT_ALGORITHMS]
+    if not algorithms or unknown:
+        raise ValueError(
+            f"TOLLGATE_JWT_ALGORITHMS: unsupported {unknown or 'empty list'}; use {sorted(JWT_ALGORITHMS)}"
+        )
+    symmetric = {a.startswith("HS") for a in algorithms}
+    if len(symmetric) != 1 or symmetric != {key_file is None}:
+        raise ValueError(
+            "TOLLGATE_JWT_ALGORITHMS must be HS* only with a secret, or RS*/ES*/PS* only with a public key file"
+        )
+    tools_raw = _get(env, "TOLLGATE_TOOLS_CONFIG")
+    tools_config = Path(tools_raw).expanduser().resolve() if tools_raw else None
+    if tools_config is not None and not tools_config.is_file():
+        raise ValueError(f"TOLLGATE_TOOLS_CONFIG={tools_config} is not a file")
+    if tools_config is None and DEFAULT_TOOLS_CONFIG.is_file():
+        tools_config = DEFAULT_TOOLS_CONFIG.resolve()
+    log_level = (_get(env, "TOLLGATE_LOG_LEVEL") or "INFO").upper()
+    if log_level not in ("DEBUG", "INFO", "WARNING", "ERROR"):
+        raise ValueError(f"TOLLGATE_LOG_LEVEL={log_level!r} must be DEBUG, INFO, WARNING or ERROR")
+    return GatewaySettings(
+        host=_get(env, "TOLLGATE_HOST") or "127.0.0.1",
+        port=_get_int(env, "TOLLGATE_PORT", 8000, minimum=0),
+        jwt_secret=secret,
+        jwt_public_key_file=key_file,
+        jwt_algorithms=algorithms,
+        jwt_issuer=_get(env, "TOLLGATE_JWT_ISSUER"),
+        jwt_audience=_get(env, "TOLLGATE_JWT_AUDIENCE"),
+        jwt_leeway_seconds=_get_int(env, "TOLLGATE_JWT_LEEWAY_SECONDS", 30, minimum=0),
+        admin_scope=_get(env, "TOLLGATE_ADMIN_SCOPE") or "tollgate:admin",
+        allow_anonymous=_get_bool(env, "TOLLGATE_ALLOW_ANONYMOUS", True),
+        metering=_get_bool(env, "TOLLGATE_METERING", True),
+        tools_config=tools_config,
+        max_body_bytes=_get_int(env, "TOLLGATE_MAX_BODY_BYTES", 1_048_576, minimum=1024),
+        tool_timeout_seconds=_get_int(env, "TOLLGATE_TOOL_TIMEOUT_SECONDS", 120, minimum=1),
+        spool_retry_seconds=_get_int(env, "TOLLGATE_SPOOL_RETRY_SECONDS", 10, minimum=1),
+        log_level=log_level,
     )

@@ -14,7 +14,7 @@ from typing import Any
 
 import psycopg
 from psycopg.types.json import set_json_loads
-from psycopg_pool import ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 _loads = partial(json.loads, parse_float=Decimal)
 
@@ -44,3 +44,16 @@ def make_pool(
         configure(conn)
 
     return ConnectionPool(url, min_size=min_size, max_size=max_size, configure=_configure, open=open)
+
+
+async def _configure_async(conn: psycopg.AsyncConnection[Any]) -> None:
+    await conn.set_autocommit(True)
+    set_json_loads(_loads, conn)
+    await conn.set_isolation_level(psycopg.IsolationLevel.READ_COMMITTED)
+
+
+def make_async_pool(
+    url: str, *, min_size: int = 1, max_size: int = 10
+) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
+    """The gateway's pool: async connections configured like ``connect``'s, opened by the app's lifespan."""
+    return AsyncConnectionPool(url, min_size=min_size, max_size=max_size, configure=_configure_async, open=False)

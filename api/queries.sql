@@ -94,6 +94,43 @@ SELECT billing.tool_price(%(tool_name)s, %(cost_usd)s) AS price_usd;
 -- Set the time zone of the spend windows and the default hold lifetime.
 SELECT * FROM billing.configure(%(time_zone)s, %(hold_ttl)s);
 
+-- begin_request --
+-- Pre-flight of a metered call in one round trip: start_request, estimate, reserve.
+SELECT * FROM billing.begin_request(%(request_id)s, %(tool_name)s, %(user_id)s, %(client_key)s, %(estimate_usd)s,
+                                    %(ttl)s);
+
+-- estimate_price --
+-- The amount held before a call of a tool.
+SELECT billing.estimate_price(%(tool_name)s) AS estimate_usd;
+
+-- create_api_key --
+-- Register an API key by its SHA-256 digest.
+SELECT * FROM billing.create_api_key(%(name)s, %(key_hash)s, %(key_prefix)s, %(user_id)s);
+
+-- revoke_api_key --
+-- Revoke an API key (idempotent).
+SELECT * FROM billing.revoke_api_key(%(name)s);
+
+-- list_api_keys --
+-- Every API key, without digests.
+SELECT * FROM billing.list_api_keys();
+
+-- authenticate_api_key --
+-- The API key with that digest (no row when unknown).
+SELECT * FROM billing.authenticate_api_key(%(key_hash)s);
+
+-- list_unbilled_calls --
+-- Every column of billing.unbilled_calls, oldest first (owner or analyst connection: it is a view).
+SELECT * FROM billing.unbilled_calls ORDER BY created_at, request_id;
+
 -- user_by_external_id --
 -- An operator lookup (CLI): the summary row of the user with that external subject, if any.
 SELECT * FROM billing.user_billing_summary WHERE external_id = %(external_id)s;
+
+-- unbilled_calls --
+-- Tool calls started and never completed (operator report of `tollgate ledger reconcile`).
+SELECT request_id, tool_name, user_id, created_at FROM billing.unbilled_calls ORDER BY created_at;
+
+-- stale_unbilled_calls --
+-- Pending calls older than %(minutes)s minutes (their gateway stopped mid-call).
+SELECT request_id FROM billing.unbilled_calls WHERE created_at < now() - make_interval(mins => %(minutes)s);

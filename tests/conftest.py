@@ -211,3 +211,39 @@ def db(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
     """The owner connection, parsing JSON numbers as Decimal (as api.db.connect does)."""
     apidb.configure(conn)
     return conn
+
+
+# --- the gateway, end to end -----------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gateway_db(pg_server_url: str, template_db: str) -> Iterator[str]:
+    """Owner URL of a migrated database shared by one test module's gateway (tests use their own users)."""
+    name = f"g_{uuid.uuid4().hex}"
+    url = _create_database(pg_server_url, name, template=template_db)
+    try:
+        yield url
+    finally:
+        _drop_database(pg_server_url, name)
+
+
+@pytest.fixture(scope="module")
+def gateway(gateway_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A real `tollgate run` on loopback, connected as the application role, serving tests/gateway/tools.toml."""
+    from tests.gateway.server import start_gateway
+
+    app_role_url = url_for(gateway_db, str(conninfo_to_dict(gateway_db)["dbname"]), user=APP_ROLE)
+    server = start_gateway(app_role_url, tmp_path_factory.mktemp("gateway"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def gdb(gateway_db: str) -> Iterator[psycopg.Connection[Any]]:
+    """An owner connection to the gateway's database (JSON numbers as Decimal)."""
+    from api import db as api_db
+
+    with api_db.connect(gateway_db) as connection:
+        yield connection

@@ -1,0 +1,674 @@
+"""The HTTP API: tools over plain HTTP, the original billing endpoints, admin operations, health.
+
+One table (``ENDPOINTS``) declares every route with its authentication, request schema and answer;
+Starlette's routes and ``/openapi.json`` are both built from it, so the spec cannot drift.
+
+Answers are ``{"success": true, ...}`` or ``{"success": false, "error": {"code", "message", ...}}``.
+Bodies are JSON objects parsed with money as Decimal (``api.jsonio``), validated against their
+schema (unknown fields refused), and capped in size (``TOLLGATE_MAX_BODY_BYTES``).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from typing import TYPE_CHECKING, Any
+
+import jsonschema
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from api import aledger
+from api.auth import Identity, identity_of
+from api.jsonio import JSONBodyError, dumps, iso_utc, loads
+
+if TYPE_CHECKING:
+    from api.app import Gateway
+
+MAX_MONEY = Decimal("1e12")
+DECIMAL_TEXT = re.compile(r"^-?[0-9]{1,13}(\.[0-9]{1,20})?$")
+TRANSACTION_TYPES = ("charge", "refund", "topup", "adjustment")
+TOPUP_HINT = (
+    "Top-ups are credited only after a payment confirmed by a payment provider; pay through the payment "
+    "flow (POST /api/billing/payments, in a later release) or ask an administrator to credit your account."
+)
+
+
+class ApiError(Exception):
+    """An answer other than success: HTTP status, stable code, a message that says what was wrong."""
+
+    def __init__(self, status: int, code: str, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.message = message
+        self.extra = extra
+        self.headers: dict[str, str] = {}
+
+    def with_auth_header(self) -> ApiError:
+        """Add the WWW-Authenticate challenge a 401 must carry."""
+        self.headers["WWW-Authenticate"] = 'Bearer realm="tollgate"'
+        return self
+
+
+def json_response(payload: dict[str, Any], status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(dumps(payload), status_code=status, media_type="application/json", headers=headers)
+
+
+def ok(**payload: Any) -> Response:
+    return json_response({"success": True, **payload})
+
+
+def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"success": False, "error": {"code": code, "message": message, **extra}}
+
+
+# ---- request parsing ------------------------------------------------------------------------------
+
+MONEY_SCHEMA: dict[str, Any] = {
+    "type": ["number", "string"],
+    "pattern": r"^-?[0-9]{1,12}(\.[0-9]{1,8})?$",
+    "description": "USD amount: a JSON number or a decimal string, at most 8 decimals (parsed as decimal)",
+}
+UAH_SCHEMA: dict[str, Any] = {
+    "type": ["number", "string"],
+    "pattern": r"^[0-9]{1,13}(\.[0-9]{1,2})?$",
+    "description": "UAH amount: a JSON number or a decimal string, at most 2 decimals",
+}
+TEXT = {"type": "string", "minLength": 1, "maxLength": 200}
+
+
+def _object(properties: dict[str, Any], required: tuple[str, ...] = ()) -> dict[str, Any]:
+    return {"type": "object", "properties": properties, "required": list(required), "additionalProperties": False}
+
+
+async def read_json(request: Request) -> Any:
+    """The body as JSON (money as Decimal); an empty body is None."""
+    body = await request.body()
+    if not body.strip():
+        return None
+    content_type = request.headers.get("content-type", "application/json").split(";")[0].strip().lower()
+    if content_type not in ("application/json", "") and not content_type.endswith("+json"):
+        raise ApiError(415, "unsupported_media_type", f"send the body as application/json, not {content_type}")
+    try:
+        return loads(body)
+    except JSONBodyError as exc:
+        raise ApiError(400, "invalid_json", str(exc)) from None
+
+
+async def read_body(request: Request, schema: dict[str, Any], *, empty_ok: bool = False) -> dict[str, Any]:
+    data = await read_json(request)
+    if data is None:
+        if empty_ok:
+            return {}
+        raise ApiError(400, "missing_body", "a JSON object body is required")
+    if not isinstance(data, dict):
+        raise ApiError(422, "invalid_body", f"the body must be a JSON object, not {type(data).__name__}")
+    errors = sorted(jsonschema.Draft202012Validator(schema).iter_errors(data), key=lambda e: list(e.path))
+    if errors:
+        first = errors[0]
+        where = "/".join(str(part) for part in first.absolute_path) or "(body)"
+        raise ApiError(422, "invalid_request", f"{where}: {first.message}", field=where)
+    return data
+
+
+def money(value: Any, field_name: str, *, places: int = 8, signed: bool = False, positive: bool = False) -> Decimal:
+    """A JSON number or decimal string as an exact Decimal, refusing what the ledger would refuse."""
+    if isinstance(value, bool) or not isinstance(value, Decimal | int | str):
+        raise ApiError(422, "invalid_amount", f"{field_name} must be a number", field=field_name)
+    if isinstance(value, str):
+        if not DECIMAL_TEXT.match(value.strip()):
+            raise ApiError(
+                422, "invalid_amount", f"{field_name} is not a decimal amount: {value[:40]!r}", field=field_name
+            )
+        value = value.strip()
+    try:
+        amount = Decimal(value)
+    except InvalidOperation:
+        raise ApiError(422, "invalid_amount", f"{field_name} is not a decimal amount", field=field_name) from None
+    if not amount.is_finite():
+        raise ApiError(422, "invalid_amount", f"{field_name} must be finite", field=field_name)
+    exponent = amount.as_tuple().exponent
+    if isinstance(exponent, int) and exponent < -places and amount != amount.quantize(Decimal(1).scaleb(-places)):
+        raise ApiError(
+            422, "invalid_amount", f"{field_name} has more than {places} decimal places: {amount}", field=field_name
+        )
+    if abs(amount) >= MAX_MONEY:
+        raise ApiError(422, "invalid_amount", f"{field_name} must be below 1e12", field=field_name)
+    if not signed and amount < 0:
+        raise ApiError(422, "invalid_amount", f"{field_name} must not be negative", field=field_name)
+    if positive and amount <= 0:
+        raise ApiError(422, "invalid_amount", f"{field_name} must be greater than zero", field=field_name)
+    return amount.quantize(Decimal(1).scaleb(-places)) if exponent != -places else amount
+
+
+def _int_param(request: Request, name: str, default: int | None, low: int, high: int) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    if not re.fullmatch(r"[0-9]{1,9}", raw):
+        raise ApiError(422, "invalid_parameter", f"{name} must be a whole number", field=name)
+    value = int(raw)
+    if not low <= value <= high:
+        raise ApiError(422, "invalid_parameter", f"{name} must be between {low} and {high}", field=name)
+    return value
+
+
+def _time_param(request: Request, name: str) -> dt.datetime | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        value = dt.datetime.fromisoformat(raw.replace("Z", "+00:00"))
+    except ValueError:
+        raise ApiError(422, "invalid_parameter", f"{name} must be an ISO 8601 date or time", field=name) from None
+    if value.year < 1970 or value.year > 9000:
+        raise ApiError(422, "invalid_parameter", f"{name} is out of range", field=name)
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
+def _path_uuid(request: Request, name: str) -> uuid.UUID:
+    try:
+        return uuid.UUID(request.path_params[name])
+    except ValueError:
+        raise ApiError(422, "invalid_parameter", f"{name} must be a user id (UUID)", field=name) from None
+
+
+def _path_int(request: Request, name: str) -> int:
+    raw = request.path_params[name]
+    if not re.fullmatch(r"[0-9]{1,18}", raw) or int(raw) < 1:
+        raise ApiError(422, "invalid_parameter", f"{name} must be a positive whole number", field=name)
+    return int(raw)
+
+
+# ---- authentication requirements ------------------------------------------------------------------
+
+
+def require_jwt(request: Request) -> Identity:
+    identity = identity_of(request)
+    if identity.kind != "user":
+        raise ApiError(
+            401, "jwt_required", "this endpoint needs a user's JWT (Authorization: Bearer <token>)"
+        ).with_auth_header()
+    return identity
+
+
+def require_admin(request: Request) -> Identity:
+    identity = require_jwt(request)
+    if not identity.admin:
+        raise ApiError(403, "admin_required", "this endpoint is for administrators (a JWT with the admin scope)")
+    return identity
+
+
+# ---- endpoints ------------------------------------------------------------------------------------
+
+Handler = Callable[["Gateway", Request], Awaitable[Response]]
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    auth: str  # none | any | jwt | admin | key_or_jwt
+    body: dict[str, Any] | None = None
+    query: tuple[tuple[str, dict[str, Any]], ...] = ()
+    responses: dict[int, str] = field(default_factory=dict)
+    tag: str = "billing"
+
+
+def _account_user(gateway: Gateway, identity: Identity) -> Awaitable[uuid.UUID | None]:
+    return gateway.accounts.user_id(identity)
+
+
+async def call_tool(gateway: Gateway, request: Request) -> Response:
+    identity = identity_of(request)
+    if identity.kind == "anonymous":
+        raise ApiError(
+            401, "credentials_required", "calling tools over HTTP needs a JWT or an API key"
+        ).with_auth_header()
+    name = request.path_params["name"]
+    arguments = await read_json(request)
+    if arguments is None:
+        arguments = {}
+    if not isinstance(arguments, dict):
+        raise ApiError(422, "invalid_arguments", "the body must be the tool's arguments as a JSON object")
+    request_id = request.headers.get("idempotency-key")
+    if request_id is not None and not re.fullmatch(r"[A-Za-z0-9._:\-]{1,200}", request_id):
+        raise ApiError(422, "invalid_idempotency_key", "Idempotency-Key must be 1-200 of A-Z a-z 0-9 . _ : -")
+    outcome = await gateway.call_tool(identity, name, arguments, transport="http", request_id=request_id)
+    result = outcome.result.model_dump(mode="json", by_alias=True, exclude_none=True)
+    result.pop("resultType", None)
+    if outcome.result.is_error:
+        message = " ".join(b.get("text", "") for b in result.get("content", []) if isinstance(b, dict))
+        return json_response(
+            {
+                **error_body("tool_error", message or "the tool failed"),
+                "result": result,
+                "billing": outcome.billing_json(),
+            },
+            status=502,
+        )
+    return ok(result=result, billing=outcome.billing_json())
+
+
+async def list_tools(gateway: Gateway, request: Request) -> Response:
+    tools = [tool.model_dump(mode="json", by_alias=True, exclude_none=True) for tool in gateway.registry.definitions()]
+    return ok(tools=tools)
+
+
+def _balance_shape(summary: dict[str, Any]) -> dict[str, Any]:
+    """The original system's ``billing`` object, exactly."""
+    return {
+        "balance_usd": summary["balance_usd"],
+        "balance_uah": summary["balance_uah"],
+        "total_spent_usd": summary["total_spent_usd"],
+        "total_requests": summary["total_requests"],
+        "limits": {"daily_usd": summary["limits"]["daily_usd"], "monthly_usd": summary["limits"]["monthly_usd"]},
+        "usage": {"today_usd": summary["usage"]["today_usd"], "month_usd": summary["usage"]["month_usd"]},
+        "last_request_at": summary["last_request_at"],
+    }
+
+
+async def balance(gateway: Gateway, request: Request) -> Response:
+    user_id = await _account_user(gateway, require_jwt(request))
+    assert user_id is not None
+    async with gateway.pool.connection() as conn:
+        summary = await aledger.summary(conn, user_id)
+    return ok(billing=_balance_shape(summary))
+
+
+async def history(gateway: Gateway, request: Request) -> Response:
+    user_id = await _account_user(gateway, require_jwt(request))
+    assert user_id is not None
+    limit = _int_param(request, "limit", 50, 1, 1000)
+    offset = _int_param(request, "offset", 0, 0, 100_000)
+    before_id = _int_param(request, "before_id", None, 1, 10**17)
+    assert limit is not None and offset is not None
+    kind = request.query_params.get("type") or None
+    if kind is not None and kind not in TRANSACTION_TYPES:
+        raise ApiError(422, "invalid_parameter", f"type must be one of {', '.join(TRANSACTION_TYPES)}", field="type")
+    from_, to = _time_param(request, "from"), _time_param(request, "to")
+    if from_ is not None and to is not None and from_ > to:
+        raise ApiError(422, "invalid_parameter", "from must not be after to", field="from")
+    async with gateway.pool.connection() as conn:
+        rows = await aledger.history(
+            conn, user_id, type=kind, from_=from_, to=to, limit=limit, offset=offset, before_id=before_id
+        )
+    transactions = [
+        {
+            "id": row.id,
+            "user_id": row.user_id,
+            "type": row.type,
+            "amount_usd": row.amount_usd,
+            "balance_before_usd": row.balance_before_usd,
+            "balance_after_usd": row.balance_after_usd,
+            "request_id": row.request_id,
+            "description": row.description,
+            "created_at": iso_utc(row.created_at),
+        }
+        for row in rows
+    ]
+    pagination: dict[str, Any] = {"limit": limit, "offset": offset, "count": len(transactions)}
+    # Keyset cursor for deep pages: pass it as before_id (with offset 0) to get the next page.
+    pagination["next_before_id"] = transactions[-1]["id"] if len(transactions) == limit else None
+    return ok(transactions=transactions, pagination=pagination)
+
+
+SETTINGS_BODY = _object({"daily_limit_usd": MONEY_SCHEMA, "monthly_limit_usd": MONEY_SCHEMA})
+
+
+async def settings(gateway: Gateway, request: Request) -> Response:
+    user_id = await _account_user(gateway, require_jwt(request))
+    assert user_id is not None
+    body = await read_body(request, SETTINGS_BODY)
+    if not body:
+        raise ApiError(422, "invalid_request", "give daily_limit_usd and/or monthly_limit_usd")
+    daily = money(body["daily_limit_usd"], "daily_limit_usd") if "daily_limit_usd" in body else None
+    monthly = money(body["monthly_limit_usd"], "monthly_limit_usd") if "monthly_limit_usd" in body else None
+    async with gateway.pool.connection() as conn:
+        result = await aledger.update_settings(conn, user_id, daily_limit_usd=daily, monthly_limit_usd=monthly)
+    return ok(settings={"daily_limit_usd": result.daily_limit_usd, "monthly_limit_usd": result.monthly_limit_usd})
+
+
+TOPUP_BODY = _object(
+    {
+        "user_id": {"type": "string", "format": "uuid", "description": "the account to credit (admins only)"},
+        "amount_usd": MONEY_SCHEMA,
+        "amount_uah": UAH_SCHEMA,
+        "description": {"type": "string", "maxLength": 1000},
+        "payment_provider": TEXT,
+        "payment_id": TEXT,
+    },
+    ("user_id", "payment_id"),
+)
+
+
+async def topup(gateway: Gateway, request: Request) -> Response:
+    identity = require_jwt(request)
+    if not identity.admin:
+        raise ApiError(403, "topup_not_self_service", TOPUP_HINT)
+    body = await read_body(request, TOPUP_BODY)
+    try:
+        user_id = uuid.UUID(body["user_id"])
+    except ValueError:
+        raise ApiError(422, "invalid_request", "user_id must be a UUID", field="user_id") from None
+    if ("amount_usd" in body) == ("amount_uah" in body):
+        raise ApiError(422, "invalid_request", "give exactly one of amount_usd and amount_uah")
+    if "amount_usd" in body:
+        amount, currency = money(body["amount_usd"], "amount_usd", positive=True), "USD"
+    else:
+        amount, currency = money(body["amount_uah"], "amount_uah", places=2, positive=True), "UAH"
+    async with gateway.pool.connection() as conn:
+        result = await aledger.top_up(
+            conn,
+            user_id,
+            amount,
+            body.get("payment_provider", "admin"),
+            body["payment_id"],
+            currency=currency,
+            description=body.get("description"),
+            metadata={"credited_by": identity.label},
+        )
+    return ok(
+        transaction={
+            "id": result.transaction_id,
+            "amount_usd": result.amount_usd,
+            "amount_uah": result.amount_uah,
+            "currency": result.currency,
+            "exchange_rate": result.exchange_rate,
+            "balance_before_usd": result.balance_before_usd,
+            "balance_after_usd": result.balance_after_usd,
+            "replayed": result.replayed,
+        }
+    )
+
+
+async def admin_get_billing(gateway: Gateway, request: Request) -> Response:
+    require_admin(request)
+    user_id = _path_uuid(request, "user_id")
+    async with gateway.pool.connection() as conn:
+        summary = await aledger.summary(conn, user_id)
+    return ok(billing=summary)
+
+
+ADMIN_BILLING_BODY = _object(
+    {
+        "daily_limit_usd": MONEY_SCHEMA,
+        "monthly_limit_usd": MONEY_SCHEMA,
+        "is_active": {"type": "boolean"},
+        "billing_enabled": {"type": "boolean"},
+        "limit_override": {"type": "boolean"},
+    }
+)
+
+
+async def admin_put_billing(gateway: Gateway, request: Request) -> Response:
+    require_admin(request)
+    user_id = _path_uuid(request, "user_id")
+    body = await read_body(request, ADMIN_BILLING_BODY)
+    if not body:
+        raise ApiError(422, "invalid_request", "give at least one setting to change")
+    async with gateway.pool.connection() as conn:
+        result = await aledger.update_settings(
+            conn,
+            user_id,
+            daily_limit_usd=money(body["daily_limit_usd"], "daily_limit_usd") if "daily_limit_usd" in body else None,
+            monthly_limit_usd=(
+                money(body["monthly_limit_usd"], "monthly_limit_usd") if "monthly_limit_usd" in body else None
+            ),
+            is_active=body.get("is_active"),
+            billing_enabled=body.get("billing_enabled"),
+            limit_override=body.get("limit_override"),
+        )
+    return ok(
+        settings={
+            "user_id": result.user_id,
+            "daily_limit_usd": result.daily_limit_usd,
+            "monthly_limit_usd": result.monthly_limit_usd,
+            "is_active": result.is_active,
+            "billing_enabled": result.billing_enabled,
+            "limit_override": result.limit_override,
+        }
+    )
+
+
+ADJUST_BODY = _object(
+    {
+        "amount_usd": {**MONEY_SCHEMA, "description": "signed USD amount: positive credits, negative debits"},
+        "reason": {"type": "string", "minLength": 1, "maxLength": 1000},
+        "idempotency_key": TEXT,
+    },
+    ("amount_usd", "reason", "idempotency_key"),
+)
+
+
+async def admin_adjust(gateway: Gateway, request: Request) -> Response:
+    admin = require_admin(request)
+    user_id = _path_uuid(request, "user_id")
+    body = await read_body(request, ADJUST_BODY)
+    amount = money(body["amount_usd"], "amount_usd", signed=True)
+    if amount == 0:
+        raise ApiError(422, "invalid_amount", "amount_usd must not be zero", field="amount_usd")
+    async with gateway.pool.connection() as conn:
+        result = await aledger.adjust(conn, user_id, amount, body["reason"], admin.label, body["idempotency_key"])
+    return ok(
+        transaction={
+            "id": result.transaction_id,
+            "amount_usd": result.amount_usd,
+            "balance_before_usd": result.balance_before_usd,
+            "balance_after_usd": result.balance_after_usd,
+            "replayed": result.replayed,
+        }
+    )
+
+
+REFUND_BODY = _object(
+    {
+        "amount_usd": MONEY_SCHEMA,
+        "reason": {"type": "string", "minLength": 1, "maxLength": 1000},
+        "idempotency_key": TEXT,
+    },
+    ("amount_usd", "reason", "idempotency_key"),
+)
+
+
+async def admin_refund(gateway: Gateway, request: Request) -> Response:
+    require_admin(request)
+    transaction_id = _path_int(request, "transaction_id")
+    body = await read_body(request, REFUND_BODY)
+    amount = money(body["amount_usd"], "amount_usd", positive=True)
+    async with gateway.pool.connection() as conn:
+        result = await aledger.refund(conn, transaction_id, amount, body["reason"], body["idempotency_key"])
+    return ok(
+        transaction={
+            "id": result.transaction_id,
+            "refund_of": result.refund_of,
+            "amount_usd": result.amount_usd,
+            "balance_before_usd": result.balance_before_usd,
+            "balance_after_usd": result.balance_after_usd,
+            "refunded_total_usd": result.refunded_total_usd,
+            "replayed": result.replayed,
+        }
+    )
+
+
+async def health(gateway: Gateway, request: Request) -> Response:
+    try:
+        async with gateway.pool.connection(timeout=2.0) as conn:
+            await conn.execute("SELECT 1")
+    except Exception as exc:
+        return json_response({"status": "unavailable", "database": f"unreachable: {type(exc).__name__}"}, status=503)
+    return json_response({"status": "ok", "database": "ok", "tools": len(gateway.registry)})
+
+
+async def metrics(gateway: Gateway, request: Request) -> Response:
+    from api.metrics import CONTENT_TYPE
+
+    return Response(gateway.metrics.render(), media_type=CONTENT_TYPE)
+
+
+async def openapi(gateway: Gateway, request: Request) -> Response:
+    return json_response(gateway.openapi)
+
+
+HISTORY_QUERY: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 50}),
+    ("offset", {"type": "integer", "minimum": 0, "maximum": 100000, "default": 0}),
+    ("type", {"type": "string", "enum": list(TRANSACTION_TYPES)}),
+    ("from", {"type": "string", "format": "date-time"}),
+    ("to", {"type": "string", "format": "date-time"}),
+    ("before_id", {"type": "integer", "minimum": 1, "description": "keyset cursor: pagination.next_before_id"}),
+)
+
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint("GET", "/health", health, "Liveness and database check", "none", tag="operations"),
+    Endpoint("GET", "/metrics", metrics, "Prometheus metrics", "none", tag="operations"),
+    Endpoint("GET", "/openapi.json", openapi, "This document", "none", tag="operations"),
+    Endpoint("GET", "/api/tools", list_tools, "The tools this gateway serves", "none", tag="tools"),
+    Endpoint(
+        "POST",
+        "/api/tools/{name}",
+        call_tool,
+        "Call a tool (metered: tracked, pre-flight checked and charged). Body: the tool's arguments. "
+        "Optional Idempotency-Key header: a replay is not run or charged again.",
+        "key_or_jwt",
+        body={"type": "object", "description": "the tool's arguments (see its input schema)"},
+        responses={402: "insufficient funds", 429: "spend limit reached", 502: "the tool failed (not charged)"},
+        tag="tools",
+    ),
+    Endpoint("GET", "/api/billing/balance", balance, "The caller's balance, limits and usage", "jwt"),
+    Endpoint(
+        "GET", "/api/billing/history", history, "The caller's transactions, newest first", "jwt", query=HISTORY_QUERY
+    ),
+    Endpoint(
+        "PUT", "/api/billing/settings", settings, "Change the caller's daily/monthly limits", "jwt", body=SETTINGS_BODY
+    ),
+    Endpoint("POST", "/api/billing/topup", topup, "Credit an account (administrators only)", "admin", body=TOPUP_BODY),
+    Endpoint(
+        "GET", "/api/admin/users/{user_id}/billing", admin_get_billing, "A user's billing account", "admin", tag="admin"
+    ),
+    Endpoint(
+        "PUT",
+        "/api/admin/users/{user_id}/billing",
+        admin_put_billing,
+        "Change a user's limits, active flag, billing flag or limit override",
+        "admin",
+        body=ADMIN_BILLING_BODY,
+        tag="admin",
+    ),
+    Endpoint(
+        "POST",
+        "/api/admin/users/{user_id}/adjust",
+        admin_adjust,
+        "Signed, audited correction",
+        "admin",
+        body=ADJUST_BODY,
+        tag="admin",
+    ),
+    Endpoint(
+        "POST",
+        "/api/admin/transactions/{transaction_id}/refund",
+        admin_refund,
+        "Refund part or all of a charge",
+        "admin",
+        body=REFUND_BODY,
+        tag="admin",
+    ),
+)
+
+
+def routes(gateway: Gateway) -> list[Route]:
+    def bind(endpoint: Endpoint) -> Callable[[Request], Awaitable[Response]]:
+        async def handle(request: Request) -> Response:
+            return await endpoint.handler(gateway, request)
+
+        handle.__name__ = endpoint.handler.__name__
+        return handle
+
+    return [Route(e.path, bind(e), methods=[e.method], name=e.handler.__name__) for e in ENDPOINTS]
+
+
+# ---- OpenAPI --------------------------------------------------------------------------------------
+
+ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["success", "error"],
+    "properties": {
+        "success": {"const": False},
+        "error": {
+            "type": "object",
+            "required": ["code", "message"],
+            "properties": {"code": {"type": "string"}, "message": {"type": "string"}},
+        },
+    },
+}
+SUCCESS_SCHEMA = {"type": "object", "properties": {"success": {"const": True}}}
+
+
+def build_openapi(version: str) -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for endpoint in ENDPOINTS:
+        operation: dict[str, Any] = {
+            "summary": endpoint.summary,
+            "operationId": endpoint.handler.__name__,
+            "tags": [endpoint.tag],
+            "responses": {
+                "200": {"description": "success", "content": {"application/json": {"schema": SUCCESS_SCHEMA}}},
+                "default": {"description": "an error", "content": {"application/json": {"schema": ERROR_SCHEMA}}},
+            },
+        }
+        for status, text in endpoint.responses.items():
+            operation["responses"][str(status)] = {
+                "description": text,
+                "content": {"application/json": {"schema": ERROR_SCHEMA}},
+            }
+        if endpoint.auth != "none":
+            operation["security"] = (
+                [{"bearer": []}, {"apiKey": []}] if endpoint.auth == "key_or_jwt" else [{"bearer": []}]
+            )
+        parameters: list[dict[str, Any]] = []
+        for name in re.findall(r"{(\w+)}", endpoint.path):
+            schema: dict[str, Any] = {"type": "string"}
+            if name == "user_id":
+                schema = {"type": "string", "format": "uuid"}
+            elif name == "transaction_id":
+                schema = {"type": "integer", "minimum": 1}
+            parameters.append({"name": name, "in": "path", "required": True, "schema": schema})
+        for name, schema in endpoint.query:
+            parameters.append({"name": name, "in": "query", "required": False, "schema": schema})
+        if endpoint.path == "/api/tools/{name}":
+            parameters.append(
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string", "maxLength": 200},
+                }
+            )
+        if parameters:
+            operation["parameters"] = parameters
+        if endpoint.body is not None:
+            operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": endpoint.body}}}
+        paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Tollgate",
+            "version": version,
+            "description": "Prepaid, usage-based billing gateway for MCP tools",
+        },
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT or tg_ API key"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+            }
+        },
+    }

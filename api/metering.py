@@ -1,0 +1,276 @@
+"""The metered call flow, the same for MCP and HTTP callers (DESIGN section 5).
+
+    begin_request (start_request + price estimate + reserve, one transaction)
+    -> run the tool
+    -> complete_request with the actual cost (settles the hold, frees the rest; or releases it on failure)
+
+* A refused reservation raises ``CallRefused`` carrying the database's refusal (which limit, the
+  figures, when it resets, how to top up); nothing was written for the call.
+* The tool and the completion run shielded from cancellation: a client that disconnects mid-call
+  does not stop work that is already paid for from being finished and charged, exactly once
+  (``complete_request`` is idempotent on the request id).
+* A billing fault after the tool ran (the database unreachable for the completion) never fails the
+  caller: the completion is spooled (``api.spool``) and retried; meanwhile the call is listed by
+  ``billing.unbilled_calls``.
+* Metering off (``TOLLGATE_METERING=false``): tools run with no tracking and no charge.
+
+Prices: the database prices every call (``billing.tool_price`` inside ``complete_request``) from the
+costs a tool reports through its ``ToolContext``; the hold is ``billing.estimate_price`` (tool
+pricing, or for variable-cost tools the 95th percentile of recent prices if higher).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+import anyio
+import mcp_types as types
+import psycopg
+from psycopg_pool import AsyncConnectionPool
+
+from api import aledger
+from api.auth import Accounts, Identity
+from api.errors import BillingError
+from api.metrics import Metrics
+from api.spool import PendingCompletion, Spool
+from api.tools import InvalidArguments, ToolContext, ToolError, ToolRegistry
+
+log = logging.getLogger("tollgate.metering")
+
+# Refusals that are the caller's situation (funds, limits, account state), answered gracefully.
+REFUSALS = frozenset({"BL001", "BL002", "BL003", "BL004"})
+
+
+class UnknownTool(Exception):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"unknown tool {name!r}: list the tools with tools/list or GET /openapi.json")
+        self.name = name
+
+
+class CallRefused(Exception):
+    """The reservation was refused: ``error`` is the database's reason, with its figures."""
+
+    def __init__(self, error: BillingError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+    @property
+    def text(self) -> str:
+        """One paragraph a person (or a model) can act on."""
+        hint = self.error.hint or ("Top up your balance to continue." if self.error.sqlstate == "BL001" else None)
+        return f"{self.error.message} {hint}" if hint else self.error.message
+
+
+class AlreadyCompleted(Exception):
+    """A replayed request id (Idempotency-Key) whose call has already run: it is not run or charged again."""
+
+    def __init__(self, request_id: str, status: str) -> None:
+        super().__init__(f"request {request_id!r} has already run (status {status}); it is not run or charged again")
+        self.request_id = request_id
+        self.status = status
+
+
+@dataclass(frozen=True)
+class CallOutcome:
+    request_id: str | None
+    result: types.CallToolResult
+    # charged | not_charged (no user, price 0, billing disabled, or the call failed) | unmetered |
+    # pending (billing fault: spooled for reconciliation)
+    billing_status: str
+    price_usd: Decimal | None = None
+    transaction_id: int | None = None
+
+    def billing_json(self) -> dict[str, Any]:
+        return {
+            "request_id": self.request_id,
+            "status": self.billing_status,
+            "price_usd": self.price_usd,
+            "transaction_id": self.transaction_id,
+        }
+
+
+def _is_transient(exc: Exception) -> bool:
+    return isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | TimeoutError | OSError)
+
+
+def permanent_failure(exc: Exception) -> bool:
+    """A spooled completion the ledger refuses for good (e.g. a conflict) is set aside, not retried."""
+    return not _is_transient(exc)
+
+
+class Meter:
+    def __init__(
+        self,
+        pool: AsyncConnectionPool[Any],
+        registry: ToolRegistry,
+        accounts: Accounts,
+        metrics: Metrics,
+        spool: Spool,
+        *,
+        metering: bool,
+        tool_timeout_seconds: float,
+    ) -> None:
+        self.pool = pool
+        self.registry = registry
+        self.accounts = accounts
+        self.metrics = metrics
+        self.spool = spool
+        self.metering = metering
+        self.tool_timeout_seconds = tool_timeout_seconds
+
+    async def call(
+        self,
+        identity: Identity,
+        tool_name: str,
+        arguments: dict[str, Any],
+        *,
+        transport: str,
+        request_id: str | None = None,
+    ) -> CallOutcome:
+        tool = self.registry.get(tool_name)
+        if tool is None:
+            self.metrics.tool_calls.labels("(unknown)", transport, "unknown_tool").inc()
+            raise UnknownTool(tool_name)
+        self.registry.validate(tool_name, arguments)  # InvalidArguments: nothing tracked, held or charged
+        started = time.perf_counter()
+        try:
+            if not self.metering:
+                ctx = ToolContext(request_id=request_id or uuid.uuid4().hex, tool_name=tool_name)
+                result = await self._run(tool_name, arguments, ctx)
+                self.metrics.tool_calls.labels(tool_name, transport, "unmetered").inc()
+                return CallOutcome(None, result, "unmetered")
+            return await self._metered(identity, tool_name, arguments, transport, request_id or uuid.uuid4().hex)
+        finally:
+            self.metrics.tool_latency.labels(tool_name).observe(time.perf_counter() - started)
+
+    async def _run(self, tool_name: str, arguments: dict[str, Any], ctx: ToolContext) -> types.CallToolResult:
+        tool = self.registry.get(tool_name)
+        assert tool is not None
+        with anyio.fail_after(self.tool_timeout_seconds):
+            result = await tool.call(arguments, ctx)
+        return result
+
+    async def _metered(
+        self, identity: Identity, tool_name: str, arguments: dict[str, Any], transport: str, request_id: str
+    ) -> CallOutcome:
+        user_id = await self.accounts.user_id(identity)
+        try:
+            async with self.pool.connection() as conn:
+                start = await aledger.begin_request(conn, request_id, tool_name, user_id, identity.client_key)
+        except BillingError as error:
+            if error.sqlstate in REFUSALS:
+                self.metrics.refusals.labels(error.code.name).inc()
+                self.metrics.tool_calls.labels(tool_name, transport, "refused").inc()
+                raise CallRefused(error) from None
+            raise
+        if start.replayed and start.status != "pending":
+            raise AlreadyCompleted(request_id, start.status)
+
+        # From here on the call is paid for (or tracked): finish it even if the caller goes away.
+        with anyio.CancelScope(shield=True):
+            outcome = await self._run_and_complete(tool_name, arguments, transport, request_id)
+        return outcome
+
+    async def _run_and_complete(
+        self, tool_name: str, arguments: dict[str, Any], transport: str, request_id: str
+    ) -> CallOutcome:
+        ctx = ToolContext(request_id=request_id, tool_name=tool_name)
+        started = time.perf_counter()
+        error: str | None = None
+        result: types.CallToolResult
+        try:
+            result = await self._run(tool_name, arguments, ctx)
+            if result.is_error:
+                error = _result_text(result) or "the tool returned an error result"
+        except InvalidArguments as exc:
+            error = str(exc)
+            result = _error_result(error)
+        except ToolError as exc:
+            error = str(exc)
+            result = _error_result(error)
+        except TimeoutError:
+            error = f"the tool did not answer within {self.tool_timeout_seconds:g} seconds"
+            result = _error_result(error)
+        except Exception as exc:  # a bug or crash in a tool must not leave its hold behind
+            log.exception("tool %s crashed", tool_name, extra={"request_id": request_id})
+            error = f"the tool failed: {type(exc).__name__}"
+            result = _error_result(error)
+        completion = PendingCompletion(
+            request_id=request_id,
+            success=error is None,
+            total_cost_usd=ctx.total_cost_usd,
+            cost_breakdown=[item.as_json() for item in ctx.costs],
+            execution_time_ms=int((time.perf_counter() - started) * 1000),
+            error=None if error is None else error[:4000],
+            description=f"{tool_name} call",
+        )
+        try:
+            done = await self.complete(completion)
+        except Exception as exc:
+            if not _is_transient(exc):
+                raise
+            log.error(
+                "billing fault after %s ran; completion spooled for reconciliation: %s",
+                tool_name,
+                exc,
+                extra={"request_id": request_id},
+            )
+            self.spool.add(completion)
+            self.metrics.billing_faults.inc()
+            self.metrics.tool_calls.labels(tool_name, transport, "unbilled").inc()
+            return CallOutcome(request_id, result, "pending")
+        outcome = "ok" if error is None else "tool_error"
+        self.metrics.tool_calls.labels(tool_name, transport, outcome).inc()
+        if done.billed:
+            self.metrics.charges.inc()
+            if done.price_usd:
+                self.metrics.charged_usd.inc(float(done.price_usd))
+        status = "charged" if done.billed else "not_charged"
+        return CallOutcome(request_id, result, status, done.price_usd, done.transaction_id)
+
+    async def complete(self, completion: PendingCompletion) -> Any:
+        async with self.pool.connection() as conn:
+            return await aledger.complete_request(
+                conn,
+                completion.request_id,
+                completion.success,
+                completion.total_cost_usd,
+                cost_breakdown=completion.cost_breakdown,
+                execution_time_ms=completion.execution_time_ms,
+                error=completion.error,
+                description=completion.description,
+            )
+
+    async def replay_spool(self) -> None:
+        report = await self.spool.replay(self.complete, permanent_failure)
+        if report.written or report.rejected:
+            log.info(
+                "spool replayed: %d billed, %d kept, %d rejected",
+                report.written,
+                report.remaining,
+                len(report.rejected),
+            )
+
+
+def _error_result(message: str) -> types.CallToolResult:
+    return types.CallToolResult(content=[types.TextContent(type="text", text=message)], is_error=True)
+
+
+def _result_text(result: types.CallToolResult) -> str:
+    return " ".join(block.text for block in result.content if isinstance(block, types.TextContent))[:4000]
+
+
+def refusal_result(refused: CallRefused) -> types.CallToolResult:
+    """The graceful MCP answer to a refused call: an ``isError`` result with the reason and figures."""
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=refused.text)],
+        structured_content={
+            "error": {"code": refused.error.code.name, "message": refused.text, **refused.error.detail}
+        },
+        is_error=True,
+    )

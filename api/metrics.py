@@ -1,0 +1,77 @@
+"""Prometheus metrics of one gateway process, served at ``GET /metrics``.
+
+Each app gets its own registry (tests build many apps in one process). Money counters are exposed
+as floats because that is the Prometheus data model; they are for dashboards, never for billing:
+the ledger is the record.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from psycopg_pool import AsyncConnectionPool
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+class _PoolCollector(Collector):
+    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+        self._pool = pool
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._pool.get_stats()
+        size = GaugeMetricFamily("tollgate_db_pool_connections", "Connections of the database pool", labels=["state"])
+        size.add_metric(["open"], stats.get("pool_size", 0))
+        size.add_metric(["idle"], stats.get("pool_available", 0))
+        size.add_metric(["max"], self._pool.max_size)
+        yield size
+        waiting = GaugeMetricFamily("tollgate_db_pool_waiting", "Requests waiting for a pooled connection")
+        waiting.add_metric([], stats.get("requests_waiting", 0))
+        yield waiting
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.http_requests = Counter(
+            "tollgate_http_requests", "HTTP requests served", ["method", "route", "status"], registry=self.registry
+        )
+        self.http_latency = Histogram(
+            "tollgate_http_request_seconds",
+            "HTTP request latency (SSE streams excluded)",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.tool_calls = Counter(
+            "tollgate_tool_calls", "Tool calls by outcome", ["tool", "transport", "outcome"], registry=self.registry
+        )
+        self.tool_latency = Histogram(
+            "tollgate_tool_call_seconds",
+            "Tool call latency, metering included",
+            ["tool"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.charges = Counter("tollgate_charges", "Calls charged to a user", registry=self.registry)
+        self.charged_usd = Counter(
+            "tollgate_charged_usd", "USD charged (approximate; see the ledger)", registry=self.registry
+        )
+        self.refusals = Counter(
+            "tollgate_refusals", "Calls refused before running, by reason", ["reason"], registry=self.registry
+        )
+        self.billing_faults = Counter(
+            "tollgate_billing_faults", "Completions that could not be written and were spooled", registry=self.registry
+        )
+
+    def watch_pool(self, pool: AsyncConnectionPool[Any]) -> None:
+        self.registry.register(_PoolCollector(pool))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

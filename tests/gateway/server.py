@@ -1,0 +1,108 @@
+"""A real gateway for the end-to-end tests: `tollgate run` in a subprocess, on a loopback port.
+
+It connects as the application role (EXECUTE on the billing functions only), so every test through
+it also proves that the gateway never touches a table directly.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from api.auth import mint_token
+
+ROOT = Path(__file__).resolve().parents[2]
+TOOLS_CONFIG = ROOT / "tests" / "gateway" / "tools.toml"
+SECRET = "test-secret-" + "x" * 60  # >= 64 bytes: long enough for HS512 too
+ADMIN_SCOPE = "tollgate:admin"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def tollgate_command() -> list[str]:
+    return [str(Path(sys.executable).with_name("tollgate"))]
+
+
+@dataclass
+class Gateway:
+    base_url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+
+    def token(self, subject: str | None = None, *, admin: bool = False, **kwargs: Any) -> str:
+        return mint_token(
+            SECRET, subject or f"user-{uuid.uuid4().hex[:12]}", admin_scope=ADMIN_SCOPE if admin else None, **kwargs
+        )
+
+    def client(self, token: str | None = None, **kwargs: Any) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.base_url, headers=headers, timeout=30, **kwargs)
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 40) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def start_gateway(database_url: str, data_dir: Path, **env: str) -> Gateway:
+    port = free_port()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    log_path = data_dir / "gateway.log"
+    environment = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "TOLLGATE_DATABASE_URL": database_url,
+        "TOLLGATE_DATA_DIR": str(data_dir),
+        "TOLLGATE_JWT_SECRET": SECRET,
+        "TOLLGATE_TOOLS_CONFIG": str(TOOLS_CONFIG),
+        "TOLLGATE_PORT": str(port),
+        "TOLLGATE_SPOOL_RETRY_SECONDS": "1",
+        "TOLLGATE_POOL_MAX": "8",
+        **env,
+    }
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [*tollgate_command(), "run", "--no-migrate"],
+            cwd=ROOT,
+            env=environment,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    gateway = Gateway(f"http://127.0.0.1:{port}", process, log_path, environment)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the gateway exited with {process.returncode}:\n{gateway.logs()}")
+        try:
+            if httpx.get(f"{gateway.base_url}/health", timeout=1).status_code == 200:
+                return gateway
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    gateway.stop(signal.SIGKILL)
+    raise RuntimeError(f"the gateway did not become healthy:\n{gateway.logs()}")

@@ -1,0 +1,168 @@
+"""JWT attacks against a real gateway: each one a 401 with a reason, never an anonymous fall-back.
+
+Two gateways: the module's HS256 one (issuer/audience unset), and one configured for RS256 with an
+issuer and an audience.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from psycopg.conninfo import conninfo_to_dict
+
+from tests.conftest import APP_ROLE, url_for
+from tests.gateway.server import SECRET, start_gateway
+
+pytestmark = pytest.mark.timeout(120)
+
+ISSUER = "https://id.example.com/"
+AUDIENCE = "tollgate-test"
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def claims(**overrides: Any) -> dict[str, Any]:
+    now = int(time.time())
+    base = {"sub": f"jwt-{uuid.uuid4().hex[:8]}", "iat": now, "exp": now + 600}
+    base.update(overrides)
+    return {k: v for k, v in base.items() if v is not None}
+
+
+def refused(base_url: str, token: str) -> dict[str, Any]:
+    reply = httpx.get(f"{base_url}/api/billing/balance", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert reply.status_code == 401, reply.text
+    assert reply.headers["www-authenticate"].startswith("Bearer")
+    error: dict[str, Any] = reply.json()["error"]
+    assert error["message"]
+    return error
+
+
+def accepted(base_url: str, token: str) -> None:
+    reply = httpx.get(f"{base_url}/api/billing/balance", headers={"Authorization": f"Bearer {token}"}, timeout=10)
+    assert reply.status_code == 200, reply.text
+
+
+@pytest.fixture(scope="module")
+def rsa_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(public_exponent=65537, key_size=2048)
+
+
+@pytest.fixture(scope="module")
+def rs_gateway(gateway_db: str, tmp_path_factory: pytest.TempPathFactory, rsa_key: rsa.RSAPrivateKey) -> Iterator[Any]:
+    directory = tmp_path_factory.mktemp("rs-gateway")
+    public = rsa_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    key_file = Path(directory) / "public.pem"
+    key_file.write_bytes(public)
+    app_url = url_for(gateway_db, str(conninfo_to_dict(gateway_db)["dbname"]), user=APP_ROLE)
+    server = start_gateway(
+        app_url,
+        Path(directory) / "data",
+        TOLLGATE_JWT_SECRET="",
+        TOLLGATE_JWT_PUBLIC_KEY_FILE=str(key_file),
+        TOLLGATE_JWT_ALGORITHMS="RS256",
+        TOLLGATE_JWT_ISSUER=ISSUER,
+        TOLLGATE_JWT_AUDIENCE=AUDIENCE,
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_a_valid_token_is_accepted(gateway: Any) -> None:
+    accepted(gateway.base_url, jwt.encode(claims(), SECRET, algorithm="HS256"))
+
+
+def test_alg_none_is_refused(gateway: Any) -> None:
+    header = b64(json.dumps({"alg": "none", "typ": "JWT"}).encode())
+    token = f"{header}.{b64(json.dumps(claims()).encode())}."
+    assert refused(gateway.base_url, token)["code"] == "algorithm_not_allowed"
+
+
+def test_expired_and_not_yet_valid(gateway: Any) -> None:
+    now = int(time.time())
+    expired = jwt.encode(claims(exp=now - 120, iat=now - 600), SECRET, algorithm="HS256")
+    assert refused(gateway.base_url, expired)["code"] == "token_expired"
+    future = jwt.encode(claims(nbf=now + 600), SECRET, algorithm="HS256")
+    assert refused(gateway.base_url, future)["code"] == "token_not_yet_valid"
+
+
+def test_missing_sub_or_exp(gateway: Any) -> None:
+    assert refused(gateway.base_url, jwt.encode(claims(sub=None), SECRET, algorithm="HS256"))["code"] == "missing_claim"
+    assert refused(gateway.base_url, jwt.encode(claims(exp=None), SECRET, algorithm="HS256"))["code"] == "missing_claim"
+    assert refused(gateway.base_url, jwt.encode(claims(sub=""), SECRET, algorithm="HS256"))["code"] in (
+        "invalid_subject",
+        "invalid_token",
+    )
+
+
+def test_tampered_payload_and_wrong_secret(gateway: Any) -> None:
+    token = jwt.encode(claims(sub="alice"), SECRET, algorithm="HS256")
+    header, _, signature = token.split(".")
+    forged = f"{header}.{b64(json.dumps(claims(sub='mallory')).encode())}.{signature}"
+    assert refused(gateway.base_url, forged)["code"] == "invalid_signature"
+    other = jwt.encode(claims(), "another-secret-" + "y" * 40, algorithm="HS256")
+    assert refused(gateway.base_url, other)["code"] == "invalid_signature"
+
+
+def test_other_algorithms_are_refused_on_an_hs256_gateway(gateway: Any, rsa_key: rsa.RSAPrivateKey) -> None:
+    assert (
+        refused(gateway.base_url, jwt.encode(claims(), rsa_key, algorithm="RS256"))["code"] == "algorithm_not_allowed"
+    )
+    assert refused(gateway.base_url, jwt.encode(claims(), SECRET, algorithm="HS512"))["code"] == "algorithm_not_allowed"
+    es_key = ec.generate_private_key(ec.SECP256R1())
+    assert refused(gateway.base_url, jwt.encode(claims(), es_key, algorithm="ES256"))["code"] == "algorithm_not_allowed"
+
+
+def test_garbage_tokens(gateway: Any) -> None:
+    for token in ("a.b.c", "x" * 5000, "....", "eyJhbGciOiJIUzI1NiJ9.%%%.x"):
+        refused(gateway.base_url, token)
+    reply = httpx.get(f"{gateway.base_url}/api/billing/balance", headers={"Authorization": "Basic dXNlcjpwYXNz"})
+    assert reply.status_code == 401
+    assert reply.json()["error"]["code"] == "unsupported_authorization"
+
+
+def test_rs256_gateway_accepts_its_issuer_and_audience(rs_gateway: Any, rsa_key: rsa.RSAPrivateKey) -> None:
+    good = jwt.encode(claims(iss=ISSUER, aud=AUDIENCE), rsa_key, algorithm="RS256")
+    accepted(rs_gateway.base_url, good)
+
+
+def test_hs_rs_confusion_is_refused(rs_gateway: Any, rsa_key: rsa.RSAPrivateKey) -> None:
+    """An HS256 token whose HMAC key is the gateway's public key (the classic confusion attack)."""
+    public = rsa_key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    payload = b64(json.dumps(claims(iss=ISSUER, aud=AUDIENCE)).encode())
+    import hashlib
+    import hmac
+
+    signature = b64(hmac.new(public, f"{header}.{payload}".encode(), hashlib.sha256).digest())
+    assert refused(rs_gateway.base_url, f"{header}.{payload}.{signature}")["code"] == "algorithm_not_allowed"
+
+
+def test_wrong_issuer_or_audience(rs_gateway: Any, rsa_key: rsa.RSAPrivateKey) -> None:
+    wrong_iss = jwt.encode(claims(iss="https://evil.example.com/", aud=AUDIENCE), rsa_key, algorithm="RS256")
+    assert refused(rs_gateway.base_url, wrong_iss)["code"] == "invalid_issuer"
+    wrong_aud = jwt.encode(claims(iss=ISSUER, aud="someone-else"), rsa_key, algorithm="RS256")
+    assert refused(rs_gateway.base_url, wrong_aud)["code"] == "invalid_audience"
+    no_aud = jwt.encode(claims(iss=ISSUER), rsa_key, algorithm="RS256")
+    assert refused(rs_gateway.base_url, no_aud)["code"] == "missing_claim"
+    other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    forged = jwt.encode(claims(iss=ISSUER, aud=AUDIENCE), other_key, algorithm="RS256")
+    assert refused(rs_gateway.base_url, forged)["code"] == "invalid_signature"

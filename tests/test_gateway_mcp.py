@@ -1,0 +1,208 @@
+"""MCP end to end: the official SDK's client against a real gateway, over /sse and over /mcp."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from decimal import Decimal
+from typing import Any
+
+import anyio
+import httpx2
+import mcp_types as types
+import psycopg
+import pytest
+from mcp.client.session import ClientSession
+from mcp.client.sse import sse_client
+from mcp.client.streamable_http import streamable_http_client
+
+from api import apikeys, ledger
+from tests.helpers import ledger_rows, tracking_row
+
+pytestmark = [pytest.mark.anyio, pytest.mark.timeout(120)]
+
+TRANSPORTS = ("sse", "mcp")
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@asynccontextmanager
+async def mcp_session(
+    gateway: Any, transport: str, headers: dict[str, str] | None = None
+) -> AsyncIterator[ClientSession]:
+    if transport == "sse":
+        async with (
+            sse_client(f"{gateway.base_url}/sse", headers=headers) as (read, write),
+            ClientSession(read, write) as session,
+        ):
+            await session.initialize()
+            yield session
+    else:
+        async with (
+            httpx2.AsyncClient(headers=headers or {}, timeout=30) as http,
+            streamable_http_client(f"{gateway.base_url}/mcp", http_client=http) as streams,
+            ClientSession(streams[0], streams[1]) as session,
+        ):
+            await session.initialize()
+            yield session
+
+
+def funded(gateway: Any, gdb: psycopg.Connection[Any], amount: str) -> tuple[dict[str, str], uuid.UUID]:
+    subject = f"mcp-{uuid.uuid4().hex[:10]}"
+    user_id = ledger.ensure_account(gdb, subject)
+    if Decimal(amount) > 0:
+        ledger.top_up(gdb, user_id, Decimal(amount), "test", uuid.uuid4().hex)
+    return {"Authorization": f"Bearer {gateway.token(subject)}"}, user_id
+
+
+def text_of(result: types.CallToolResult) -> str:
+    return " ".join(block.text for block in result.content if isinstance(block, types.TextContent))
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_list_tools(gateway: Any, transport: str) -> None:
+    async with mcp_session(gateway, transport) as session:
+        listed = await session.list_tools()
+    names = {tool.name for tool in listed.tools}
+    assert {"priced", "micro", "metered", "broken", "slow", "free"} <= names
+    priced = next(tool for tool in listed.tools if tool.name == "priced")
+    assert priced.input_schema["required"] == ["text"]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_jwt_user_is_charged_exactly_the_price(
+    gateway: Any, gdb: psycopg.Connection[Any], transport: str
+) -> None:
+    headers, user_id = funded(gateway, gdb, "1")
+    async with mcp_session(gateway, transport, headers) as session:
+        result = await session.call_tool("priced", {"text": "право"})
+    assert not result.is_error, text_of(result)
+    assert text_of(result) == "echo: право"
+    billing = (result.meta or {})["tollgate/billing"]
+    assert billing["status"] == "charged"
+    assert Decimal(billing["price_usd"]) == Decimal("0.02")
+    charges = [row for row in ledger_rows(gdb, user_id) if row["type"] == "charge"]
+    assert [row["amount_usd"] for row in charges] == [Decimal("-0.02")]
+    assert charges[0]["request_id"] == billing["request_id"]
+    assert charges[0]["description"] == "priced call"
+    assert ledger.verify_ledger(gdb) == []
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_api_key_is_tracked_not_charged(gateway: Any, gdb: psycopg.Connection[Any], transport: str) -> None:
+    key = apikeys.generate_key()
+    name = f"mcp-key-{uuid.uuid4().hex[:8]}"
+    ledger.create_api_key(gdb, name, apikeys.hash_key(key), apikeys.key_prefix(key))
+    async with mcp_session(gateway, transport, {"X-API-Key": key}) as session:
+        result = await session.call_tool("priced", {"text": "k"})
+    assert not result.is_error
+    billing = (result.meta or {})["tollgate/billing"]
+    assert billing["status"] == "not_charged"
+    row = tracking_row(gdb, billing["request_id"])
+    assert row["client_key"] == name
+    assert row["user_id"] is None
+    assert row["status"] == "completed"
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_anonymous_is_tracked_with_user_null(gateway: Any, gdb: psycopg.Connection[Any], transport: str) -> None:
+    async with mcp_session(gateway, transport) as session:
+        result = await session.call_tool("priced", {"text": "anon"})
+    assert not result.is_error
+    billing = (result.meta or {})["tollgate/billing"]
+    row = tracking_row(gdb, billing["request_id"])
+    assert row["user_id"] is None
+    assert row["client_key"] is None
+    assert row["status"] == "completed"
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_refusal_is_a_graceful_tool_error(gateway: Any, gdb: psycopg.Connection[Any], transport: str) -> None:
+    headers, user_id = funded(gateway, gdb, "0.01")
+    async with mcp_session(gateway, transport, headers) as session:
+        result = await session.call_tool("priced", {"text": "x"})
+        bad_arguments = await session.call_tool("priced", {"text": 1})
+        unknown = await session.call_tool("nope", {})
+    assert result.is_error
+    assert "Insufficient funds" in text_of(result)
+    assert "0.02" in text_of(result) and "0.01" in text_of(result)
+    assert (result.structured_content or {})["error"]["code"] == "insufficient_funds"
+    assert bad_arguments.is_error and "invalid arguments" in text_of(bad_arguments)
+    assert unknown.is_error and "unknown tool" in text_of(unknown)
+    assert ledger.summary(gdb, user_id)["balance_usd"] == Decimal("0.01")
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_ten_concurrent_calls_on_five_cents(gateway: Any, gdb: psycopg.Connection[Any], transport: str) -> None:
+    headers, user_id = funded(gateway, gdb, "0.05")
+    results: list[types.CallToolResult] = []
+    async with mcp_session(gateway, transport, headers) as session:
+
+        async def call() -> None:
+            results.append(await session.call_tool("priced", {"text": "race"}))
+
+        async with anyio.create_task_group() as tasks:
+            for _ in range(10):
+                tasks.start_soon(call)
+    assert sum(not r.is_error for r in results) == 2
+    assert all("Insufficient funds" in text_of(r) for r in results if r.is_error)
+    assert ledger.summary(gdb, user_id)["balance_usd"] == Decimal("0.01")
+    assert ledger.verify_ledger(gdb) == []
+
+
+async def test_a_session_refuses_other_credentials_sse(gateway: Any, gdb: psycopg.Connection[Any]) -> None:
+    """The SSE message endpoint answers 404 to a POST for a session opened by another principal."""
+    owner, _ = funded(gateway, gdb, "1")
+    intruder, _ = funded(gateway, gdb, "1")
+    endpoint: list[str] = []
+    async with sse_client(f"{gateway.base_url}/sse", headers=owner, on_session_created=endpoint.append) as (
+        read,
+        write,
+    ), ClientSession(read, write) as session:
+        await session.initialize()
+        assert endpoint
+        session_id = endpoint[0]
+        message = {"jsonrpc": "2.0", "id": 99, "method": "tools/list"}
+        async with httpx2.AsyncClient() as http:
+            for headers in (intruder, {}):
+                reply = await http.post(
+                    f"{gateway.base_url}/messages/?session_id={session_id}", json=message, headers=headers
+                )
+                assert reply.status_code == 404
+
+
+async def test_a_session_refuses_other_credentials_streamable(gateway: Any, gdb: psycopg.Connection[Any]) -> None:
+    owner, _ = funded(gateway, gdb, "1")
+    intruder, _ = funded(gateway, gdb, "1")
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
+    accept = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    async with httpx2.AsyncClient(base_url=gateway.base_url, timeout=10) as http:
+        opened = await http.post("/mcp", json=init, headers={**owner, **accept})
+        assert opened.status_code == 200, opened.text
+        session_id = opened.headers["mcp-session-id"]
+        listing = {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}
+        for headers in (intruder, {}):
+            reply = await http.post(
+                "/mcp",
+                json=listing,
+                headers={**headers, **accept, "mcp-session-id": session_id, "mcp-protocol-version": "2025-06-18"},
+            )
+            assert reply.status_code == 404
+
+
+async def test_invalid_credentials_are_401_not_anonymous(gateway: Any) -> None:
+    async with httpx2.AsyncClient(base_url=gateway.base_url, timeout=10) as http:
+        for headers in ({"Authorization": "Bearer not-a-jwt"}, {"X-API-Key": "tg_unknown"}):
+            reply = await http.get("/sse", headers=headers)
+            assert reply.status_code == 401
+            reply = await http.post("/mcp", json={}, headers=headers)
+            assert reply.status_code == 401
