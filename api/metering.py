@@ -184,7 +184,7 @@ class Meter:
         error: str | None = None
         result: types.CallToolResult
         try:
-            result = await self._run(tool_name, arguments, ctx)
+            result = _without_upstream_meta(await self._run(tool_name, arguments, ctx))
             if result.is_error:
                 error = _result_text(result) or "the tool returned an error result"
         except InvalidArguments as exc:
@@ -255,6 +255,14 @@ class Meter:
                 report.remaining,
                 len(report.rejected),
             )
+
+
+def _without_upstream_meta(result: types.CallToolResult) -> types.CallToolResult:
+    """Drop the protocol-reserved ``_meta`` an upstream stamps (its server identity): callers see the gateway."""
+    if result.meta and any(key.startswith("io.modelcontextprotocol/") for key in result.meta):
+        kept = {k: v for k, v in result.meta.items() if not k.startswith("io.modelcontextprotocol/")}
+        result = result.model_copy(update={"meta": kept or None})
+    return result
 
 
 def _error_result(message: str) -> types.CallToolResult:
