@@ -159,20 +159,21 @@ class Meter:
         self, identity: Identity, tool_name: str, arguments: dict[str, Any], transport: str, request_id: str
     ) -> CallOutcome:
         user_id = await self.accounts.user_id(identity)
-        try:
-            async with self.pool.connection() as conn:
-                start = await aledger.begin_request(conn, request_id, tool_name, user_id, identity.client_key)
-        except BillingError as error:
-            if error.sqlstate in REFUSALS:
-                self.metrics.refusals.labels(error.code.name).inc()
-                self.metrics.tool_calls.labels(tool_name, transport, "refused").inc()
-                raise CallRefused(error) from None
-            raise
-        if start.replayed and start.status != "pending":
-            raise AlreadyCompleted(request_id, start.status)
-
-        # From here on the call is paid for (or tracked): finish it even if the caller goes away.
+        # Shielded from the caller's cancellation from the first write on: a disconnect while
+        # begin_request runs could otherwise leave a hold whose outcome nobody waits for, and one
+        # after it must not stop paid-for work from being finished and charged.
         with anyio.CancelScope(shield=True):
+            try:
+                async with self.pool.connection() as conn:
+                    start = await aledger.begin_request(conn, request_id, tool_name, user_id, identity.client_key)
+            except BillingError as error:
+                if error.sqlstate in REFUSALS:
+                    self.metrics.refusals.labels(error.code.name).inc()
+                    self.metrics.tool_calls.labels(tool_name, transport, "refused").inc()
+                    raise CallRefused(error) from None
+                raise
+            if start.replayed and start.status != "pending":
+                raise AlreadyCompleted(request_id, start.status)
             outcome = await self._run_and_complete(tool_name, arguments, transport, request_id)
         return outcome
 

@@ -491,3 +491,18 @@ def test_admin_endpoints(gateway: Any, gdb: psycopg.Connection[Any]) -> None:
     assert body(inactive)["error"]["code"] == "account_inactive"
     assert balance_of(gdb, user_id) == Decimal("0.50")
     assert_consistent(gdb)
+
+
+def test_api_key_bound_to_a_user_charges_that_user(gateway: Any, gdb: psycopg.Connection[Any]) -> None:
+    _, user_id = new_user(gateway, gdb, funds="1")
+    key = apikeys.generate_key()
+    name = f"bound-{uuid.uuid4().hex[:8]}"
+    ledger.create_api_key(gdb, name, apikeys.hash_key(key), apikeys.key_prefix(key), user_id)
+    with httpx.Client(base_url=gateway.base_url, headers={"X-API-Key": key}) as client:
+        reply = client.post("/api/tools/priced", json={"text": "bound"})
+    assert reply.status_code == 200, reply.text
+    billing = body(reply)["billing"]
+    assert billing["status"] == "charged"
+    row = tracking_row(gdb, billing["request_id"])
+    assert (row["user_id"], row["client_key"]) == (user_id, name)
+    assert balance_of(gdb, user_id) == Decimal("0.98")

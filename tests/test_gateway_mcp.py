@@ -206,3 +206,22 @@ async def test_invalid_credentials_are_401_not_anonymous(gateway: Any) -> None:
             assert reply.status_code == 401
             reply = await http.post("/mcp", json={}, headers=headers)
             assert reply.status_code == 401
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_disconnect_mid_call_is_charged_exactly_once(
+    gateway: Any, gdb: psycopg.Connection[Any], transport: str
+) -> None:
+    headers, user_id = funded(gateway, gdb, "1")
+    with anyio.move_on_after(0.4) as scope:
+        async with mcp_session(gateway, transport, headers) as session:
+            await session.call_tool("slow", {"seconds": 1.2})
+    assert scope.cancelled_caught  # the client went away mid-call
+    for _ in range(100):
+        if ledger.summary(gdb, user_id)["balance_usd"] != Decimal("1"):
+            break
+        await anyio.sleep(0.1)
+    await anyio.sleep(0.5)
+    assert ledger.summary(gdb, user_id)["balance_usd"] == Decimal("0.99")
+    assert len([row for row in ledger_rows(gdb, user_id) if row["type"] == "charge"]) == 1
+    assert ledger.verify_ledger(gdb) == []
