@@ -19,6 +19,8 @@ from importlib.metadata import version as package_version
 from typing import Any
 
 import anyio
+import psycopg
+import psycopg_pool
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from psycopg_pool import AsyncConnectionPool
 from starlette.applications import Starlette
@@ -37,7 +39,7 @@ from api.http_api import ApiError, build_openapi, error_body, json_response, rou
 from api.jsonio import JSONBodyError
 from api.logs import request_id_var
 from api.mcp_transport import MCPTransports
-from api.metering import AlreadyCompleted, CallOutcome, CallRefused, Meter, UnknownTool
+from api.metering import AlreadyCompleted, CallOutcome, CallRefused, LedgerUnavailable, Meter, UnknownTool
 from api.metrics import Metrics
 from api.spool import Spool
 from api.tools import InvalidArguments, ToolRegistry
@@ -221,6 +223,12 @@ async def _simple(request: Request, exc: Exception) -> Response:
         return json_response(error_body("invalid_arguments", str(exc)), 422)
     if isinstance(exc, AlreadyCompleted):
         return json_response(error_body("already_completed", str(exc), request_id=exc.request_id), 409)
+    if isinstance(exc, LedgerUnavailable):
+        return json_response(error_body("ledger_unavailable", str(exc)), 503, headers={"Retry-After": "5"})
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | psycopg_pool.PoolTimeout):
+        log.error("ledger unreachable on %s %s: %s", request.method, request.url.path, exc)
+        message = "the billing ledger is temporarily unavailable; nothing was charged; retry shortly"
+        return json_response(error_body("ledger_unavailable", message), 503, headers={"Retry-After": "5"})
     if isinstance(exc, BodyTooLarge):
         return json_response(error_body("body_too_large", str(exc)), 413)
     if isinstance(exc, JSONBodyError):
@@ -249,7 +257,12 @@ async def _not_found(request: Request, exc: Exception) -> Response:
 
 def create_app(settings: Settings, database_url: str, *, registry: ToolRegistry | None = None) -> Starlette:
     """The gateway ASGI app. ``registry`` replaces the configured tools (tests, embedding)."""
-    pool = db.make_async_pool(database_url, min_size=settings.pool_min, max_size=settings.pool_max)
+    pool = db.make_async_pool(
+        database_url,
+        min_size=settings.pool_min,
+        max_size=settings.pool_max,
+        timeout=settings.gateway.pool_timeout_seconds,
+    )
     tools = registry if registry is not None else ToolRegistry()
     gateway = Gateway(settings, pool, tools)
     host = settings.gateway.host
@@ -296,6 +309,10 @@ def create_app(settings: Settings, database_url: str, *, registry: ToolRegistry 
             UnknownTool: _simple,
             InvalidArguments: _simple,
             AlreadyCompleted: _simple,
+            LedgerUnavailable: _simple,
+            psycopg.OperationalError: _simple,
+            psycopg.InterfaceError: _simple,
+            psycopg_pool.PoolTimeout: _simple,
             BodyTooLarge: _simple,
             JSONBodyError: _simple,
             404: _not_found,

@@ -46,6 +46,8 @@ class GatewaySettings:
     tools_config: Path | None = None
     max_body_bytes: int = 1_048_576
     tool_timeout_seconds: int = 120
+    # How long a request waits for a pooled database connection before answering 503.
+    pool_timeout_seconds: int = 10
     # Unbilled completions (database unreachable after a tool ran) are retried this often.
     spool_retry_seconds: int = 10
     log_level: str = "INFO"
@@ -187,6 +189,7 @@ def _load_gateway(env: Mapping[str, str]) -> GatewaySettings:
         tools_config=tools_config,
         max_body_bytes=_get_int(env, "TOLLGATE_MAX_BODY_BYTES", 1_048_576, minimum=1024),
         tool_timeout_seconds=_get_int(env, "TOLLGATE_TOOL_TIMEOUT_SECONDS", 120, minimum=1),
+        pool_timeout_seconds=_get_int(env, "TOLLGATE_POOL_TIMEOUT_SECONDS", 10, minimum=1),
         spool_retry_seconds=_get_int(env, "TOLLGATE_SPOOL_RETRY_SECONDS", 10, minimum=1),
         log_level=log_level,
     )

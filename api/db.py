@@ -53,7 +53,19 @@ async def _configure_async(conn: psycopg.AsyncConnection[Any]) -> None:
 
 
 def make_async_pool(
-    url: str, *, min_size: int = 1, max_size: int = 10
+    url: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 10.0
 ) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
-    """The gateway's pool: async connections configured like ``connect``'s, opened by the app's lifespan."""
-    return AsyncConnectionPool(url, min_size=min_size, max_size=max_size, configure=_configure_async, open=False)
+    """The gateway's pool: async connections configured like ``connect``'s, opened by the app's lifespan.
+
+    ``timeout``: how long a request waits for a connection before the ledger counts as unavailable.
+    Connections are checked when taken from the pool, so one killed by a server restart or a network
+    cut is replaced instead of failing a request.
+    """
+    return AsyncConnectionPool(
+        url,
+        min_size=min_size,
+        max_size=max_size,
+        configure=_configure_async,
+        timeout=timeout,
+        open=False,
+    )

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from api.auth import ANONYMOUS, Identity, identity_of
-from api.metering import AlreadyCompleted, CallRefused, UnknownTool, refusal_result
+from api.metering import AlreadyCompleted, CallRefused, LedgerUnavailable, UnknownTool, refusal_result
 from api.tools import InvalidArguments
 
 if TYPE_CHECKING:
@@ -65,6 +65,8 @@ def build_server(gateway: Gateway) -> Server[Any]:
             return _error(str(exc), "invalid_arguments")
         except AlreadyCompleted as exc:
             return _error(str(exc), "already_completed")
+        except LedgerUnavailable as exc:
+            return _error(str(exc), "ledger_unavailable")
         result = outcome.result.model_copy()
         meta = dict(result.meta or {})
         billing = outcome.billing_json()

@@ -31,6 +31,7 @@ from typing import Any
 import anyio
 import mcp_types as types
 import psycopg
+import psycopg_pool
 from psycopg_pool import AsyncConnectionPool
 
 from api import aledger
@@ -64,6 +65,16 @@ class CallRefused(Exception):
         """One paragraph a person (or a model) can act on."""
         hint = self.error.hint or ("Top up your balance to continue." if self.error.sqlstate == "BL001" else None)
         return f"{self.error.message} {hint}" if hint else self.error.message
+
+
+class LedgerUnavailable(Exception):
+    """The ledger could not be reached before the tool ran: nothing ran, nothing was charged."""
+
+    def __init__(self, cause: Exception) -> None:
+        super().__init__(
+            "billing is temporarily unavailable, so the call was not run and nothing was charged; retry shortly"
+        )
+        self.cause = cause
 
 
 class AlreadyCompleted(Exception):
@@ -158,7 +169,10 @@ class Meter:
     async def _metered(
         self, identity: Identity, tool_name: str, arguments: dict[str, Any], transport: str, request_id: str
     ) -> CallOutcome:
-        user_id = await self.accounts.user_id(identity)
+        try:
+            user_id = await self.accounts.user_id(identity)
+        except (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout) as exc:
+            raise LedgerUnavailable(exc) from exc
         # Shielded from the caller's cancellation from the first write on: a disconnect while
         # begin_request runs could otherwise leave a hold whose outcome nobody waits for, and one
         # after it must not stop paid-for work from being finished and charged.
@@ -166,6 +180,10 @@ class Meter:
             try:
                 async with self.pool.connection() as conn:
                     start = await aledger.begin_request(conn, request_id, tool_name, user_id, identity.client_key)
+            except (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout) as exc:
+                log.error("ledger unreachable before %s ran: %s", tool_name, exc, extra={"request_id": request_id})
+                self.metrics.tool_calls.labels(tool_name, transport, "ledger_unavailable").inc()
+                raise LedgerUnavailable(exc) from exc
             except BillingError as error:
                 if error.sqlstate in REFUSALS:
                     self.metrics.refusals.labels(error.code.name).inc()

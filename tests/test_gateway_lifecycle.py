@@ -174,3 +174,34 @@ def test_reconcile_closes_stale_calls_with_no_known_outcome(
     assert tracking_row(gdb, request_id)["status"] == "failed"
     assert ledger.summary(gdb, user_id)["held_usd"] == Decimal(0)
     assert balance(gdb, user_id) == Decimal("1")
+
+
+def test_ledger_down_before_the_call_runs_nothing(
+    gateway_db: str, gdb: psycopg.Connection[Any], tmp_path: Path, pg_server_url: str
+) -> None:
+    """The ledger unreachable before a tool runs: 503 over HTTP, an isError result over MCP; nothing ran."""
+    dbname = str(conninfo_to_dict(gateway_db)["dbname"])
+    server = start_gateway(app_url(gateway_db), tmp_path, TOLLGATE_POOL_TIMEOUT_SECONDS="1", TOLLGATE_POOL_MIN="0")
+    try:
+        token, user_id = funded_token(server, gdb)
+        with psycopg.connect(pg_server_url, autocommit=True) as admin:
+            admin.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false')
+            try:
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s AND datname = %s",
+                    (APP_ROLE, dbname),
+                )
+                with server.client(token) as client:
+                    reply = client.post("/api/tools/priced", json={"text": "x"})
+                    health = client.get("/health")
+            finally:
+                admin.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS true')
+        assert reply.status_code == 503, reply.text
+        assert reply.json()["error"]["code"] == "ledger_unavailable"
+        assert reply.headers["retry-after"]
+        assert health.status_code == 503
+        with server.client(token) as client:
+            assert client.post("/api/tools/priced", json={"text": "x"}).status_code == 200  # recovers by itself
+    finally:
+        server.stop()
+    assert balance(gdb, user_id) == Decimal("0.98")
