@@ -4,7 +4,8 @@
 #   make test         lint, type-check, validate docker-compose.yml, then the test suite
 #   make test-system  the test suite only (CI runs it against a system PostgreSQL 15)
 #   make lint         ruff + mypy
-#   make bench        the benchmarks in bench/run.py
+#   make bench        the ledger benchmarks in bench/run.py
+#   make bench-gateway  the gateway benchmarks (bench/gateway.py, bench/sse_sessions.py)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -12,7 +13,7 @@ BIN := $(VENV)/bin
 # Rewritten after every successful install, so that editing pyproject.toml reinstalls.
 STAMP := $(VENV)/.installed
 
-.PHONY: $(VENV) run test test-system lint bench clean
+.PHONY: $(VENV) run test test-system lint bench bench-gateway clean
 
 $(VENV): $(STAMP)
 
@@ -38,6 +39,11 @@ test-system: $(STAMP)
 # Not part of `make test`. Options: make bench BENCH_ARGS="--duration 20 --rounds 5" (see bench/README.md).
 bench: $(STAMP)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
+
+# The gateway: HTTP billed vs unmetered vs API key, then concurrent MCP SSE sessions (bench/README.md).
+bench-gateway: $(STAMP)
+	$(BIN)/python -m bench.gateway $(BENCH_ARGS)
+	$(BIN)/python -m bench.sse_sessions
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
