@@ -612,6 +612,50 @@ ERROR_SCHEMA = {
 SUCCESS_SCHEMA = {"type": "object", "properties": {"success": {"const": True}}}
 
 
+def _mcp_operation(operation_id: str, summary: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "operationId": operation_id,
+        "summary": summary,
+        "tags": ["mcp"],
+        "security": [{"bearer": []}, {"apiKey": []}, {}],
+        "responses": {"default": {"description": "per the MCP transport specification"}},
+        **extra,
+    }
+
+
+_JSONRPC_BODY = {
+    "required": True,
+    "content": {"application/json": {"schema": {"type": "object", "description": "a JSON-RPC 2.0 message"}}},
+}
+
+# The MCP transports are served by the SDK; they are listed so that the document names every route.
+MCP_PATHS: dict[str, Any] = {
+    "/sse": {
+        "get": _mcp_operation(
+            "mcp_sse_stream",
+            "MCP legacy SSE transport: an event stream; its first event names the message endpoint",
+        )
+    },
+    "/messages/": {
+        "post": _mcp_operation(
+            "mcp_sse_message",
+            "MCP legacy SSE transport: a client message for the session of `session_id` (202)",
+            parameters=[{"name": "session_id", "in": "query", "required": True, "schema": {"type": "string"}}],
+            requestBody=_JSONRPC_BODY,
+        )
+    },
+    "/mcp": {
+        "post": _mcp_operation(
+            "mcp_streamable_post",
+            "MCP streamable HTTP transport: client messages (initialize opens a session)",
+            requestBody=_JSONRPC_BODY,
+        ),
+        "get": _mcp_operation("mcp_streamable_get", "MCP streamable HTTP transport: the session's event stream"),
+        "delete": _mcp_operation("mcp_streamable_delete", "MCP streamable HTTP transport: end the session"),
+    },
+}
+
+
 def build_openapi(version: str) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for endpoint in ENDPOINTS:
@@ -657,6 +701,7 @@ def build_openapi(version: str) -> dict[str, Any]:
         if endpoint.body is not None:
             operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": endpoint.body}}}
         paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = operation
+    paths.update(MCP_PATHS)
     return {
         "openapi": "3.1.0",
         "info": {

@@ -117,6 +117,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         url = server.get_uri()
         migrate.upgrade(url, ROOT / "db")
+        for setting in os.environ.get("BENCH_PG_SETTINGS", "").split(";"):  # experiments, e.g. "synchronous_commit=off"
+            if setting.strip():
+                name, _, value = setting.partition("=")
+                with db.connect(url) as conn:
+                    conn.execute(f"ALTER SYSTEM SET {name.strip()} = '{value.strip()}'")
+                    conn.execute("SELECT pg_reload_conf()")
         started = time.perf_counter()
         jwts, key = seed(url, args.users, workdir)
         print(f"seeded {args.users} users in {time.perf_counter() - started:.1f} s", flush=True)
