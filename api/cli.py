@@ -388,9 +388,10 @@ def reconcile(settings: Settings, fail_stale_minutes: int | None) -> int:
                     conn, request_id, False, error="outcome lost: the gateway stopped before the call finished"
                 )
             print(f"closed {len(stale)} stale call(s) as failed")
-        rows = conn.execute(QUERIES["unbilled_calls"]).fetchall()
-    for request_id, tool_name, user_id, created_at in rows:
-        print(f"unbilled: {request_id} {tool_name} user {user_id} since {created_at:%Y-%m-%d %H:%M:%S%z}")
+        rows = ledger.unbilled_calls(conn)
+    for row in rows:
+        print(f"unbilled: {row.request_id} {row.tool_name} user {row.user_id} key {row.client_key} "
+              f"since {row.created_at:%Y-%m-%d %H:%M:%S%z} (hold {row.hold_usd} {row.hold_status})")
     print(f"{len(rows)} call(s) still unbilled" if rows else "no unbilled calls")
     return 0 if remaining == 0 else 1
 

@@ -127,10 +127,6 @@ SELECT * FROM billing.unbilled_calls ORDER BY created_at, request_id;
 -- An operator lookup (CLI): the summary row of the user with that external subject, if any.
 SELECT * FROM billing.user_billing_summary WHERE external_id = %(external_id)s;
 
--- unbilled_calls --
--- Tool calls started and never completed (operator report of `tollgate ledger reconcile`).
-SELECT request_id, tool_name, user_id, created_at FROM billing.unbilled_calls ORDER BY created_at;
-
 -- stale_unbilled_calls --
 -- Pending calls older than %(minutes)s minutes (their gateway stopped mid-call).
 SELECT request_id FROM billing.unbilled_calls WHERE created_at < now() - make_interval(mins => %(minutes)s);
