@@ -78,10 +78,11 @@ class LedgerUnavailable(Exception):
 
 
 class AlreadyCompleted(Exception):
-    """A replayed request id (Idempotency-Key) whose call has already run: it is not run or charged again."""
+    """A replayed request id (Idempotency-Key): the call ran or is running; it is not run or charged again."""
 
     def __init__(self, request_id: str, status: str) -> None:
-        super().__init__(f"request {request_id!r} has already run (status {status}); it is not run or charged again")
+        state = "is still running" if status == "pending" else f"has already run (status {status})"
+        super().__init__(f"request {request_id!r} {state}; it is not run or charged again")
         self.request_id = request_id
         self.status = status
 
@@ -190,7 +191,7 @@ class Meter:
                     self.metrics.tool_calls.labels(tool_name, transport, "refused").inc()
                     raise CallRefused(error) from None
                 raise
-            if start.replayed and start.status != "pending":
+            if start.replayed:  # the same request id again: never run (or charge) a call twice
                 raise AlreadyCompleted(request_id, start.status)
             outcome = await self._run_and_complete(tool_name, arguments, transport, request_id)
         return outcome

@@ -251,7 +251,20 @@ def test_ten_concurrent_calls_against_the_daily_limit_two_succeed(gateway: Any, 
     assert_consistent(gdb)
 
 
-def _concurrently(gateway: Any, token: str, tool: str, arguments: dict[str, Any], n: int) -> list[httpx.Response]:
+def test_the_same_idempotency_key_from_ten_connections_runs_once(gateway: Any, gdb: psycopg.Connection[Any]) -> None:
+    token, user_id = new_user(gateway, gdb, funds="1")
+    key = uuid.uuid4().hex
+    replies = _concurrently(gateway, token, "priced", {"text": "once"}, 10, headers={"Idempotency-Key": key})
+    assert sorted(r.status_code for r in replies) == [200] + [409] * 9, [r.text for r in replies]
+    assert {body(r)["error"]["code"] for r in replies if r.status_code == 409} == {"already_completed"}
+    assert balance_of(gdb, user_id) == Decimal("0.98")
+    assert len([r for r in ledger_rows(gdb, user_id) if r["type"] == "charge"]) == 1
+    assert_consistent(gdb)
+
+
+def _concurrently(
+    gateway: Any, token: str, tool: str, arguments: dict[str, Any], n: int, headers: dict[str, str] | None = None
+) -> list[httpx.Response]:
     replies: list[httpx.Response] = []
     barrier = threading.Barrier(n)
     lock = threading.Lock()
@@ -259,7 +272,7 @@ def _concurrently(gateway: Any, token: str, tool: str, arguments: dict[str, Any]
     def call() -> None:
         with gateway.client(token) as client:
             barrier.wait()
-            reply = client.post(f"/api/tools/{tool}", json=arguments)
+            reply = client.post(f"/api/tools/{tool}", json=arguments, headers=headers)
         with lock:
             replies.append(reply)
 
