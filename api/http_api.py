@@ -14,7 +14,7 @@ import datetime as dt
 import re
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any
 
@@ -376,18 +376,7 @@ async def topup(gateway: Gateway, request: Request) -> Response:
             description=body.get("description"),
             metadata={"credited_by": identity.label},
         )
-    return ok(
-        transaction={
-            "id": result.transaction_id,
-            "amount_usd": result.amount_usd,
-            "amount_uah": result.amount_uah,
-            "currency": result.currency,
-            "exchange_rate": result.exchange_rate,
-            "balance_before_usd": result.balance_before_usd,
-            "balance_after_usd": result.balance_after_usd,
-            "replayed": result.replayed,
-        }
-    )
+    return ok(transaction=asdict(result))
 
 
 async def admin_get_billing(gateway: Gateway, request: Request) -> Response:
@@ -427,16 +416,7 @@ async def admin_put_billing(gateway: Gateway, request: Request) -> Response:
             billing_enabled=body.get("billing_enabled"),
             limit_override=body.get("limit_override"),
         )
-    return ok(
-        settings={
-            "user_id": result.user_id,
-            "daily_limit_usd": result.daily_limit_usd,
-            "monthly_limit_usd": result.monthly_limit_usd,
-            "is_active": result.is_active,
-            "billing_enabled": result.billing_enabled,
-            "limit_override": result.limit_override,
-        }
-    )
+    return ok(settings=asdict(result))
 
 
 ADJUST_BODY = _object(
@@ -458,15 +438,7 @@ async def admin_adjust(gateway: Gateway, request: Request) -> Response:
         raise ApiError(422, "invalid_amount", "amount_usd must not be zero", field="amount_usd")
     async with gateway.pool.connection() as conn:
         result = await aledger.adjust(conn, user_id, amount, body["reason"], admin.label, body["idempotency_key"])
-    return ok(
-        transaction={
-            "id": result.transaction_id,
-            "amount_usd": result.amount_usd,
-            "balance_before_usd": result.balance_before_usd,
-            "balance_after_usd": result.balance_after_usd,
-            "replayed": result.replayed,
-        }
-    )
+    return ok(transaction=asdict(result))
 
 
 REFUND_BODY = _object(
@@ -486,17 +458,7 @@ async def admin_refund(gateway: Gateway, request: Request) -> Response:
     amount = money(body["amount_usd"], "amount_usd", positive=True)
     async with gateway.pool.connection() as conn:
         result = await aledger.refund(conn, transaction_id, amount, body["reason"], body["idempotency_key"])
-    return ok(
-        transaction={
-            "id": result.transaction_id,
-            "refund_of": result.refund_of,
-            "amount_usd": result.amount_usd,
-            "balance_before_usd": result.balance_before_usd,
-            "balance_after_usd": result.balance_after_usd,
-            "refunded_total_usd": result.refunded_total_usd,
-            "replayed": result.replayed,
-        }
-    )
+    return ok(transaction=asdict(result))
 
 
 async def health(gateway: Gateway, request: Request) -> Response:

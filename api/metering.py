@@ -240,7 +240,7 @@ class Meter:
                 exc,
                 extra={"request_id": request_id},
             )
-            self.spool.add(completion)
+            await anyio.to_thread.run_sync(self.spool.add, completion)  # fsync: off the event loop
             self.metrics.billing_faults.inc()
             self.metrics.tool_calls.labels(tool_name, transport, "unbilled").inc()
             return CallOutcome(request_id, result, "pending")

@@ -457,7 +457,7 @@ def test_self_top_up_is_refused_and_admin_top_up_is_idempotent(gateway: Any, gdb
     assert first.status_code == 200, first.text
     assert body(first)["transaction"]["replayed"] is False
     assert body(again)["transaction"]["replayed"] is True
-    assert body(again)["transaction"]["id"] == body(first)["transaction"]["id"]
+    assert body(again)["transaction"]["transaction_id"] == body(first)["transaction"]["transaction_id"]
     assert changed.status_code == 409
     assert body(changed)["error"]["code"] == "idempotency_conflict"
     assert both.status_code == 422
