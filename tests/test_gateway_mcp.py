@@ -225,3 +225,17 @@ async def test_disconnect_mid_call_is_charged_exactly_once(
     assert ledger.summary(gdb, user_id)["balance_usd"] == Decimal("0.99")
     assert len([row for row in ledger_rows(gdb, user_id) if row["type"] == "charge"]) == 1
     assert ledger.verify_ledger(gdb) == []
+
+
+async def test_hostile_mcp_requests_are_4xx(gateway: Any) -> None:
+    accept = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    async with httpx2.AsyncClient(base_url=gateway.base_url, timeout=10) as http:
+        for body in (b"{", b"[]", b'{"jsonrpc": "2.0", "id": 1, "method": "tools/call"}', b"\xff\xfe", b"null"):
+            reply = await http.post("/mcp", content=body, headers=accept)
+            assert 400 <= reply.status_code < 500, (body, reply.status_code, reply.text)
+        huge = await http.post("/mcp", content=b'{"x": "' + b"a" * 2_000_000 + b'"}', headers=accept)
+        assert huge.status_code == 413
+        for query in ("", "?session_id=nothex", f"?session_id={uuid.uuid4().hex}"):
+            reply = await http.post(f"/messages/{query}", json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
+            assert 400 <= reply.status_code < 500, (query, reply.status_code)
+        assert (await http.delete("/mcp", headers=accept)).status_code < 500
