@@ -41,9 +41,10 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 # The gateway: HTTP billed vs unmetered vs API key, then concurrent MCP SSE sessions (bench/README.md).
+# Options: make bench-gateway BENCH_ARGS="--duration 30 --profile 10" SSE_ARGS="--sessions 1000 4000 --mode billed"
 bench-gateway: $(STAMP)
 	$(BIN)/python -m bench.gateway $(BENCH_ARGS)
-	$(BIN)/python -m bench.sse_sessions
+	$(BIN)/python -m bench.sse_sessions $(SSE_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -6,15 +6,23 @@ Run on demand (`make bench-gateway`, or `python -m bench.gateway --help`), never
        api.migrate; 10,000 users funded and with limits far above what a run can spend; one API key;
     2. two gateways (`tollgate run`, one uvicorn worker each) serving the same tool
        (bench/gateway_tools.py, $0.002 a call): one metered, one with TOLLGATE_METERING=false;
-    3. a separate load-generator process (bench/loadgen.py): 32 keep-alive connections, each request
-       with the JWT of a random one of the 10,000 users, for --duration seconds, in alternating
-       rounds: billed (JWT, metered: begin_request + complete_request on every call), unmetered (the
-       same JWTs, no tracking, no charge), key (an API key: tracked, not charged);
-    4. medians per mode and the ratios billed/unmetered and key/unmetered; then billing.verify_ledger()
-       and a count of charges against the billed 2xx answers;
+    3. a separate load-generator process: 32 keep-alive connections, each request with the JWT of a
+       random one of the 10,000 users, for --duration seconds, in alternating rounds: billed (JWT,
+       metered: begin_request + complete_request on every call), unmetered (the same JWTs, no
+       tracking, no charge), key (an API key: tracked, not charged). The load generator is `wrk`
+       (bench/wrk_tokens.lua) when it is installed, else bench/loadgen.py (raw asyncio sockets);
+    4. medians per mode, the ratios billed/unmetered and key/unmetered, and the CPU the gateway and
+       PostgreSQL used per request; then billing.verify_ledger(), no tracking row left pending, and
+       the charges written against the billed 2xx answers;
     5. a table on stdout and JSON in bench/results/gateway-<timestamp>.json.
 
-The gateways' caches of users are warmed first (one call per user), as in steady state.
+The gateways' caches of users are warmed first (one call per user, counted exactly: the charges of
+the warm-up must equal its 200 answers), as in steady state. wrk abandons the requests in flight
+when its time is up (the gateway still completes and charges them), so over the wrk rounds the
+charges may exceed the counted 2xx answers by at most connections x rounds.
+
+--profile SECONDS adds one billed run (not counted) under `py-spy record` of the metered gateway
+and prints where its CPU went (py-spy must be installed: pip install py-spy).
 """
 
 from __future__ import annotations
@@ -24,6 +32,8 @@ import datetime as dt
 import json
 import os
 import platform
+import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -76,6 +86,7 @@ def seed(url: str, users: int, directory: Path) -> tuple[Path, Path]:
 
 
 def load(port: str, seconds: float | str, connections: int, tokens: Path, header: str) -> dict[str, Any]:
+    """bench/loadgen.py: counts every answer exactly (it finishes the requests in flight)."""
     output = subprocess.run(
         [
             sys.executable,
@@ -94,12 +105,142 @@ def load(port: str, seconds: float | str, connections: int, tokens: Path, header
         text=True,
     ).stdout
     result: dict[str, Any] = json.loads(output)
+    result["ok"] = sum(n for status, n in result["statuses"].items() if status.startswith("2"))
+    result["non_2xx"] = result["requests"] - result["ok"]
+    result["errors"] = {}
     return result
 
 
-def warm(port: str, tokens: Path) -> None:
+def load_wrk(port: str, seconds: float, connections: int, threads: int, tokens: Path, header: str) -> dict[str, Any]:
+    """wrk with bench/wrk_tokens.lua: a C load generator, far lighter on the shared CPUs."""
+    proc = subprocess.run(
+        [
+            "wrk",
+            f"-t{threads}",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            "--timeout",
+            "30s",
+            "-s",
+            str(ROOT / "bench" / "wrk_tokens.lua"),
+            f"http://127.0.0.1:{port}",
+            "--",
+            str(tokens),
+            header,
+            BODY,
+            f"/api/tools/{TOOL}",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    match = re.search(r"^BENCH_JSON (\{.*\})$", proc.stdout, re.M)
+    if match is None:
+        raise RuntimeError(f"wrk printed no result:\n{proc.stdout}\n{proc.stderr}")
+    raw = json.loads(match.group(1))
+    errors = raw["errors"]
+    requests = raw["requests"]
+    return {
+        "requests": requests,
+        "rps": requests / (raw["duration_us"] / 1e6),
+        "p50_ms": raw["p50_us"] / 1000,
+        "p90_ms": raw["p90_us"] / 1000,
+        "p99_ms": raw["p99_us"] / 1000,
+        "mean_ms": raw["mean_us"] / 1000,
+        # wrk counts an answer with a status above 399 as a "status" error; the gateway answers 200 or >= 400.
+        "ok": requests - errors["status"],
+        "non_2xx": errors["status"],
+        "errors": {name: n for name, n in errors.items() if name != "status" and n},
+        "statuses": {"2xx": requests - errors["status"], ">=400": errors["status"]},
+    }
+
+
+def warm(port: str, tokens: Path) -> dict[str, Any]:
     """One call per user, so that every user exists in the gateway's cache (steady state)."""
-    load(port, "once", 16, tokens, "Authorization")
+    return load(port, "once", 16, tokens, "Authorization")
+
+
+_CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes (those that have exited count as 0)."""
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of stat)
+    return total / _CLOCK_TICKS
+
+
+def postgres_pids(pgdata: Path) -> list[int]:
+    """The postmaster of pgdata and its children (the backends, including the gateways' pools)."""
+    postmaster = int((pgdata / "postmaster.pid").read_text().split()[0])
+    pids = [postmaster]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            if ppid == postmaster:
+                pids.append(int(entry.name))
+    return pids
+
+
+def pending_tracking_rows(conn: Any) -> int:
+    row = conn.execute("SELECT count(*) FROM billing.cost_tracking WHERE status = 'pending'").fetchone()
+    return int(row[0])
+
+
+def profile(pid: int, seconds: int, out: Path, run_load: Any, native: bool = False) -> list[tuple[str, float, float]]:
+    """py-spy record the gateway while run_load() runs; return (function, self %, total %), top first."""
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    recorder = subprocess.Popen(
+        [
+            spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(seconds + 1),
+            "--rate",
+            "250",
+            "--format",
+            "raw",
+            "--output",
+            str(out),
+            *(["--native"] if native else ["--nonblocking"]),  # --native must pause the process
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    time.sleep(1)
+    run_load()
+    _, err = recorder.communicate(timeout=seconds + 60)
+    if recorder.returncode != 0 or not out.exists():
+        raise RuntimeError(f"py-spy failed: {err}")
+    self_samples: dict[str, int] = {}
+    total_samples: dict[str, int] = {}
+    samples = 0
+    for line in out.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack:
+            continue
+        count = int(count_text)
+        frames = [re.sub(r":\d+\)$", ")", frame) for frame in stack.split(";")]
+        frames = [f for f in frames if not f.startswith("process ") and not f.startswith("thread ")]
+        if not frames:
+            continue
+        samples += count
+        self_samples[frames[-1]] = self_samples.get(frames[-1], 0) + count
+        for frame in set(frames):
+            total_samples[frame] = total_samples.get(frame, 0) + count
+    rows = [(f, 100 * self_samples.get(f, 0) / samples, 100 * n / samples) for f, n in total_samples.items()]
+    return sorted(rows, key=lambda row: -row[1])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,10 +250,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--users", type=int, default=10_000, help="distinct JWT users (default 10000)")
     parser.add_argument("--connections", type=int, default=32, help="concurrent clients (default 32)")
     parser.add_argument("--pool-max", default="10", help="TOLLGATE_POOL_MAX of the gateways (default 10)")
+    parser.add_argument(
+        "--loadgen",
+        choices=("wrk", "python"),
+        default="wrk" if shutil.which("wrk") else "python",
+        help="wrk (default when installed) or bench/loadgen.py",
+    )
+    parser.add_argument("--wrk-threads", type=int, default=2, help="wrk -t (default 2)")
+    parser.add_argument(
+        "--profile", type=int, default=0, metavar="SECONDS", help="py-spy the metered gateway for an extra billed run"
+    )
+    parser.add_argument("--native", action="store_true", help="--profile with C frames too (py-spy --native)")
     args = parser.parse_args(argv)
+    if args.duration <= 0 or args.rounds < 1:
+        parser.error("--duration must be positive and --rounds at least 1")
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
     workdir = Path(tempfile.mkdtemp(prefix="tollgate-bench-gw-"))
-    server = embedded.throwaway_server(workdir / "pgdata")
+    pgdata = workdir / "pgdata"
+    server = embedded.throwaway_server(pgdata)
     gateways = []
     try:
         url = server.get_uri()
@@ -123,9 +280,19 @@ def main(argv: list[str] | None = None) -> int:
                 with db.connect(url) as conn:
                     conn.execute(f"ALTER SYSTEM SET {name.strip()} = '{value.strip()}'")
                     conn.execute("SELECT pg_reload_conf()")
+        with db.connect(url) as conn:
+            pg_settings = {
+                str(name): str(value)
+                for name, value in conn.execute(
+                    "SELECT name, setting FROM pg_settings WHERE name = ANY(%s)",
+                    (["server_version", "fsync", "synchronous_commit", "shared_buffers"],),
+                ).fetchall()
+            }
         started = time.perf_counter()
         jwts, key = seed(url, args.users, workdir)
-        print(f"seeded {args.users} users in {time.perf_counter() - started:.1f} s", flush=True)
+        print(
+            f"seeded {args.users} users in {time.perf_counter() - started:.1f} s; PostgreSQL {pg_settings}", flush=True
+        )
         env = {
             "TOLLGATE_LOG_LEVEL": "WARNING",
             "TOLLGATE_POOL_MAX": args.pool_max,
@@ -136,35 +303,71 @@ def main(argv: list[str] | None = None) -> int:
         unmetered = start_gateway(url, workdir / "unmetered", **env, TOLLGATE_METERING="false")
         gateways.append(unmetered)
         ports = {"metered": metered.base_url.rsplit(":", 1)[1], "unmetered": unmetered.base_url.rsplit(":", 1)[1]}
-        warm(ports["metered"], jwts)
+        with db.connect(url) as conn:
+            charges_before = count_charges(conn)
+        warm_billed = warm(ports["metered"], jwts)
+        with db.connect(url) as conn:
+            warm_charges = count_charges(conn) - charges_before
         warm(ports["unmetered"], jwts)
+        print(
+            f"warm-up (bench/loadgen.py, exact count): {warm_billed['ok']} billed 200 answers,"
+            f" {warm_charges} charges written",
+            flush=True,
+        )
         modes = {
-            "billed": (ports["metered"], jwts, "Authorization"),
-            "unmetered": (ports["unmetered"], jwts, "Authorization"),
-            "key": (ports["metered"], key, "X-API-Key"),
+            "billed": (metered, jwts, "Authorization"),
+            "unmetered": (unmetered, jwts, "Authorization"),
+            "key": (metered, key, "X-API-Key"),
         }
+
+        def run_round(gateway: Any, tokens: Path, header: str) -> dict[str, Any]:
+            port = gateway.base_url.rsplit(":", 1)[1]
+            if args.loadgen == "wrk":
+                return load_wrk(port, args.duration, args.connections, args.wrk_threads, tokens, header)
+            return load(port, args.duration, args.connections, tokens, header)
+
         with db.connect(url) as conn:
             charges_before = count_charges(conn)
         rounds: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
+        print(f"load: {args.loadgen}, {args.connections} connections, {args.duration:g} s per round", flush=True)
         for number in range(args.rounds):
-            for mode, (port, tokens, header) in modes.items():
-                result = load(port, args.duration, args.connections, tokens, header)
+            for mode, (gateway, tokens, header) in modes.items():
+                pg_pids = postgres_pids(pgdata)
+                cpu_before = (cpu_seconds([gateway.process.pid]), cpu_seconds(pg_pids))
+                result = run_round(gateway, tokens, header)
+                gateway_cpu = cpu_seconds([gateway.process.pid]) - cpu_before[0]
+                # Backends the pool opened during the round count in full (they started within it).
+                postgres_cpu = cpu_seconds(sorted(set(pg_pids) | set(postgres_pids(pgdata)))) - cpu_before[1]
+                result["gateway_cpu_ms_per_request"] = 1000 * gateway_cpu / max(1, result["requests"])
+                result["postgres_cpu_ms_per_request"] = 1000 * postgres_cpu / max(1, result["requests"])
+                result["gateway_cores"] = gateway_cpu / args.duration
+                result["postgres_cores"] = postgres_cpu / args.duration
                 rounds[mode].append(result)
                 print(
                     f"round {number + 1} {mode:9s} {result['rps']:8.0f} req/s  p50 {result['p50_ms']:6.1f} ms  "
-                    f"p99 {result['p99_ms']:6.1f} ms  {result['statuses']}",
+                    f"p99 {result['p99_ms']:6.1f} ms  gateway {result['gateway_cores']:.2f} cores, "
+                    f"PostgreSQL {result['postgres_cores']:.2f} cores  {result['statuses']}"
+                    + (f" {result['errors']}" if result["errors"] else ""),
                     flush=True,
                 )
+        time.sleep(1)  # let the requests wrk abandoned at its deadline finish
         with db.connect(url) as conn:
             charges = count_charges(conn) - charges_before
+            pending = pending_tracking_rows(conn)
+            conn.execute("ANALYZE")
             violations = ledger.verify_ledger(conn)
-        billed_ok = sum(r["statuses"].get("200", 0) for r in rounds["billed"])
+        billed_ok = sum(r["ok"] for r in rounds["billed"])
+        in_flight_bound = 0 if args.loadgen == "python" else args.connections * args.rounds
+        charges_match = billed_ok <= charges <= billed_ok + in_flight_bound and warm_charges == warm_billed["ok"]
         summary = {
             mode: {
                 "rps": statistics.median(r["rps"] for r in results),
                 "p50_ms": statistics.median(r["p50_ms"] for r in results),
                 "p99_ms": statistics.median(r["p99_ms"] for r in results),
-                "non_2xx": sum(n for r in results for s, n in r["statuses"].items() if s != "200"),
+                "gateway_cpu_ms_per_request": statistics.median(r["gateway_cpu_ms_per_request"] for r in results),
+                "postgres_cpu_ms_per_request": statistics.median(r["postgres_cpu_ms_per_request"] for r in results),
+                "non_2xx": sum(r["non_2xx"] for r in results),
+                "socket_errors": sum(sum(r["errors"].values()) for r in results),
             }
             for mode, results in rounds.items()
         }
@@ -172,16 +375,76 @@ def main(argv: list[str] | None = None) -> int:
             "billed/unmetered": summary["billed"]["rps"] / summary["unmetered"]["rps"],
             "key/unmetered": summary["key"]["rps"] / summary["unmetered"]["rps"],
         }
+        paired = [round(b["rps"] / u["rps"], 3) for b, u in zip(rounds["billed"], rounds["unmetered"], strict=True)]
+        hot: list[tuple[str, float, float]] = []
+        functions: list[dict[str, Any]] = []
+        if args.profile:
+            with db.connect(url) as conn:  # PL/pgSQL call counts and times during the profiled run
+                conn.execute("ALTER SYSTEM SET track_functions = 'pl'")
+                conn.execute("SELECT pg_reload_conf()")
+                conn.execute("SELECT pg_stat_reset()")
+            flame = workdir / "profile.txt"
+            hot = profile(
+                metered.process.pid,
+                args.profile,
+                flame,
+                lambda: run_profiled(args, ports["metered"], jwts),
+                args.native,
+            )
+            time.sleep(1)  # statistics are flushed at the end of a transaction, at most once a second
+            with db.connect(url) as conn:
+                functions = [
+                    {"function": name, "calls": calls, "total_ms": float(total), "self_ms": float(self_time)}
+                    for name, calls, total, self_time in conn.execute(
+                        "SELECT schemaname || '.' || funcname, calls, total_time, self_time"
+                        " FROM pg_stat_user_functions ORDER BY self_time DESC LIMIT 15"
+                    ).fetchall()
+                ]
+                conn.execute("ALTER SYSTEM RESET track_functions")
+                conn.execute("SELECT pg_reload_conf()")
+            RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+            shutil.copy(flame, RESULTS_DIR / f"gateway-profile-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.txt")
         print()
-        print(f"{'mode':10s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'non-2xx':>8s}")
-        for mode, row in summary.items():
-            print(f"{mode:10s} {row['rps']:8.0f} {row['p50_ms']:8.1f} {row['p99_ms']:8.1f} {row['non_2xx']:8d}")
-        for name, value in ratios.items():
-            print(f"{name}: {value:.2f}" + ("   (target >= 0.70)" if name.startswith("billed") else ""))
         print(
-            f"charges written: {charges}; billed 200 answers: {billed_ok}; verify_ledger: "
-            f"{'clean' if not violations else f'{len(violations)} violations'}"
+            f"{args.loadgen}, {args.connections} connections, {args.rounds} x {args.duration:g} s,"
+            f" {args.users} users, pool {args.pool_max}; {os.cpu_count()} CPUs shared by load, gateway and PostgreSQL"
         )
+        print(
+            f"{'mode':10s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'non-2xx':>8s}"
+            f" {'gw cpu ms':>10s} {'pg cpu ms':>10s}"
+        )
+        for mode, row in summary.items():
+            print(
+                f"{mode:10s} {row['rps']:8.0f} {row['p50_ms']:8.1f} {row['p99_ms']:8.1f} {row['non_2xx']:8d}"
+                f" {row['gateway_cpu_ms_per_request']:10.3f} {row['postgres_cpu_ms_per_request']:10.3f}"
+            )
+        for name, value in ratios.items():
+            print(
+                f"{name}: {value:.2f}"
+                + (f"   (target >= 0.70; per round {paired})" if name.startswith("billed") else "")
+            )
+        print(
+            f"billed rounds: {charges} charges written, {billed_ok} billed 2xx answers counted"
+            + (f" (+ at most {in_flight_bound} abandoned in flight by wrk)" if in_flight_bound else "")
+            + f"; warm-up: {warm_charges} charges for {warm_billed['ok']} 200 answers;"
+            f" tracking rows left pending: {pending};"
+            f" verify_ledger: {'clean' if not violations else f'{len(violations)} violations'}"
+            + ("" if charges_match else "   CHARGES DO NOT MATCH")
+        )
+        if hot:
+            print("\nmetered gateway under billed load (py-spy): self % / total %")
+            for frame, self_pct, total_pct in hot[:25]:
+                print(f"  {self_pct:5.1f} {total_pct:5.1f}  {frame}")
+        if functions:
+            print(
+                "\nPL/pgSQL functions during the profiled run (track_functions = pl): calls, ms per call self / total"
+            )
+            for row in functions:
+                calls = max(1, row["calls"])
+                print(
+                    f"  {row['calls']:8d}  {row['self_ms'] / calls:7.3f} {row['total_ms'] / calls:7.3f}"
+                    f"  {row['function']}"
+                )
         RESULTS_DIR.mkdir(parents=True, exist_ok=True)
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
         out = RESULTS_DIR / f"gateway-{stamp}.json"
@@ -190,24 +453,38 @@ def main(argv: list[str] | None = None) -> int:
                 {
                     "when": stamp,
                     "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+                    "postgres": pg_settings,
                     "settings": vars(args),
                     "rounds": rounds,
                     "summary": summary,
                     "ratios": ratios,
+                    "paired_billed_unmetered": paired,
                     "charges": charges,
-                    "billed_200": billed_ok,
+                    "billed_2xx": billed_ok,
+                    "in_flight_bound": in_flight_bound,
+                    "warm_up": {"billed_200": warm_billed["ok"], "charges": warm_charges},
+                    "pending_tracking_rows": pending,
                     "violations": len(violations),
+                    "profile_top": hot[:40],
+                    "profile_plpgsql_functions": functions,
                 },
                 indent=2,
             )
         )
         print(f"results: {out}")
-        return 0 if not violations and charges == billed_ok else 1
+        return 0 if not violations and charges_match and not pending else 1
     finally:
         for gateway in gateways:
             gateway.stop()
         server.cleanup()
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run_profiled(args: argparse.Namespace, port: str, tokens: Path) -> None:
+    if args.loadgen == "wrk":
+        load_wrk(port, args.profile, args.connections, args.wrk_threads, tokens, "Authorization")
+    else:
+        load(port, args.profile, args.connections, tokens, "Authorization")
 
 
 if __name__ == "__main__":

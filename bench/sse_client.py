@@ -3,7 +3,9 @@
 Each session: GET /sse, the endpoint event, initialize, notifications/initialized, one tools/call, all
 answers read from its own stream; then it stays open until the parent creates the hold file.
 
-    python bench/sse_client.py PORT TOKENS_FILE HOLD_FILE
+    python bench/sse_client.py PORT TOKENS_FILE HOLD_FILE PROTOCOL_VERSION
+
+TOKENS_FILE has one JWT per session; a line "-" opens an anonymous session (no Authorization header).
 """
 
 import asyncio
@@ -12,9 +14,16 @@ import os
 import sys
 import time
 
-port, tokens_path, hold_path = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+port, tokens_path, hold_path, protocol_version = int(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
 with open(tokens_path) as handle:
     tokens = [t.strip() for t in handle if t.strip()]
+
+
+ANONYMOUS = "-"
+
+
+def auth(token):
+    return "" if token == ANONYMOUS else f"Authorization: Bearer {token}\r\n"
 
 
 async def post(path, token, message):
@@ -22,7 +31,7 @@ async def post(path, token, message):
     body = json.dumps(message).encode()
     writer.write(
         (
-            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth(token)}"
             f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
         ).encode()
         + body
@@ -55,10 +64,7 @@ async def session(token, opened, release, results):
     try:
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.write(
-            (
-                f"GET /sse HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Bearer {token}\r\n"
-                "Accept: text/event-stream\r\n\r\n"
-            ).encode()
+            (f"GET /sse HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n{auth(token)}Accept: text/event-stream\r\n\r\n").encode()
         )
         status = await reader.readline()
         if b" 200 " not in status:
@@ -79,7 +85,7 @@ async def session(token, opened, release, results):
                     "id": 1,
                     "method": "initialize",
                     "params": {
-                        "protocolVersion": "2025-06-18",
+                        "protocolVersion": protocol_version,
                         "capabilities": {},
                         "clientInfo": {"name": "bench", "version": "1"},
                     },
@@ -88,7 +94,9 @@ async def session(token, opened, release, results):
             == 202
         )
         _, data = await stream.__anext__()
-        assert json.loads(data)["id"] == 1
+        answer = json.loads(data)
+        if answer.get("id") != 1 or answer.get("result", {}).get("protocolVersion") != protocol_version:
+            raise RuntimeError(f"initialize answered {data[:200]}")
         assert await post(endpoint, token, {"jsonrpc": "2.0", "method": "notifications/initialized"}) == 202
         assert (
             await post(
@@ -109,7 +117,8 @@ async def session(token, opened, release, results):
             if message.get("id") == 2:
                 break
         ok = not message["result"].get("isError")
-        results.append("ok" if ok else "tool_error")
+        billing = (message["result"].get("_meta") or {}).get("tollgate/billing") or {}
+        results.append(f"ok:{billing.get('status')}" if ok else f"tool_error:{data[:200]}")
         await release.wait()  # keep the session open until every session has made its call
         writer.close()
     except Exception as exc:
@@ -133,9 +142,10 @@ async def main():
             {
                 "phase": "called",
                 "seconds": elapsed,
-                "ok": results.count("ok"),
-                "other": [r for r in results if r != "ok"][:20],
-                "failed": len([r for r in results if r != "ok"]),
+                "ok": sum(1 for r in results if r.startswith("ok:")),
+                "billing": {r[3:]: results.count(r) for r in set(results) if r.startswith("ok:")},
+                "other": [r for r in results if not r.startswith("ok:")][:20],
+                "failed": sum(1 for r in results if not r.startswith("ok:")),
             }
         ),
         flush=True,

@@ -1,14 +1,19 @@
 """How many concurrent MCP sessions over the legacy SSE transport one gateway process holds.
 
-Run on demand: `python -m bench.sse_sessions [--sessions 500 1000 2000 3000]`. For each N, against
-one fresh metered gateway (one uvicorn worker) on an embedded PostgreSQL:
+Run on demand: `python -m bench.sse_sessions [--sessions 500 1000 2000 3000] [--mode billed]`. For
+each mode (billed: every session its own funded JWT user; anonymous: no credentials, tracked but not
+charged) and each N, against one fresh metered gateway (one uvicorn worker) on an embedded PostgreSQL:
 
-    1. N clients each open `GET /sse` (each as its own funded JWT user) and keep the stream open;
+    1. N clients each open `GET /sse` and keep the stream open;
     2. each does the MCP handshake (initialize, notifications/initialized) and one `tools/call` of
        the priced benchmark tool, reading every answer from its own event stream;
     3. with all N sessions still open, the gateway's resident memory (VmRSS) is read and compared
        with its RSS before the first session: memory per session = delta / N;
-    4. all sessions are closed; the ledger must hold exactly one charge per successful call.
+    4. all sessions are closed (the RSS is read again); billed: the ledger must hold exactly one
+       charge per successful call, each result saying "charged"; anonymous: one completed tracking
+       row per call and no charge; billing.verify_ledger() empty.
+
+The open-files limit is raised to the hard limit (`ulimit -Hn`) for the client and the gateway.
 
 The clients are a hand-rolled minimal SSE/JSON-RPC client (load generation, not product code),
 run in a separate process so that the gateway's figures are its own.
@@ -33,6 +38,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
+from mcp_types.version import LATEST_HANDSHAKE_VERSION  # noqa: E402
+
 from api import db, embedded, ledger, migrate  # noqa: E402
 from api.auth import mint_token  # noqa: E402
 from tests.gateway.server import SECRET, start_gateway  # noqa: E402
@@ -45,58 +52,109 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError("no VmRSS")
 
 
-def count_charges(conn: Any) -> int:
-    row = conn.execute("SELECT count(*) FROM billing.billing_transactions WHERE type = 'charge'").fetchone()
-    return int(row[0])
+def count_tracked(conn: Any, anonymous: bool) -> tuple[int, int]:
+    """(charges, completed tracking rows of anonymous callers)."""
+    row = conn.execute(
+        "SELECT (SELECT count(*) FROM billing.billing_transactions WHERE type = 'charge'),"
+        " (SELECT count(*) FROM billing.cost_tracking WHERE user_id IS NULL AND status = 'completed')"
+    ).fetchone()
+    return int(row[0]), int(row[1])
 
 
-def run(sessions: int, url: str, workdir: Path) -> dict[str, Any]:
-    tokens = [mint_token(SECRET, f"sse-user-{i}") for i in range(sessions)]
-    token_file = workdir / f"tokens-{sessions}.txt"
+def batch(gateway: Any, token_file: Path, hold: Path) -> tuple[dict[str, Any], int, int]:
+    """One client process: N sessions, each one call; returns (its report, RSS KiB and open fds with all open)."""
+    pid = gateway.process.pid
+    client = subprocess.Popen(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "sse_client.py"),
+            gateway.base_url.rsplit(":", 1)[1],
+            str(token_file),
+            str(hold),
+            LATEST_HANDSHAKE_VERSION,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert client.stdout is not None
+    line = client.stdout.readline()
+    if not line:
+        raise RuntimeError(f"the SSE client exited with {client.wait()} before reporting")
+    report: dict[str, Any] = json.loads(line)
+    during = rss_kib(pid)
+    open_fds = len(os.listdir(f"/proc/{pid}/fd"))
+    hold.write_text("done")
+    client.wait(120)
+    hold.unlink()
+    return report, during, open_fds
+
+
+def run(sessions: int, url: str, workdir: Path, anonymous: bool, batches: int) -> dict[str, Any]:
+    mode = "anonymous" if anonymous else "billed"
+    tokens = ["-" if anonymous else mint_token(SECRET, f"sse-user-{i}") for i in range(sessions)]
+    token_file = workdir / f"tokens-{mode}-{sessions}.txt"
     token_file.write_text("\n".join(tokens))
     gateway = start_gateway(
         url,
-        workdir / f"gw-{sessions}",
+        workdir / f"gw-{mode}-{sessions}",
         TOLLGATE_LOG_LEVEL="WARNING",
         TOLLGATE_TOOLS_CONFIG=str(ROOT / "bench" / "gateway_tools.toml"),
         TOLLGATE_POOL_MAX="10",
     )
-    hold = workdir / f"hold-{sessions}"
+    hold = workdir / f"hold-{mode}-{sessions}"
     try:
         pid = gateway.process.pid
         time.sleep(1)
         before = rss_kib(pid)
+        fds_before = len(os.listdir(f"/proc/{pid}/fd"))
         with db.connect(url) as conn:
-            charges_before = count_charges(conn)
-        client = subprocess.Popen(
-            [
-                sys.executable,
-                str(ROOT / "bench" / "sse_client.py"),
-                gateway.base_url.rsplit(":", 1)[1],
-                str(token_file),
-                str(hold),
-            ],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert client.stdout is not None
-        report = json.loads(client.stdout.readline())
-        during = rss_kib(pid)
-        hold.write_text("done")
-        client.wait(120)
+            charges_before, anonymous_before = count_tracked(conn, anonymous)
+        reports = []
+        rss_open = []
+        rss_closed = []
+        fds_open = []
+        fds_closed = []
+        for _ in range(batches):
+            report, during, open_fds = batch(gateway, token_file, hold)
+            reports.append(report)
+            rss_open.append(during)
+            fds_open.append(open_fds)
+            time.sleep(2)  # the gateway notices the closed streams and drops the sessions
+            rss_closed.append(rss_kib(pid))
+            fds_closed.append(len(os.listdir(f"/proc/{pid}/fd")))
         with db.connect(url) as conn:
-            charges = count_charges(conn) - charges_before
+            charges, anonymous_tracked = count_tracked(conn, anonymous)
+            charges -= charges_before
+            anonymous_tracked -= anonymous_before
+            conn.execute("ANALYZE")
             violations = len(ledger.verify_ledger(conn))
+        first = reports[0]
+        billing: dict[str, int] = {}
+        for report in reports:
+            for status, count in report["billing"].items():
+                billing[status] = billing.get(status, 0) + count
         return {
+            "mode": mode,
             "sessions": sessions,
-            "calls_ok": report["ok"],
-            "failed": report["failed"],
-            "failures": report["other"],
-            "seconds_to_all_called": round(report["seconds"], 2),
+            "batches": batches,
+            "calls_ok": first["ok"],
+            "calls_ok_all_batches": sum(r["ok"] for r in reports),
+            "billing_all_batches": billing,
+            "failed": sum(r["failed"] for r in reports),
+            "failures": [f for r in reports for f in r["other"]][:20],
+            "seconds_to_all_called": round(first["seconds"], 2),
+            "seconds_per_batch": [round(r["seconds"], 2) for r in reports],
+            "gateway_fds": {"before": fds_before, "with_sessions": fds_open, "after_close": fds_closed},
             "rss_before_mib": round(before / 1024, 1),
-            "rss_with_sessions_mib": round(during / 1024, 1),
-            "kib_per_session": round((during - before) / sessions, 1),
+            "rss_with_sessions_mib": round(rss_open[0] / 1024, 1),
+            "rss_after_close_mib": round(rss_closed[0] / 1024, 1),
+            "rss_per_batch_mib": {
+                "with_sessions": [round(r / 1024, 1) for r in rss_open],
+                "after_close": [round(r / 1024, 1) for r in rss_closed],
+            },
+            "kib_per_session": round((rss_open[0] - before) / sessions, 1),
             "charges": charges,
+            "anonymous_tracked": anonymous_tracked,
             "ledger_violations": violations,
             "gateway_alive": gateway.process.poll() is None,
         }
@@ -104,46 +162,85 @@ def run(sessions: int, url: str, workdir: Path) -> dict[str, Any]:
         gateway.stop()
 
 
+def passed(row: dict[str, Any]) -> bool:
+    if row["failed"] or row["ledger_violations"] or not row["gateway_alive"]:
+        return False
+    if row["mode"] == "billed":
+        calls = row["calls_ok_all_batches"]
+        return bool(row["charges"] == calls and row["billing_all_batches"] == {"charged": calls})
+    return bool(row["charges"] == 0 and row["anonymous_tracked"] == row["calls_ok_all_batches"])
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sessions", type=int, nargs="+", default=[500, 1000, 2000, 3000])
+    parser.add_argument(
+        "--mode",
+        choices=("billed", "anonymous", "both"),
+        default="both",
+        help="JWT users (charged), anonymous sessions (tracked, not charged), or both (default)",
+    )
+    parser.add_argument(
+        "--batches",
+        type=int,
+        default=2,
+        help="N sessions this many times, one after the other, on the same gateway: does closing them free"
+        " their memory? (default 2; the figures per session are the first batch's)",
+    )
     args = parser.parse_args(argv)
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by the gateway and the client
+    print(f"open files limit: {soft} -> {hard} (hard limit), for the client and the gateway", flush=True)
+    if hard < 2 * max(args.sessions) + 100:
+        print(f"warning: {hard} open files may not hold {max(args.sessions)} sessions (raise ulimit -Hn)")
     workdir = Path(tempfile.mkdtemp(prefix="tollgate-bench-sse-"))
     server = embedded.throwaway_server(workdir / "pgdata")
+    modes = ["billed", "anonymous"] if args.mode == "both" else [args.mode]
     try:
         url = server.get_uri()
         migrate.upgrade(url, ROOT / "db")
-        with db.connect(url, autocommit=False) as conn:
-            for i in range(max(args.sessions)):
-                user_id = ledger.ensure_account(conn, f"sse-user-{i}")
-                ledger.top_up(conn, user_id, Decimal(1000), "bench", f"sse-{i}")
-            conn.commit()
+        if "billed" in modes:
+            with db.connect(url, autocommit=False) as conn:
+                for i in range(max(args.sessions)):
+                    user_id = ledger.ensure_account(conn, f"sse-user-{i}")
+                    ledger.top_up(conn, user_id, Decimal(1000), "bench", f"sse-{i}")
+                conn.commit()
         rows = []
-        for sessions in args.sessions:
-            row = run(sessions, url, workdir)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+        for mode in modes:
+            for sessions in args.sessions:
+                row = run(sessions, url, workdir, mode == "anonymous", args.batches)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
         print()
         print(
-            f"{'sessions':>8s} {'calls ok':>9s} {'failed':>7s} {'seconds':>8s} {'RSS MiB':>8s} "
-            f"{'KiB/session':>12s} {'charges':>8s}"
+            f"one gateway process (one uvicorn worker) per N; MCP {LATEST_HANDSHAKE_VERSION} over legacy SSE;"
+            f" {os.cpu_count()} CPUs shared by client, gateway and PostgreSQL"
+        )
+        print(
+            f"{'mode':10s} {'sessions':>8s} {'calls ok':>9s} {'failed':>7s} {'seconds':>8s} {'RSS MiB':>8s} "
+            f"{'KiB/session':>12s} {'RSS after each batch closed, MiB':>32s} {'fds open/closed':>16s}"
+            f" {'charges':>8s} {'tracked':>8s}"
         )
         for row in rows:
             print(
-                f"{row['sessions']:8d} {row['calls_ok']:9d} {row['failed']:7d} {row['seconds_to_all_called']:8.1f} "
-                f"{row['rss_with_sessions_mib']:8.1f} {row['kib_per_session']:12.1f} {row['charges']:8d}"
+                f"{row['mode']:10s} {row['sessions']:8d} {row['calls_ok']:9d} {row['failed']:7d}"
+                f" {row['seconds_to_all_called']:8.1f} {row['rss_with_sessions_mib']:8.1f}"
+                f" {row['kib_per_session']:12.1f}"
+                f" {' '.join(f'{r:.0f}' for r in row['rss_per_batch_mib']['after_close']):>32s}"
+                f" {row['gateway_fds']['with_sessions'][0]:>8d}/{row['gateway_fds']['after_close'][-1]:<7d}"
+                f" {row['charges']:8d}"
+                f" {row['anonymous_tracked']:8d}" + ("" if passed(row) else "   FAILED")
             )
         out_dir = ROOT / "bench" / "results"
         out_dir.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        (out_dir / f"sse-sessions-{stamp}.json").write_text(json.dumps(rows, indent=2))
-        return 0 if all(r["failed"] == 0 and r["charges"] == r["calls_ok"] for r in rows) else 1
+        out = out_dir / f"sse-sessions-{stamp}.json"
+        out.write_text(json.dumps(rows, indent=2))
+        print(f"results: {out}")
+        return 0 if all(passed(row) for row in rows) else 1
     finally:
         server.cleanup()
         shutil.rmtree(workdir, ignore_errors=True)
-        os.environ.pop("_", None)
 
 
 if __name__ == "__main__":
