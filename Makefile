@@ -4,8 +4,11 @@
 #   make test         lint, type-check, validate docker-compose.yml, then the test suite
 #   make test-system  the test suite only (CI runs it against a system PostgreSQL 15)
 #   make lint         ruff + mypy
-#   make bench        the ledger benchmarks in bench/run.py
-#   make bench-gateway  the gateway benchmarks (bench/gateway.py, bench/sse_sessions.py)
+#   make torture      the reliability suite (tests/reliability) run long: crash cycles, faults, races, fuzz
+#   make soak         the mixed workload through the gateway for DURATION seconds, memory and size sampled
+#   make bench        every benchmark (bench/harness.py): JSON + PNG plots in bench/results/
+#   make bench-ledger   the ledger benchmarks alone (bench/run.py)
+#   make bench-gateway  the gateway benchmarks alone (bench/gateway.py, bench/sse_sessions.py)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -13,13 +16,20 @@ BIN := $(VENV)/bin
 # Rewritten after every successful install, so that editing pyproject.toml reinstalls.
 STAMP := $(VENV)/.installed
 
-.PHONY: $(VENV) run test test-system lint bench bench-gateway clean
+BENCH_STAMP := $(VENV)/.installed-bench
+
+.PHONY: $(VENV) run test test-system lint torture soak bench bench-ledger bench-gateway clean
 
 $(VENV): $(STAMP)
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -e '.[dev]'
+	touch $@
+
+# The benchmarks also need matplotlib (the `bench` extra), which the tests do not.
+$(BENCH_STAMP): $(STAMP)
+	$(BIN)/pip install -q -e '.[dev,bench]'
 	touch $@
 
 run: $(STAMP)
@@ -36,8 +46,38 @@ test: lint
 test-system: $(STAMP)
 	$(BIN)/pytest
 
-# Not part of `make test`. Options: make bench BENCH_ARGS="--duration 20 --rounds 5" (see bench/README.md).
-bench: $(STAMP)
+# The reliability suite, long. Not part of `make test` (which runs the same tests short). Figures are appended
+# to TORTURE_REPORT (JSON lines) and printed at the end. Example:
+#   make torture DB_CYCLES=50 GATEWAY_CYCLES=20 FAULT_ROUNDS=200 DURATION=5 FUZZ_EXAMPLES=1000
+DB_CYCLES ?= 50
+GATEWAY_CYCLES ?= 20
+FAULT_ROUNDS ?= 200
+DURATION ?= 5
+FUZZ_EXAMPLES ?= 500
+ifndef TORTURE_REPORT
+TORTURE_REPORT := .tollgate/torture-$(shell date -u +%Y%m%dT%H%M%SZ).jsonl
+endif
+torture: $(STAMP)
+	mkdir -p .tollgate
+	TOLLGATE_TORTURE=1 TOLLGATE_TORTURE_DB_CYCLES=$(DB_CYCLES) TOLLGATE_TORTURE_GATEWAY_CYCLES=$(GATEWAY_CYCLES) \
+	TOLLGATE_TORTURE_FAULT_ROUNDS=$(FAULT_ROUNDS) TOLLGATE_TORTURE_DURATION=$(DURATION) \
+	TOLLGATE_TORTURE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) TOLLGATE_TORTURE_REPORT=$(abspath $(TORTURE_REPORT)) \
+	$(BIN)/pytest tests/reliability -o timeout=0 -q
+	@echo "figures: $(TORTURE_REPORT)"; cat $(TORTURE_REPORT)
+
+# The mixed workload through a real gateway for DURATION seconds (default 600), sampling the gateway's memory
+# and the database's size; fails on any error or on growth beyond the data written (bench/soak.py).
+# DURATION here is the whole run in seconds (for torture it is seconds per cycle).
+soak: $(STAMP)
+	$(BIN)/python -m bench.soak --duration $(if $(filter command line,$(origin DURATION)),$(DURATION),600) $(SOAK_ARGS)
+
+# Every benchmark, one command: JSON + PNG plots in bench/results/ (bench/README.md). Not part of `make test`.
+# Options: make bench BENCH_ARGS="--quick" or BENCH_ARGS="--only ledger,growth"
+bench: $(BENCH_STAMP)
+	$(BIN)/python -m bench.harness $(BENCH_ARGS)
+
+# The ledger benchmarks alone. Options: make bench-ledger BENCH_ARGS="--duration 20 --rounds 5"
+bench-ledger: $(STAMP)
 	$(BIN)/python -m bench.run $(BENCH_ARGS)
 
 # The gateway: HTTP billed vs unmetered vs API key, then concurrent MCP SSE sessions (bench/README.md).
