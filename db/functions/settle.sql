@@ -64,8 +64,13 @@ BEGIN
             SELECT c.time_zone, c.uah_per_usd, c.clock_override, coalesce(c.clock_override, clock_timestamp()) AS clock
               FROM billing.config c
         ), hold AS (
+            -- `(status = 'held') IS TRUE`, not `status = 'held'`, here and in `done`: the plain
+            -- predicate matches the partial index reservations_open_by_expiry, which the planner
+            -- picks once ANALYZE has seen few open holds, and then scans every entry of it (open
+            -- holds and the dead entries of settled ones) for one request id: 0.01 ms became 1.6 ms
+            -- under load. This form cannot use that index, so the unique request_id index serves.
             SELECT r.user_id, r.amount_usd FROM billing.reservations r
-             WHERE r.request_id = p_request_id AND r.status = 'held'
+             WHERE r.request_id = p_request_id AND (r.status = 'held') IS TRUE
         ), moved AS (
             UPDATE billing.user_billing b
                SET balance_usd     = b.balance_usd - p_actual_usd,
@@ -98,7 +103,7 @@ BEGIN
                SET status = 'settled', resolved_at = m.updated_at, settled_usd = p_actual_usd,
                    transaction_id = m.transaction_id
               FROM moved m
-             WHERE r.request_id = p_request_id AND r.status = 'held'
+             WHERE r.request_id = p_request_id AND (r.status = 'held') IS TRUE
             RETURNING r.id
         ), entry AS (
             INSERT INTO billing.billing_transactions AS t (
