@@ -2,9 +2,9 @@
 -- Returns the user's user_billing row brought up to date in memory: the day and month counters roll
 -- over lazily when the current time (in the configured time zone) is past the window they belong to,
 -- and holds that have expired stop counting.
--- "The current time" is read AFTER the row lock is granted (clock_timestamp(), or `clock` — the test
--- clock, billing.config.clock_override — when not NULL) and never before the account's last change
--- (billing._effective_now), so successive holders of one account's lock see non-decreasing times and
+-- "The current time" is read AFTER the row lock is granted (clock_timestamp(), or the test clock,
+-- billing.config.clock_override, re-read under the lock when `clock` is not NULL) and never before the
+-- account's last change (billing._effective_now), so successive holders of one account's lock see non-decreasing times and
 -- a transaction that waited across midnight cannot roll the windows back. It is returned in the row's updated_at field: callers use that value as "now" for everything
 -- they write (ledger created_at, hold expiry), which keeps the counters and the ledger in step.
 -- With for_update (every money-moving function), the row is locked (SELECT ... FOR UPDATE) for the
@@ -36,6 +36,12 @@ BEGIN
             USING ERRCODE = 'BL007',
                   DETAIL = jsonb_build_object('user_id', p_user_id)::text,
                   HINT = 'Create the account first with billing.ensure_account(external_id).';
+    END IF;
+    -- The test clock too is read once the lock is held: `p_clock` was read before the lock, and a test
+    -- that moved the clock meanwhile (a call that waited across midnight) must not act at the old time
+    -- after an account already acted at the new one.
+    IF p_for_update AND p_clock IS NOT NULL THEN
+        SELECT coalesce(c.clock_override, p_clock) INTO p_clock FROM billing.config c;
     END IF;
     v_now := billing._effective_now(p_clock, clock_timestamp(), v_account.updated_at);
     v_today := (v_now AT TIME ZONE p_time_zone)::date;

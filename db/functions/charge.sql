@@ -77,6 +77,8 @@ BEGIN
                    updated_at      = billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at)
               FROM cfg
              WHERE b.user_id = p_user_id AND b.is_active AND b.billing_enabled
+               -- A test clock read before the lock and older than the account's last change: exact path.
+               AND (cfg.clock_override IS NULL OR cfg.clock_override >= b.updated_at)
                AND (b.held_usd = 0 OR b.holds_expire_at > billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at))
                AND b.balance_usd - b.held_usd >= p_amount_usd
                AND abs(b.balance_usd - p_amount_usd) < 1e12

@@ -90,6 +90,8 @@ BEGIN
                    updated_at      = billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at)
               FROM cfg, hold
              WHERE b.user_id = hold.user_id AND b.billing_enabled
+               -- A test clock read before the lock and older than the account's last change: exact path.
+               AND (cfg.clock_override IS NULL OR cfg.clock_override >= b.updated_at)
                -- `hold` was read before the lock: if a racing call settled or released it meanwhile,
                -- `done` below finds it no longer held and this update is undone; this keeps held_usd
                -- from going negative on the way.

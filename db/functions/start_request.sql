@@ -19,7 +19,8 @@ DECLARE
 BEGIN
     PERFORM billing._check_text(p_request_id, 'request_id');
     PERFORM billing._check_text(p_tool_name, 'tool_name');
-    PERFORM billing._check_text(p_client_key, 'client_key', 200, false);
+    -- Optional: a blank client key is no client key (NULL), as for every optional identifier.
+    p_client_key := billing._check_text(p_client_key, 'client_key', 200, false);
     SELECT coalesce(c.clock_override, now()), c.time_zone INTO v_now, v_tz FROM billing.config c;
     IF p_user_id IS NOT NULL THEN
         PERFORM billing._load_account(p_user_id, v_tz, NULL, false);  -- BL007 when unknown
