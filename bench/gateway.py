@@ -28,6 +28,7 @@ and prints where its CPU went (py-spy must be installed: pip install py-spy).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import os
@@ -40,6 +41,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -56,6 +59,7 @@ TOOL = "bench_lookup"
 PRICE = Decimal("0.002")
 BODY = '{"query": "constitution"}'
 RESULTS_DIR = ROOT / "bench" / "results"
+BILLED_TARGET = 0.70  # billed/unmetered req/s, from the gateway issue
 
 
 def count_charges(conn: Any) -> int:
@@ -243,30 +247,34 @@ def profile(pid: int, seconds: int, out: Path, run_load: Any, native: bool = Fal
     return sorted(rows, key=lambda row: -row[1])
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--duration", type=float, default=10.0, help="seconds per round (default 10)")
-    parser.add_argument("--rounds", type=int, default=3, help="rounds per mode, alternating (default 3)")
-    parser.add_argument("--users", type=int, default=10_000, help="distinct JWT users (default 10000)")
-    parser.add_argument("--connections", type=int, default=32, help="concurrent clients (default 32)")
-    parser.add_argument("--pool-max", default="10", help="TOLLGATE_POOL_MAX of the gateways (default 10)")
-    parser.add_argument(
-        "--loadgen",
-        choices=("wrk", "python"),
-        default="wrk" if shutil.which("wrk") else "python",
-        help="wrk (default when installed) or bench/loadgen.py",
-    )
-    parser.add_argument("--wrk-threads", type=int, default=2, help="wrk -t (default 2)")
-    parser.add_argument(
-        "--profile", type=int, default=0, metavar="SECONDS", help="py-spy the metered gateway for an extra billed run"
-    )
-    parser.add_argument("--native", action="store_true", help="--profile with C frames too (py-spy --native)")
-    args = parser.parse_args(argv)
-    if args.duration <= 0 or args.rounds < 1:
-        parser.error("--duration must be positive and --rounds at least 1")
-    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+@dataclass
+class GatewayEnv:
+    """The embedded server, the seeded users and the two warmed-up gateways of a gateway benchmark."""
 
+    url: str
+    pgdata: Path
+    workdir: Path
+    metered: Any
+    unmetered: Any
+    jwts: Path
+    key: Path
+    pg_settings: dict[str, str]
+    warm_billed: dict[str, Any]
+    warm_charges: int
+    ports: dict[str, str] = field(default_factory=dict)
+
+
+def raise_open_files_limit() -> tuple[int, int]:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by the gateways and the clients
+    return soft, hard
+
+
+@contextlib.contextmanager
+def gateway_env(users: int = 10_000, pool_max: str = "10") -> Iterator[GatewayEnv]:
+    """A private embedded PostgreSQL, `users` funded JWT users and an API key, a metered and an unmetered
+    gateway, both warmed up (one call per user); everything stopped and deleted at the end."""
+    raise_open_files_limit()
     workdir = Path(tempfile.mkdtemp(prefix="tollgate-bench-gw-"))
     pgdata = workdir / "pgdata"
     server = embedded.throwaway_server(pgdata)
@@ -289,13 +297,11 @@ def main(argv: list[str] | None = None) -> int:
                 ).fetchall()
             }
         started = time.perf_counter()
-        jwts, key = seed(url, args.users, workdir)
-        print(
-            f"seeded {args.users} users in {time.perf_counter() - started:.1f} s; PostgreSQL {pg_settings}", flush=True
-        )
+        jwts, key = seed(url, users, workdir)
+        print(f"seeded {users} users in {time.perf_counter() - started:.1f} s; PostgreSQL {pg_settings}", flush=True)
         env = {
             "TOLLGATE_LOG_LEVEL": "WARNING",
-            "TOLLGATE_POOL_MAX": args.pool_max,
+            "TOLLGATE_POOL_MAX": pool_max,
             "TOLLGATE_TOOLS_CONFIG": str(ROOT / "bench" / "gateway_tools.toml"),
         }
         metered = start_gateway(url, workdir / "metered", **env)
@@ -303,6 +309,7 @@ def main(argv: list[str] | None = None) -> int:
         unmetered = start_gateway(url, workdir / "unmetered", **env, TOLLGATE_METERING="false")
         gateways.append(unmetered)
         ports = {"metered": metered.base_url.rsplit(":", 1)[1], "unmetered": unmetered.base_url.rsplit(":", 1)[1]}
+        ports["billed"] = ports["metered"]
         with db.connect(url) as conn:
             charges_before = count_charges(conn)
         warm_billed = warm(ports["metered"], jwts)
@@ -314,23 +321,52 @@ def main(argv: list[str] | None = None) -> int:
             f" {warm_charges} charges written",
             flush=True,
         )
+        yield GatewayEnv(
+            url, pgdata, workdir, metered, unmetered, jwts, key, pg_settings, warm_billed, warm_charges, ports
+        )
+    finally:
+        for gateway in gateways:
+            gateway.stop()
+        server.cleanup()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def run(
+    duration: float = 10.0,
+    rounds: int = 3,
+    users: int = 10_000,
+    connections: int = 32,
+    pool_max: str = "10",
+    loadgen: str | None = None,
+    wrk_threads: int = 2,
+    profile_seconds: int = 0,
+    native: bool = False,
+    after: Callable[[GatewayEnv], dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """The alternating rounds of billed / unmetered / key, the checks, and (profile_seconds) a profiled
+    billed run; returns the report (what the CLI writes as JSON; "ok" says whether the checks held).
+    after(env), when given, runs on the same gateways once the checks are done (bench/harness.py's
+    open-loop section); its result is the report's "after"."""
+    loadgen = loadgen or ("wrk" if shutil.which("wrk") else "python")
+    with gateway_env(users, pool_max) as gw:
+        url, pgdata, metered, jwts = gw.url, gw.pgdata, gw.metered, gw.jwts
         modes = {
             "billed": (metered, jwts, "Authorization"),
-            "unmetered": (unmetered, jwts, "Authorization"),
-            "key": (metered, key, "X-API-Key"),
+            "unmetered": (gw.unmetered, jwts, "Authorization"),
+            "key": (metered, gw.key, "X-API-Key"),
         }
 
-        def run_round(gateway: Any, tokens: Path, header: str) -> dict[str, Any]:
+        def run_round(gateway: Any, tokens: Path, header: str, seconds: float = duration) -> dict[str, Any]:
             port = gateway.base_url.rsplit(":", 1)[1]
-            if args.loadgen == "wrk":
-                return load_wrk(port, args.duration, args.connections, args.wrk_threads, tokens, header)
-            return load(port, args.duration, args.connections, tokens, header)
+            if loadgen == "wrk":
+                return load_wrk(port, seconds, connections, wrk_threads, tokens, header)
+            return load(port, seconds, connections, tokens, header)
 
         with db.connect(url) as conn:
             charges_before = count_charges(conn)
-        rounds: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
-        print(f"load: {args.loadgen}, {args.connections} connections, {args.duration:g} s per round", flush=True)
-        for number in range(args.rounds):
+        results: dict[str, list[dict[str, Any]]] = {mode: [] for mode in modes}
+        print(f"load: {loadgen}, {connections} connections, {duration:g} s per round", flush=True)
+        for number in range(rounds):
             for mode, (gateway, tokens, header) in modes.items():
                 pg_pids = postgres_pids(pgdata)
                 cpu_before = (cpu_seconds([gateway.process.pid]), cpu_seconds(pg_pids))
@@ -340,9 +376,9 @@ def main(argv: list[str] | None = None) -> int:
                 postgres_cpu = cpu_seconds(sorted(set(pg_pids) | set(postgres_pids(pgdata)))) - cpu_before[1]
                 result["gateway_cpu_ms_per_request"] = 1000 * gateway_cpu / max(1, result["requests"])
                 result["postgres_cpu_ms_per_request"] = 1000 * postgres_cpu / max(1, result["requests"])
-                result["gateway_cores"] = gateway_cpu / args.duration
-                result["postgres_cores"] = postgres_cpu / args.duration
-                rounds[mode].append(result)
+                result["gateway_cores"] = gateway_cpu / duration
+                result["postgres_cores"] = postgres_cpu / duration
+                results[mode].append(result)
                 print(
                     f"round {number + 1} {mode:9s} {result['rps']:8.0f} req/s  p50 {result['p50_ms']:6.1f} ms  "
                     f"p99 {result['p99_ms']:6.1f} ms  gateway {result['gateway_cores']:.2f} cores, "
@@ -356,40 +392,45 @@ def main(argv: list[str] | None = None) -> int:
             pending = pending_tracking_rows(conn)
             conn.execute("ANALYZE")
             violations = ledger.verify_ledger(conn)
-        billed_ok = sum(r["ok"] for r in rounds["billed"])
-        in_flight_bound = 0 if args.loadgen == "python" else args.connections * args.rounds
-        charges_match = billed_ok <= charges <= billed_ok + in_flight_bound and warm_charges == warm_billed["ok"]
+        billed_ok = sum(r["ok"] for r in results["billed"])
+        in_flight_bound = 0 if loadgen == "python" else connections * rounds
+        charges_match = billed_ok <= charges <= billed_ok + in_flight_bound and gw.warm_charges == gw.warm_billed["ok"]
         summary = {
             mode: {
-                "rps": statistics.median(r["rps"] for r in results),
-                "p50_ms": statistics.median(r["p50_ms"] for r in results),
-                "p99_ms": statistics.median(r["p99_ms"] for r in results),
-                "gateway_cpu_ms_per_request": statistics.median(r["gateway_cpu_ms_per_request"] for r in results),
-                "postgres_cpu_ms_per_request": statistics.median(r["postgres_cpu_ms_per_request"] for r in results),
-                "non_2xx": sum(r["non_2xx"] for r in results),
-                "socket_errors": sum(sum(r["errors"].values()) for r in results),
+                "rps": statistics.median(r["rps"] for r in mode_results),
+                "p50_ms": statistics.median(r["p50_ms"] for r in mode_results),
+                "p90_ms": statistics.median(r.get("p90_ms", r["p50_ms"]) for r in mode_results)
+                if loadgen == "wrk"
+                else None,
+                "p99_ms": statistics.median(r["p99_ms"] for r in mode_results),
+                "gateway_cpu_ms_per_request": statistics.median(r["gateway_cpu_ms_per_request"] for r in mode_results),
+                "postgres_cpu_ms_per_request": statistics.median(
+                    r["postgres_cpu_ms_per_request"] for r in mode_results
+                ),
+                "non_2xx": sum(r["non_2xx"] for r in mode_results),
+                "socket_errors": sum(sum(r["errors"].values()) for r in mode_results),
             }
-            for mode, results in rounds.items()
+            for mode, mode_results in results.items()
         }
         ratios = {
             "billed/unmetered": summary["billed"]["rps"] / summary["unmetered"]["rps"],
             "key/unmetered": summary["key"]["rps"] / summary["unmetered"]["rps"],
         }
-        paired = [round(b["rps"] / u["rps"], 3) for b, u in zip(rounds["billed"], rounds["unmetered"], strict=True)]
+        paired = [round(b["rps"] / u["rps"], 3) for b, u in zip(results["billed"], results["unmetered"], strict=True)]
         hot: list[tuple[str, float, float]] = []
         functions: list[dict[str, Any]] = []
-        if args.profile:
+        if profile_seconds:
             with db.connect(url) as conn:  # PL/pgSQL call counts and times during the profiled run
                 conn.execute("ALTER SYSTEM SET track_functions = 'pl'")
                 conn.execute("SELECT pg_reload_conf()")
                 conn.execute("SELECT pg_stat_reset()")
-            flame = workdir / "profile.txt"
+            flame = gw.workdir / "profile.txt"
             hot = profile(
                 metered.process.pid,
-                args.profile,
+                profile_seconds,
                 flame,
-                lambda: run_profiled(args, ports["metered"], jwts),
-                args.native,
+                lambda: run_round(metered, jwts, "Authorization", profile_seconds),
+                native,
             )
             time.sleep(1)  # statistics are flushed at the end of a transaction, at most once a second
             with db.connect(url) as conn:
@@ -404,87 +445,129 @@ def main(argv: list[str] | None = None) -> int:
                 conn.execute("SELECT pg_reload_conf()")
             RESULTS_DIR.mkdir(parents=True, exist_ok=True)
             shutil.copy(flame, RESULTS_DIR / f"gateway-profile-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.txt")
-        print()
-        print(
-            f"{args.loadgen}, {args.connections} connections, {args.rounds} x {args.duration:g} s,"
-            f" {args.users} users, pool {args.pool_max}; {os.cpu_count()} CPUs shared by load, gateway and PostgreSQL"
-        )
-        print(
-            f"{'mode':10s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'non-2xx':>8s}"
-            f" {'gw cpu ms':>10s} {'pg cpu ms':>10s}"
-        )
-        for mode, row in summary.items():
-            print(
-                f"{mode:10s} {row['rps']:8.0f} {row['p50_ms']:8.1f} {row['p99_ms']:8.1f} {row['non_2xx']:8d}"
-                f" {row['gateway_cpu_ms_per_request']:10.3f} {row['postgres_cpu_ms_per_request']:10.3f}"
-            )
-        for name, value in ratios.items():
-            print(
-                f"{name}: {value:.2f}"
-                + (f"   (target >= 0.70; per round {paired})" if name.startswith("billed") else "")
-            )
-        print(
-            f"billed rounds: {charges} charges written, {billed_ok} billed 2xx answers counted"
-            + (f" (+ at most {in_flight_bound} abandoned in flight by wrk)" if in_flight_bound else "")
-            + f"; warm-up: {warm_charges} charges for {warm_billed['ok']} 200 answers;"
-            f" tracking rows left pending: {pending};"
-            f" verify_ledger: {'clean' if not violations else f'{len(violations)} violations'}"
-            + ("" if charges_match else "   CHARGES DO NOT MATCH")
-        )
-        if hot:
-            print("\nmetered gateway under billed load (py-spy): self % / total %")
-            for frame, self_pct, total_pct in hot[:25]:
-                print(f"  {self_pct:5.1f} {total_pct:5.1f}  {frame}")
-        if functions:
-            print(
-                "\nPL/pgSQL functions during the profiled run (track_functions = pl): calls, ms per call self / total"
-            )
-            for row in functions:
-                calls = max(1, row["calls"])
-                print(
-                    f"  {row['calls']:8d}  {row['self_ms'] / calls:7.3f} {row['total_ms'] / calls:7.3f}"
-                    f"  {row['function']}"
-                )
-        RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-        out = RESULTS_DIR / f"gateway-{stamp}.json"
-        out.write_text(
-            json.dumps(
-                {
-                    "when": stamp,
-                    "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
-                    "postgres": pg_settings,
-                    "settings": vars(args),
-                    "rounds": rounds,
-                    "summary": summary,
-                    "ratios": ratios,
-                    "paired_billed_unmetered": paired,
-                    "charges": charges,
-                    "billed_2xx": billed_ok,
-                    "in_flight_bound": in_flight_bound,
-                    "warm_up": {"billed_200": warm_billed["ok"], "charges": warm_charges},
-                    "pending_tracking_rows": pending,
-                    "violations": len(violations),
-                    "profile_top": hot[:40],
-                    "profile_plpgsql_functions": functions,
-                },
-                indent=2,
-            )
-        )
-        print(f"results: {out}")
-        return 0 if not violations and charges_match and not pending else 1
-    finally:
-        for gateway in gateways:
-            gateway.stop()
-        server.cleanup()
-        shutil.rmtree(workdir, ignore_errors=True)
+        report: dict[str, Any] = {
+            "when": dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ"),
+            "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+            "postgres": gw.pg_settings,
+            "settings": {
+                "duration": duration,
+                "rounds": rounds,
+                "users": users,
+                "connections": connections,
+                "pool_max": pool_max,
+                "loadgen": loadgen,
+                "wrk_threads": wrk_threads,
+                "profile": profile_seconds,
+                "native": native,
+            },
+            "rounds": results,
+            "summary": summary,
+            "ratios": ratios,
+            "target_billed_unmetered": BILLED_TARGET,
+            "paired_billed_unmetered": paired,
+            "charges": charges,
+            "billed_2xx": billed_ok,
+            "in_flight_bound": in_flight_bound,
+            "charges_match": charges_match,
+            "warm_up": {"billed_200": gw.warm_billed["ok"], "charges": gw.warm_charges},
+            "pending_tracking_rows": pending,
+            "violations": len(violations),
+            "profile_top": hot[:40],
+            "profile_plpgsql_functions": functions,
+            "ok": not violations and charges_match and not pending,
+        }
+        if after is not None:
+            report["after"] = after(gw)
+        return report
 
 
-def run_profiled(args: argparse.Namespace, port: str, tokens: Path) -> None:
-    if args.loadgen == "wrk":
-        load_wrk(port, args.profile, args.connections, args.wrk_threads, tokens, "Authorization")
-    else:
-        load(port, args.profile, args.connections, tokens, "Authorization")
+def print_report(report: dict[str, Any]) -> None:
+    settings = report["settings"]
+    summary = report["summary"]
+    print()
+    print(
+        f"{settings['loadgen']}, {settings['connections']} connections, {settings['rounds']} x"
+        f" {settings['duration']:g} s, {settings['users']} users, pool {settings['pool_max']};"
+        f" {os.cpu_count()} CPUs shared by load, gateway and PostgreSQL"
+    )
+    print(
+        f"{'mode':10s} {'req/s':>8s} {'p50 ms':>8s} {'p99 ms':>8s} {'non-2xx':>8s}"
+        f" {'gw cpu ms':>10s} {'pg cpu ms':>10s}"
+    )
+    for mode, row in summary.items():
+        print(
+            f"{mode:10s} {row['rps']:8.0f} {row['p50_ms']:8.1f} {row['p99_ms']:8.1f} {row['non_2xx']:8d}"
+            f" {row['gateway_cpu_ms_per_request']:10.3f} {row['postgres_cpu_ms_per_request']:10.3f}"
+        )
+    for name, value in report["ratios"].items():
+        print(
+            f"{name}: {value:.2f}"
+            + (
+                f"   (target >= {BILLED_TARGET:.2f}; per round {report['paired_billed_unmetered']})"
+                if name.startswith("billed")
+                else ""
+            )
+        )
+    in_flight_bound = report["in_flight_bound"]
+    print(
+        f"billed rounds: {report['charges']} charges written, {report['billed_2xx']} billed 2xx answers counted"
+        + (f" (+ at most {in_flight_bound} abandoned in flight by wrk)" if in_flight_bound else "")
+        + f"; warm-up: {report['warm_up']['charges']} charges for {report['warm_up']['billed_200']} 200 answers;"
+        f" tracking rows left pending: {report['pending_tracking_rows']};"
+        f" verify_ledger: {'clean' if not report['violations'] else str(report['violations']) + ' violations'}"
+        + ("" if report["charges_match"] else "   CHARGES DO NOT MATCH")
+    )
+    if report["profile_top"]:
+        print("\nmetered gateway under billed load (py-spy): self % / total %")
+        for frame, self_pct, total_pct in report["profile_top"][:25]:
+            print(f"  {self_pct:5.1f} {total_pct:5.1f}  {frame}")
+    if report["profile_plpgsql_functions"]:
+        print("\nPL/pgSQL functions during the profiled run (track_functions = pl): calls, ms per call self / total")
+        for row in report["profile_plpgsql_functions"]:
+            calls = max(1, row["calls"])
+            print(
+                f"  {row['calls']:8d}  {row['self_ms'] / calls:7.3f} {row['total_ms'] / calls:7.3f}  {row['function']}"
+            )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds per round (default 10)")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds per mode, alternating (default 3)")
+    parser.add_argument("--users", type=int, default=10_000, help="distinct JWT users (default 10000)")
+    parser.add_argument("--connections", type=int, default=32, help="concurrent clients (default 32)")
+    parser.add_argument("--pool-max", default="10", help="TOLLGATE_POOL_MAX of the gateways (default 10)")
+    parser.add_argument(
+        "--loadgen",
+        choices=("wrk", "python"),
+        default="wrk" if shutil.which("wrk") else "python",
+        help="wrk (default when installed) or bench/loadgen.py",
+    )
+    parser.add_argument("--wrk-threads", type=int, default=2, help="wrk -t (default 2)")
+    parser.add_argument(
+        "--profile", type=int, default=0, metavar="SECONDS", help="py-spy the metered gateway for an extra billed run"
+    )
+    parser.add_argument("--native", action="store_true", help="--profile with C frames too (py-spy --native)")
+    args = parser.parse_args(argv)
+    if args.duration <= 0 or args.rounds < 1:
+        parser.error("--duration must be positive and --rounds at least 1")
+    report = run(
+        duration=args.duration,
+        rounds=args.rounds,
+        users=args.users,
+        connections=args.connections,
+        pool_max=args.pool_max,
+        loadgen=args.loadgen,
+        wrk_threads=args.wrk_threads,
+        profile_seconds=args.profile,
+        native=args.native,
+    )
+    print_report(report)
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    out = RESULTS_DIR / f"gateway-{report['when']}.json"
+    out.write_text(json.dumps(report, indent=2))
+    print(f"results: {out}")
+    return 0 if report["ok"] else 1
 
 
 if __name__ == "__main__":

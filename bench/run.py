@@ -20,6 +20,7 @@ See bench/README.md for what each scenario measures and how to read the ratios.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import hashlib
 import json
@@ -32,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,6 +102,8 @@ class Scenario:
     baseline: str | None = None
     target: float | None = None
     uses_ledger_functions: bool = False  # verify_ledger() must stay empty after the run
+    clients: int = CLIENTS  # pgbench -c
+    script_name: str | None = None  # the script file, when shared with another scenario (default: name)
 
 
 SCENARIOS: tuple[Scenario, ...] = (
@@ -135,6 +139,36 @@ SCENARIOS: tuple[Scenario, ...] = (
     ),
     Scenario("pgbench_N", "pgbench -N simple-update, scale 10", PGBENCH_TEMPLATE, None),
 )
+DEFAULT_SCENARIOS = SCENARIOS
+
+# Where contention bends the curve (bench/harness.py): the baseline and reserve + settle with more
+# clients, on the same 10,000 users. The 8-client figures are baseline_10k and reserve_settle_10k.
+CONTENTION_CLIENTS = (32, 64)
+CONTENTION_SCENARIOS: tuple[Scenario, ...] = tuple(
+    scenario
+    for clients in CONTENTION_CLIENTS
+    for scenario in (
+        Scenario(
+            f"baseline_10k_c{clients}",
+            f"baseline UPDATE+INSERT, 10k users, {clients} clients",
+            LEDGER_TEMPLATE,
+            BASELINE_SQL,
+            clients=clients,
+            script_name="baseline_10k",
+        ),
+        Scenario(
+            f"reserve_settle_10k_c{clients}",
+            f"reserve + settle (pair), 10k users, {clients} clients",
+            LEDGER_TEMPLATE,
+            RESERVE_SETTLE_SQL,
+            baseline=f"baseline_10k_c{clients}",
+            clients=clients,
+            uses_ledger_functions=True,
+            script_name="reserve_settle_10k",
+        ),
+    )
+)
+ALL_SCENARIOS = DEFAULT_SCENARIOS + CONTENTION_SCENARIOS
 
 
 @dataclass
@@ -147,6 +181,8 @@ class RunResult:
     failed: int
     seconds: float
     verify_problems: int | None = None
+    clients: int = CLIENTS
+    latency_percentiles_ms: dict[str, float] | None = None  # from pgbench's transaction log (percentiles=True)
 
 
 @dataclass
@@ -161,6 +197,8 @@ class Summary:
     paired_ratios: list[float] = field(default_factory=list)
     target: float | None = None
     verdict: str | None = None
+    clients: int = CLIENTS
+    latency_percentiles_ms: dict[str, float] | None = None  # medians over the rounds, per percentile
 
 
 class BenchError(RuntimeError):
@@ -318,22 +356,70 @@ def parse_pgbench(output: str) -> dict[str, float]:
     return values
 
 
-def run_scenario(server: Server, scenario: Scenario, round_no: int, duration: int, script_dir: Path) -> RunResult:
+def percentiles(values: list[float], points: tuple[float, ...] = (50, 95, 99)) -> dict[str, float]:
+    """Nearest-rank percentiles of values (any unit), plus max and count; empty input gives {}."""
+    if not values:
+        return {}
+    ordered = sorted(values)
+    out = {f"p{p:g}": ordered[min(len(ordered) - 1, max(0, int(len(ordered) * p / 100 + 0.5) - 1))] for p in points}
+    out["max"] = ordered[-1]
+    out["count"] = len(ordered)
+    return out
+
+
+def read_pgbench_logs(log_dir: Path) -> dict[str, float]:
+    """Per-transaction latencies of pgbench -l (field 3, microseconds) as percentiles in ms."""
+    latencies: list[float] = []
+    for path in log_dir.glob("pgbench_log*"):
+        with path.open(encoding="utf-8") as handle:
+            for line in handle:
+                fields = line.split()
+                if len(fields) >= 3 and fields[2].isdigit():
+                    latencies.append(int(fields[2]) / 1000)
+    return {k: round(v, 3) for k, v in percentiles(latencies).items()}
+
+
+def run_scenario(
+    server: Server,
+    scenario: Scenario,
+    round_no: int,
+    duration: int,
+    script_dir: Path,
+    latency_log: bool = False,
+    dbname: str | None = None,
+) -> RunResult:
+    """One pgbench run of a scenario on a fresh clone of its template (dropped afterwards). With
+    latency_log, pgbench writes every transaction's latency (-l) and the result has p50/p95/p99/max.
+    With dbname, the run uses that existing database instead (bench/growth.py) and keeps it."""
+    if dbname is not None:
+        return _run_pgbench(server, scenario, round_no, duration, script_dir, latency_log, dbname)
     dbname = f"bench_run_{scenario.name}_{round_no}"
     server.drop_database(dbname)
     server.create_database(dbname, template=scenario.template)
     try:
-        # Each run starts right after a checkpoint: the clone's pages are clean and every run pays
-        # the same full-page writes for the pages it touches first.
-        server.execute("CHECKPOINT")
-        cmd = server.pgbench_args(dbname)
-        options = ["-n", "-M", "prepared", "-c", str(CLIENTS), "-j", str(THREADS), "-T", str(duration)]
-        if scenario.script is None:
-            options.append("-N")
-        else:
-            script = script_dir / f"{scenario.name}.sql"
-            options += ["-f", str(script)]
-        cmd[1:1] = options
+        return _run_pgbench(server, scenario, round_no, duration, script_dir, latency_log, dbname)
+    finally:
+        server.drop_database(dbname)
+
+
+def _run_pgbench(
+    server: Server, scenario: Scenario, round_no: int, duration: int, script_dir: Path, latency_log: bool, dbname: str
+) -> RunResult:
+    # Each run starts right after a checkpoint: the clone's pages are clean and every run pays
+    # the same full-page writes for the pages it touches first.
+    server.execute("CHECKPOINT")
+    cmd = server.pgbench_args(dbname)
+    options = ["-n", "-M", "prepared", "-c", str(scenario.clients), "-j", str(THREADS), "-T", str(duration)]
+    if scenario.script is None:
+        options.append("-N")
+    else:
+        script = script_dir / f"{scenario.script_name or scenario.name}.sql"
+        options += ["-f", str(script)]
+    log_dir = Path(tempfile.mkdtemp(prefix="pgbench-log-", dir=script_dir)) if latency_log else None
+    if log_dir is not None:
+        options += ["-l", f"--log-prefix={log_dir / 'pgbench_log'}"]
+    cmd[1:1] = options
+    try:
         started = time.monotonic()
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
         seconds = time.monotonic() - started
@@ -349,40 +435,51 @@ def run_scenario(server: Server, scenario: Scenario, round_no: int, duration: in
             transactions=int(values["transactions"]),
             failed=int(values["failed"]),
             seconds=round(seconds, 1),
+            clients=scenario.clients,
+            latency_percentiles_ms=None if log_dir is None else read_pgbench_logs(log_dir),
         )
-        if result.failed:
-            raise BenchError(f"{scenario.name}: {result.failed} transactions failed:\n{output}")
-        if scenario.uses_ledger_functions:
-            with psycopg.connect(server.url(dbname), autocommit=True) as conn:
-                # verify_ledger() joins the whole ledger: with the template's statistics (10k rows
-                # where there are now 100k+) the planner picks nested loops that take minutes.
-                conn.execute("ANALYZE")
-                result.verify_problems = _verify(conn)
-        return result
     finally:
-        server.drop_database(dbname)
+        if log_dir is not None:
+            shutil.rmtree(log_dir, ignore_errors=True)
+    if result.failed:
+        raise BenchError(f"{scenario.name}: {result.failed} transactions failed:\n{output}")
+    if scenario.uses_ledger_functions:
+        with psycopg.connect(server.url(dbname), autocommit=True) as conn:
+            # verify_ledger() joins the whole ledger: with the template's statistics (10k rows
+            # where there are now 100k+) the planner picks nested loops that take minutes.
+            conn.execute("ANALYZE")
+            result.verify_problems = _verify(conn)
+    return result
 
 
-def write_scripts(script_dir: Path) -> None:
-    for scenario in SCENARIOS:
+def write_scripts(script_dir: Path, scenarios: tuple[Scenario, ...] | None = None) -> None:
+    for scenario in SCENARIOS if scenarios is None else scenarios:
         if scenario.script is not None:
             text = _PREAMBLE.format(users=scenario.users) + scenario.script
-            (script_dir / f"{scenario.name}.sql").write_text(text, encoding="utf-8")
+            (script_dir / f"{scenario.script_name or scenario.name}.sql").write_text(text, encoding="utf-8")
 
 
-def round_order(round_no: int) -> list[Scenario]:
+def round_order(round_no: int, scenarios: tuple[Scenario, ...] | None = None) -> list[Scenario]:
     """Scenarios in the order of this round: reversed every other round, so that each baseline runs
     as often before its candidate as after it (drift on the machine cancels out)."""
-    order = list(SCENARIOS)
+    order = list(SCENARIOS if scenarios is None else scenarios)
     return order if round_no % 2 == 1 else order[::-1]
 
 
-def summarise(results: list[RunResult]) -> list[Summary]:
+def _median_percentiles(runs: list[RunResult]) -> dict[str, float] | None:
+    measured = [r.latency_percentiles_ms for r in runs if r.latency_percentiles_ms]
+    if not measured:
+        return None
+    return {key: statistics.median(m[key] for m in measured) for key in measured[0]}
+
+
+def summarise(results: list[RunResult], scenarios: tuple[Scenario, ...] | None = None) -> list[Summary]:
+    chosen = SCENARIOS if scenarios is None else scenarios
     by_name: dict[str, list[RunResult]] = {}
     for result in results:
         by_name.setdefault(result.scenario, []).append(result)
     summaries: dict[str, Summary] = {}
-    for scenario in SCENARIOS:
+    for scenario in chosen:
         runs = sorted(by_name.get(scenario.name, []), key=lambda r: r.round)
         if not runs:
             continue
@@ -394,8 +491,10 @@ def summarise(results: list[RunResult]) -> list[Summary]:
             latency_ms_median=statistics.median(r.latency_ms for r in runs),
             baseline=scenario.baseline,
             target=scenario.target,
+            clients=scenario.clients,
+            latency_percentiles_ms=_median_percentiles(runs),
         )
-    for scenario in SCENARIOS:
+    for scenario in chosen:
         summary = summaries.get(scenario.name)
         if summary is None or scenario.baseline is None or scenario.baseline not in summaries:
             continue
@@ -468,7 +567,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--only",
         default=None,
-        help="comma-separated scenario names to run (baselines of the chosen ones are added)",
+        help="comma-separated scenario names to run (baselines of the chosen ones are added); also"
+        " " + ", ".join(s.name for s in CONTENTION_SCENARIOS),
+    )
+    parser.add_argument(
+        "--percentiles", action="store_true", help="log every transaction (pgbench -l): latency p50/p95/p99/max"
     )
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR, help="where the JSON goes")
     parser.add_argument("--fail-on-miss", action="store_true", help="exit 2 when a target is missed")
@@ -480,58 +583,65 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def select_scenarios(only: str | None) -> None:
-    global SCENARIOS
+def select_scenarios(only: str | None) -> tuple[Scenario, ...]:
+    """The scenarios named in `only` (comma-separated) plus their baselines, in the order of
+    ALL_SCENARIOS; None: the default six."""
     if only is None:
-        return
+        return DEFAULT_SCENARIOS
     wanted = {name.strip() for name in only.split(",") if name.strip()}
-    known = {s.name for s in SCENARIOS}
+    known = {s.name for s in ALL_SCENARIOS}
     unknown = wanted - known
     if unknown:
         raise SystemExit(f"unknown scenarios: {', '.join(sorted(unknown))}; known: {', '.join(sorted(known))}")
-    wanted |= {s.baseline for s in SCENARIOS if s.name in wanted and s.baseline}
-    SCENARIOS = tuple(s for s in SCENARIOS if s.name in wanted)
+    wanted |= {s.baseline for s in ALL_SCENARIOS if s.name in wanted and s.baseline}
+    return tuple(s for s in ALL_SCENARIOS if s.name in wanted)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    select_scenarios(args.only)
+class LedgerEnv:
+    """One private embedded PostgreSQL with the templates built on first use: shared by the sections
+    of bench/harness.py (ledger, contention, growth, open-loop SQL)."""
+
+    def __init__(self, tmp: Path, settings: Any, server: Server) -> None:
+        self.tmp = tmp
+        self.settings = settings
+        self.server = server
+        self.server_settings = server.settings()
+        self.code = code_version(settings.db_dir)
+        self.script_dir = tmp / "scripts"
+        self.script_dir.mkdir(exist_ok=True)
+        self._seed: dict[str, Any] | None = None
+        self._pgbench_template = False
+
+    def ledger_template(self) -> dict[str, Any]:
+        """Seed LEDGER_TEMPLATE once; returns what the seeding did."""
+        if self._seed is None:
+            _log(f"seeding {USERS:,} funded accounts into template {LEDGER_TEMPLATE} ...")
+            self._seed = build_ledger_template(self.server, self.settings.db_dir)
+            _log(f"  done in {self._seed['seconds']} s, verify_ledger() empty")
+        return self._seed
+
+    def pgbench_template(self) -> None:
+        if not self._pgbench_template:
+            _log(f"pgbench -i -s {PGBENCH_SCALE} into {PGBENCH_TEMPLATE} ...")
+            build_pgbench_template(self.server)
+            self._pgbench_template = True
+
+
+@contextlib.contextmanager
+def ledger_env() -> Iterator[LedgerEnv]:
+    """Start a private embedded PostgreSQL in a temporary directory; stop it and delete it at the end."""
     if shutil.which(str(embedded.BIN_DIR / "pgbench")) is None:
         raise SystemExit(f"pgbench not found in {embedded.BIN_DIR}")
-    started_at = dt.datetime.now(dt.UTC)
     tmp = Path(tempfile.mkdtemp(prefix="tollgate-bench-"))
     settings = load_settings({"TOLLGATE_DATA_DIR": str(tmp)})
-    results: list[RunResult] = []
     try:
         _log(f"starting a private embedded PostgreSQL in {settings.pgdata}")
-        server = Server(embedded.start(settings))
-        server_settings = server.settings()
+        env = LedgerEnv(tmp, settings, Server(embedded.start(settings)))
         _log(
             "server: PostgreSQL {server_version}, fsync={fsync}, synchronous_commit={synchronous_commit},"
-            " wal_sync_method={wal_sync_method}, shared_buffers={shared_buffers}".format(**server_settings)
+            " wal_sync_method={wal_sync_method}, shared_buffers={shared_buffers}".format(**env.server_settings)
         )
-        code = code_version(settings.db_dir)
-        _log(f"seeding {USERS:,} funded accounts into template {LEDGER_TEMPLATE} ...")
-        seed = build_ledger_template(server, settings.db_dir)
-        _log(f"  done in {seed['seconds']} s, verify_ledger() empty")
-        if any(s.template == PGBENCH_TEMPLATE for s in SCENARIOS):
-            _log(f"pgbench -i -s {PGBENCH_SCALE} into {PGBENCH_TEMPLATE} ...")
-            build_pgbench_template(server)
-        script_dir = tmp / "scripts"
-        script_dir.mkdir()
-        write_scripts(script_dir)
-        total = len(SCENARIOS) * args.rounds
-        _log(f"{total} pgbench runs of {args.duration} s (-c {CLIENTS} -j {THREADS} -M prepared)")
-        for round_no in range(1, args.rounds + 1):
-            for scenario in round_order(round_no):
-                result = run_scenario(server, scenario, round_no, args.duration, script_dir)
-                results.append(result)
-                verify = "" if result.verify_problems is None else f", verify_ledger: {result.verify_problems}"
-                _log(
-                    f"  round {round_no} {scenario.name:<20} {result.tps:10,.0f} tps"
-                    f"  {result.latency_ms:7.2f} ms{verify}"
-                )
-        scripts = {p.name: p.read_text(encoding="utf-8") for p in sorted(script_dir.glob("*.sql"))}
+        yield env
     finally:
         _log("stopping the server and deleting its directory")
         try:
@@ -539,8 +649,77 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
 
-    summaries = summarise(results)
+
+def run(
+    duration: int = 30,
+    rounds: int = 3,
+    only: str | None = None,
+    scenarios: tuple[Scenario, ...] | None = None,
+    latency_log: bool = False,
+    env: LedgerEnv | None = None,
+) -> dict[str, Any]:
+    """Run the scenarios (`scenarios`, else those named in `only`, else the default six) in
+    alternating rounds; return the report (what the CLI writes as JSON). With env, on its server;
+    otherwise on a server of its own. Raises BenchError when pgbench fails."""
+    chosen = scenarios if scenarios is not None else select_scenarios(only)
+    if env is None:
+        with ledger_env() as own:
+            return run(duration, rounds, scenarios=chosen, latency_log=latency_log, env=own)
+    started_at = dt.datetime.now(dt.UTC)
+    seed = env.ledger_template()
+    if any(s.template == PGBENCH_TEMPLATE for s in chosen):
+        env.pgbench_template()
+    write_scripts(env.script_dir, chosen)
+    results: list[RunResult] = []
+    total = len(chosen) * rounds
+    _log(
+        f"{total} pgbench runs of {duration} s (-c {'/'.join(sorted({str(s.clients) for s in chosen}, key=int))}"
+        f" -j {THREADS} -M prepared)"
+    )
+    for round_no in range(1, rounds + 1):
+        for scenario in round_order(round_no, chosen):
+            result = run_scenario(env.server, scenario, round_no, duration, env.script_dir, latency_log)
+            results.append(result)
+            verify = "" if result.verify_problems is None else f", verify_ledger: {result.verify_problems}"
+            pct = result.latency_percentiles_ms
+            tail = "" if not pct else f"  p50 {pct['p50']:.2f} p99 {pct['p99']:.2f} ms"
+            _log(
+                f"  round {round_no} {scenario.name:<24} {result.tps:10,.0f} tps"
+                f"  {result.latency_ms:7.2f} ms{tail}{verify}"
+            )
+    scripts = {
+        name: (env.script_dir / name).read_text(encoding="utf-8")
+        for name in sorted({f"{s.script_name or s.name}.sql" for s in chosen if s.script is not None})
+    }
+    summaries = summarise(results, chosen)
     verify_failures = [r for r in results if r.verify_problems]
+    return {
+        "started_at": started_at.isoformat(),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "server": env.server_settings,
+        "code": env.code,
+        "pgbench": {"clients": CLIENTS, "threads": THREADS, "duration_s": duration, "mode": "prepared"},
+        "rounds": rounds,
+        "seed": seed,
+        "scripts": scripts,
+        "runs": [asdict(r) for r in results],
+        "summary": [asdict(s) for s in summaries],
+        "verify_ledger_ok": not verify_failures,
+        "verify_failures": [r.scenario for r in verify_failures],
+        "checked_runs": sum(1 for r in results if r.verify_problems is not None),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    report = run(args.duration, args.rounds, args.only, latency_log=args.percentiles)
+    summaries = [Summary(**s) for s in report["summary"]]
+    server_settings = report["server"]
+    code = report["code"]
     print()
     print(
         f"tollgate ledger benchmark: PostgreSQL {server_settings['server_version']} (embedded), durable:"
@@ -560,48 +739,34 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print("ratio = median tps / median tps of its baseline; paired = per-round ratios; reserve+settle counts")
     print("a pair as one transaction. Request ids: client id + random(1, 9e18): collisions negligible.")
-    noisy = [s for s in summaries if len(s.paired_ratios) > 1 and max(s.paired_ratios) - min(s.paired_ratios) > 0.15]
-    for s in noisy:
+    for s in noisy(summaries):
         print(
             f"NOISY: {s.scenario} paired ratios range {min(s.paired_ratios):.2f}..{max(s.paired_ratios):.2f};"
             " was something else running? Use more --rounds or a quieter machine."
         )
-    if verify_failures:
+    if report["verify_failures"]:
         print(
-            f"verify_ledger() FAILED after {len(verify_failures)} runs:"
-            f" {', '.join(r.scenario for r in verify_failures)}"
+            f"verify_ledger() FAILED after {len(report['verify_failures'])} runs:"
+            f" {', '.join(report['verify_failures'])}"
         )
     else:
-        checked = sum(1 for r in results if r.verify_problems is not None)
-        print(f"verify_ledger() empty after all {checked} runs of the ledger functions.")
+        print(f"verify_ledger() empty after all {report['checked_runs']} runs of the ledger functions.")
 
-    stamp = started_at.strftime("%Y%m%dT%H%M%SZ")
+    stamp = dt.datetime.fromisoformat(report["started_at"]).strftime("%Y%m%dT%H%M%SZ")
     args.results_dir.mkdir(parents=True, exist_ok=True)
     out = args.results_dir / f"ledger-{stamp}.json"
-    report = {
-        "started_at": started_at.isoformat(),
-        "machine": {
-            "cpus": os.cpu_count(),
-            "platform": platform.platform(),
-            "python": platform.python_version(),
-        },
-        "server": server_settings,
-        "code": code,
-        "pgbench": {"clients": CLIENTS, "threads": THREADS, "duration_s": args.duration, "mode": "prepared"},
-        "rounds": args.rounds,
-        "seed": seed,
-        "scripts": scripts,
-        "runs": [asdict(r) for r in results],
-        "summary": [asdict(s) for s in summaries],
-        "verify_ledger_ok": not verify_failures,
-    }
     out.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     print(f"results: {out}")
-    if verify_failures:
+    if report["verify_failures"]:
         return 1
     if args.fail_on_miss and any(s.verdict == "MISS" for s in summaries):
         return 2
     return 0
+
+
+def noisy(summaries: list[Summary]) -> list[Summary]:
+    """Scenarios whose paired (per-round) ratios span more than 0.15: the machine was busy."""
+    return [s for s in summaries if len(s.paired_ratios) > 1 and max(s.paired_ratios) - min(s.paired_ratios) > 0.15]
 
 
 if __name__ == "__main__":

@@ -89,7 +89,8 @@ def batch(gateway: Any, token_file: Path, hold: Path) -> tuple[dict[str, Any], i
     return report, during, open_fds
 
 
-def run(sessions: int, url: str, workdir: Path, anonymous: bool, batches: int) -> dict[str, Any]:
+def measure(sessions: int, url: str, workdir: Path, anonymous: bool, batches: int) -> dict[str, Any]:
+    """One mode and one N on a fresh gateway: the row of the table."""
     mode = "anonymous" if anonymous else "billed"
     tokens = ["-" if anonymous else mint_token(SECRET, f"sse-user-{i}") for i in range(sessions)]
     token_file = workdir / f"tokens-{mode}-{sessions}.txt"
@@ -171,6 +172,65 @@ def passed(row: dict[str, Any]) -> bool:
     return bool(row["charges"] == 0 and row["anonymous_tracked"] == row["calls_ok_all_batches"])
 
 
+def run(sessions: tuple[int, ...] = (500, 1000, 2000, 3000), mode: str = "both", batches: int = 2) -> dict[str, Any]:
+    """Every mode ("billed", "anonymous" or "both") and N on its own embedded server; returns
+    {"rows": one per mode and N, "ok": every row passed, "open_files": (soft, hard)}."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by the gateway and the client
+    print(f"open files limit: {soft} -> {hard} (hard limit), for the client and the gateway", flush=True)
+    if hard < 2 * max(sessions) + 100:
+        print(f"warning: {hard} open files may not hold {max(sessions)} sessions (raise ulimit -Hn)")
+    workdir = Path(tempfile.mkdtemp(prefix="tollgate-bench-sse-"))
+    server = embedded.throwaway_server(workdir / "pgdata")
+    modes = ["billed", "anonymous"] if mode == "both" else [mode]
+    try:
+        url = server.get_uri()
+        migrate.upgrade(url, ROOT / "db")
+        if "billed" in modes:
+            with db.connect(url, autocommit=False) as conn:
+                for i in range(max(sessions)):
+                    user_id = ledger.ensure_account(conn, f"sse-user-{i}")
+                    ledger.top_up(conn, user_id, Decimal(1000), "bench", f"sse-{i}")
+                conn.commit()
+        rows = []
+        for current in modes:
+            for n in sessions:
+                row = measure(n, url, workdir, current == "anonymous", batches)
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+        return {
+            "rows": rows,
+            "ok": all(passed(row) for row in rows),
+            "open_files": [soft, hard],
+            "protocol_version": LATEST_HANDSHAKE_VERSION,
+        }
+    finally:
+        server.cleanup()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    print(
+        f"one gateway process (one uvicorn worker) per N; MCP {LATEST_HANDSHAKE_VERSION} over legacy SSE;"
+        f" {os.cpu_count()} CPUs shared by client, gateway and PostgreSQL"
+    )
+    print(
+        f"{'mode':10s} {'sessions':>8s} {'calls ok':>9s} {'failed':>7s} {'seconds':>8s} {'RSS MiB':>8s} "
+        f"{'KiB/session':>12s} {'RSS after each batch closed, MiB':>32s} {'fds open/closed':>16s}"
+        f" {'charges':>8s} {'tracked':>8s}"
+    )
+    for row in rows:
+        print(
+            f"{row['mode']:10s} {row['sessions']:8d} {row['calls_ok']:9d} {row['failed']:7d}"
+            f" {row['seconds_to_all_called']:8.1f} {row['rss_with_sessions_mib']:8.1f}"
+            f" {row['kib_per_session']:12.1f}"
+            f" {' '.join(f'{r:.0f}' for r in row['rss_per_batch_mib']['after_close']):>32s}"
+            f" {row['gateway_fds']['with_sessions'][0]:>8d}/{row['gateway_fds']['after_close'][-1]:<7d}"
+            f" {row['charges']:8d}"
+            f" {row['anonymous_tracked']:8d}" + ("" if passed(row) else "   FAILED")
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sessions", type=int, nargs="+", default=[500, 1000, 2000, 3000])
@@ -188,59 +248,17 @@ def main(argv: list[str] | None = None) -> int:
         " their memory? (default 2; the figures per session are the first batch's)",
     )
     args = parser.parse_args(argv)
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # inherited by the gateway and the client
-    print(f"open files limit: {soft} -> {hard} (hard limit), for the client and the gateway", flush=True)
-    if hard < 2 * max(args.sessions) + 100:
-        print(f"warning: {hard} open files may not hold {max(args.sessions)} sessions (raise ulimit -Hn)")
-    workdir = Path(tempfile.mkdtemp(prefix="tollgate-bench-sse-"))
-    server = embedded.throwaway_server(workdir / "pgdata")
-    modes = ["billed", "anonymous"] if args.mode == "both" else [args.mode]
-    try:
-        url = server.get_uri()
-        migrate.upgrade(url, ROOT / "db")
-        if "billed" in modes:
-            with db.connect(url, autocommit=False) as conn:
-                for i in range(max(args.sessions)):
-                    user_id = ledger.ensure_account(conn, f"sse-user-{i}")
-                    ledger.top_up(conn, user_id, Decimal(1000), "bench", f"sse-{i}")
-                conn.commit()
-        rows = []
-        for mode in modes:
-            for sessions in args.sessions:
-                row = run(sessions, url, workdir, mode == "anonymous", args.batches)
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-        print()
-        print(
-            f"one gateway process (one uvicorn worker) per N; MCP {LATEST_HANDSHAKE_VERSION} over legacy SSE;"
-            f" {os.cpu_count()} CPUs shared by client, gateway and PostgreSQL"
-        )
-        print(
-            f"{'mode':10s} {'sessions':>8s} {'calls ok':>9s} {'failed':>7s} {'seconds':>8s} {'RSS MiB':>8s} "
-            f"{'KiB/session':>12s} {'RSS after each batch closed, MiB':>32s} {'fds open/closed':>16s}"
-            f" {'charges':>8s} {'tracked':>8s}"
-        )
-        for row in rows:
-            print(
-                f"{row['mode']:10s} {row['sessions']:8d} {row['calls_ok']:9d} {row['failed']:7d}"
-                f" {row['seconds_to_all_called']:8.1f} {row['rss_with_sessions_mib']:8.1f}"
-                f" {row['kib_per_session']:12.1f}"
-                f" {' '.join(f'{r:.0f}' for r in row['rss_per_batch_mib']['after_close']):>32s}"
-                f" {row['gateway_fds']['with_sessions'][0]:>8d}/{row['gateway_fds']['after_close'][-1]:<7d}"
-                f" {row['charges']:8d}"
-                f" {row['anonymous_tracked']:8d}" + ("" if passed(row) else "   FAILED")
-            )
-        out_dir = ROOT / "bench" / "results"
-        out_dir.mkdir(parents=True, exist_ok=True)
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        out = out_dir / f"sse-sessions-{stamp}.json"
-        out.write_text(json.dumps(rows, indent=2))
-        print(f"results: {out}")
-        return 0 if all(passed(row) for row in rows) else 1
-    finally:
-        server.cleanup()
-        shutil.rmtree(workdir, ignore_errors=True)
+    report = run(tuple(args.sessions), args.mode, args.batches)
+    rows = report["rows"]
+    print()
+    print_table(rows)
+    out_dir = ROOT / "bench" / "results"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    out = out_dir / f"sse-sessions-{stamp}.json"
+    out.write_text(json.dumps(rows, indent=2))
+    print(f"results: {out}")
+    return 0 if report["ok"] else 1
 
 
 if __name__ == "__main__":
