@@ -27,7 +27,8 @@ BEGIN
                   DETAIL = jsonb_build_object('field', 'key_hash', 'length', octet_length(p_key_hash))::text,
                   HINT = 'Send sha256(key), not the key itself.';
     END IF;
-    PERFORM billing._check_text(p_key_prefix, 'key_prefix', 16, false);
+    -- Optional: a blank prefix is no prefix (NULL), as for every optional identifier.
+    p_key_prefix := billing._check_text(p_key_prefix, 'key_prefix', 16, false);
     IF p_user_id IS NOT NULL AND NOT EXISTS (SELECT FROM billing.users u WHERE u.id = p_user_id) THEN
         RAISE EXCEPTION 'Unknown user: no billing account for user id %.', p_user_id
             USING ERRCODE = 'BL007',

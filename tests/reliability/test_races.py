@@ -90,6 +90,11 @@ class ClockMovingGate(RowGate):
         self.conn.commit()
 
 
+def _close(gate: RowGate) -> None:
+    gate.conn.close()
+    gate.probe.close()
+
+
 # --- (1) one key from many connections, all four keyed calls at once ----------------------------------------
 
 
@@ -150,6 +155,8 @@ def test_same_keys_from_many_connections_have_one_effect_each(db, connect, app_u
         gate = RowGate(connect, [user]) if gated else None
 
         outcomes = run_together(conns, _storm_work(user, keys, orders), gate=gate)
+        if gate is not None:
+            _close(gate)  # long runs fire hundreds of rounds: never keep a round's connections open
 
         assert_no_deadlock(outcomes)
         assert_only(outcomes)
@@ -298,6 +305,7 @@ def _limit_pass(
             return results
 
         outcomes = run_together(conns, work, gate=gate)
+        _close(gate)
         assert_no_deadlock(outcomes)
         assert_only(outcomes)
         assert gate.waiters == RACERS, f"{wave.name}: only {gate.waiters} of {RACERS} charges were queued"

@@ -516,6 +516,17 @@ def test_generated_arguments_succeed_or_are_refused_cleanly(db, app_url, functio
 
 
 @pytest.mark.parametrize("blank", ["", "   "])
+def test_a_blank_api_key_prefix_is_no_prefix(db, app_url, blank):
+    """Found by the fuzzing: a blank p_key_prefix reached the table's CHECK (23514, naming the table)."""
+    app = psycopg.connect(app_url, autocommit=True)
+    try:
+        key = ledger.create_api_key(app, "blank-prefix", hashlib.sha256(b"tg_blank").digest(), blank)
+    finally:
+        app.close()
+    assert (key.name, key.key_prefix) == ("blank-prefix", None)
+
+
+@pytest.mark.parametrize("blank", ["", "   "])
 def test_a_blank_client_key_is_no_client_key(db, app_url, blank):
     """Found by the fuzzing: a blank p_client_key reached the table's CHECK (23514, naming the table)."""
     app = psycopg.connect(app_url, autocommit=True)
