@@ -292,22 +292,29 @@ def test_the_audit_catches_each_kind_of_violation(db_url: str) -> None:
 
 @pytest.mark.xfail(
     strict=True,
-    reason="bug: begin_request committed, its answer lost -> 503 'not run, retry', but the retry is refused "
-    "409 'still running' forever, and the hold stays held until it expires",
+    reason="bug: begin_request committed but its answer was lost -> 503 'not run, nothing charged; retry', "
+    "yet the retry with the same key is refused 409 'still running' (until reconcile closes it as failed), "
+    "and the hold stays held until it expires",
 )
 def test_a_retry_after_a_lost_begin_request_answer_runs_the_call(
     db_url: str, proxy: FaultProxy, tmp_path: Path
 ) -> None:
+    """The ledger flaps while a call begins: the begin commits unheard, then the connection fails a few
+    more times (more than any in-request resend can absorb), so the caller gets 503 and retries."""
     server = start_gateway(proxy.proxy_url(app_role_url(db_url)), tmp_path / "gateway")
     try:
         with apidb.connect(db_url) as owner:
             ((subject, _),) = fund_users(owner, 1, Decimal("1"), "lostbegin")
-        fault = proxy.arm(Fault("drop_after", match="begin_request"))
-        with server.client(server.token(subject)) as client:
-            first = client.post("/api/tools/priced", json={"text": "x"}, headers={"Idempotency-Key": "lost-begin"})
-            assert fault.taken.is_set() and fault.landed
-            assert first.status_code == 503, first.text  # "not run, nothing charged; retry shortly"
-            retry = client.post("/api/tools/priced", json={"text": "x"}, headers={"Idempotency-Key": "lost-begin"})
+            with server.client(server.token(subject)) as client:
+                landed = proxy.arm(Fault("drop_after", match="begin_request"))
+                for _ in range(5):
+                    proxy.arm(Fault("drop_before", match="begin_request"))
+                first = client.post("/api/tools/priced", json={"text": "x"}, headers={"Idempotency-Key": "lost-begin"})
+                proxy.disarm()
+                assert landed.taken.is_set() and landed.landed
+                assert first.status_code == 503, first.text  # "not run, nothing charged; retry shortly"
+                assert ledger.unbilled_calls(owner)[0].request_id == "lost-begin"  # yet it is pending, held
+                retry = client.post("/api/tools/priced", json={"text": "x"}, headers={"Idempotency-Key": "lost-begin"})
         assert retry.status_code == 200, retry.text
         assert retry.json()["billing"]["status"] == "charged"
     finally:

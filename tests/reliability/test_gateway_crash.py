@@ -199,4 +199,5 @@ def test_gateway_killed_mid_call_loses_and_doubles_nothing(db_url: str, pg_serve
     assert violations == [], "\n".join(violations[:50])
     assert leftovers == (0, 0)
     assert result.outcomes["charged"] > 0
-    assert figures["lost_answers"] > 0 or PARAMS.gateway_cycles == 0, "no kill ever cut a call short"
+    # The kills did what they are for: calls cut short mid-flight (a slow tool runs most of the time).
+    assert figures["killed_in_flight"] > 0 or PARAMS.gateway_cycles == 0, "no kill ever cut a call short"
