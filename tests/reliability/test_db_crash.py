@@ -72,7 +72,7 @@ def _check(workload: Workload, owner_url: str, when: str) -> None:
     with apidb.connect(owner_url) as conn:
         violations = conn.execute("SELECT * FROM billing.verify_ledger()").fetchall()
         assert violations == [], f"{when}: verify_ledger(): {violations[:20]}"
-        problems = workload.check(conn)
+        problems = workload.check(conn, verify_ledger=False)  # just run above
     assert problems == [], f"{when}: {summarize(problems)}"
     assert workload.anomalies == [], f"{when}: {workload.anomalies[:20]}"
 
