@@ -7,7 +7,8 @@
 -- has already looked for its own replay, so NULL means a conflict.
 -- The caller must then apply the row to its in-memory account with billing._account_after.
 -- Locks: none beyond the caller's.
--- Errors: BL006 invalid_amount when the balance would leave the range of numeric(20,8) (|balance| >= 1e12).
+-- Errors: BL006 invalid_amount when the balance, or for a charge the total spent, would leave the range of
+--         numeric(20,8) (>= 1e12).
 CREATE OR REPLACE FUNCTION billing._append_ledger(
     p_account     billing.user_billing,
     p_now         timestamptz,
@@ -37,6 +38,14 @@ BEGIN
                 p_account.balance_usd + p_amount_usd
             USING ERRCODE = 'BL006',
                   DETAIL = jsonb_build_object('balance_usd', p_account.balance_usd, 'amount_usd', p_amount_usd)::text;
+    END IF;
+    -- A charge also adds to the spend counters (numeric(20,8) too): an overrun settled in full may not
+    -- take them out of range either (the fuzzing found a 22003 from settle here).
+    IF p_type = 'charge' AND p_account.total_spent_usd - p_amount_usd >= 1e12 THEN
+        RAISE EXCEPTION 'Invalid amount: the total spent would become % USD, beyond the largest total kept (1000000000000).',
+                p_account.total_spent_usd - p_amount_usd
+            USING ERRCODE = 'BL006',
+                  DETAIL = jsonb_build_object('total_spent_usd', p_account.total_spent_usd, 'amount_usd', -p_amount_usd)::text;
     END IF;
     IF v_uah IS NULL THEN
         SELECT c.uah_per_usd INTO v_rate FROM billing.config c;

@@ -98,6 +98,7 @@ BEGIN
                AND b.held_usd >= hold.amount_usd
                AND b.holds_expire_at > billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at)
                AND abs(b.balance_usd - p_actual_usd) < 1e12
+               AND b.total_spent_usd + p_actual_usd < 1e12
             RETURNING b.user_id, b.version, b.balance_usd, b.updated_at, cfg.uah_per_usd, hold.amount_usd AS hold_usd,
                       nextval('billing.billing_transactions_id_seq'::regclass) AS transaction_id
         ), done AS (

@@ -515,6 +515,26 @@ def test_generated_arguments_succeed_or_are_refused_cleanly(db, app_url, functio
     print(f"\nsql_fuzz billing.{function}: {dict(sorted(cases.items()))}")
 
 
+def test_settling_an_overrun_past_the_largest_total_is_refused(db, app_url):
+    """Found by the fuzzing: settle(…, 999999999999.99999999) passed the argument check (< 1e12) and then
+    overflowed total_spent_usd (numeric(20,8)) with a 22003 naming the column's precision."""
+    user = ledger.ensure_account(db, "overrun")
+    ledger.top_up(db, user, D(1000), "stripe", "pi-overrun")
+    ledger.reserve(db, user, "overrun-1", D(1))
+    ledger.charge(db, user, "overrun-0", D(2))
+    app = psycopg.connect(app_url, autocommit=True)
+    try:
+        before = _fingerprint(db)
+        with pytest.raises(psycopg.Error) as refused:
+            app.execute("SELECT * FROM billing.settle('overrun-1', 999999999999.99999999)")
+        assert refused.value.diag.sqlstate == "BL006"
+        assert _fingerprint(db) == before
+        settled = ledger.settle(app, "overrun-1", D("0.5"))
+    finally:
+        app.close()
+    assert (settled.charged_usd, settled.replayed) == (D("0.5"), False)
+
+
 @pytest.mark.parametrize("blank", ["", "   "])
 def test_a_blank_api_key_prefix_is_no_prefix(db, app_url, blank):
     """Found by the fuzzing: a blank p_key_prefix reached the table's CHECK (23514, naming the table)."""
