@@ -52,11 +52,15 @@ DEEP = 10_000  # the deep page starts this many rows from the newest
 PAGE = 50
 SPAN_DAYS = 180
 TARGET = 0.9
-BYTES_PER_ROW = 400  # a generous estimate of heap + indexes + WAL per ledger row, for the disk check
+BYTES_PER_ROW = 800  # heap + indexes + WAL + the fill's sort and CTE spill per ledger row, for the disk check
+SAMPLE_BUDGET_S = 30.0  # history sampling per level and round stops after this (at least MIN_SAMPLES each)
+MIN_SAMPLES = 50
 FILL_CHARGE_USD = Decimal(ledger.CHARGE_USD)
 
-# One statement: the new ledger rows (fill users round-robin, bench-history evenly between them, in
-# time order) and the counters of every account they touched. `k` is a row's ordinal for its user.
+# The new ledger rows, in one INSERT ... SELECT, already in time order (no sort): row s of 1..total is
+# bench-history's g-th row when floor(s * history / total) steps up at s (so its rows are spread
+# evenly among the others), else the f-th fill row, which goes round-robin to user n = (f - 1) % users + 1
+# as that user's k-th new row. The hash join on the 10,000 accounts keeps the order of the series.
 FILL_SQL = """
 WITH rate AS (
     SELECT c.uah_per_usd AS uah_per_usd FROM billing.config c
@@ -64,36 +68,60 @@ WITH rate AS (
     SELECT u.n, b.user_id, b.version, b.balance_usd
       FROM public.bench_users u JOIN billing.user_billing b ON b.user_id = u.id
      WHERE u.n <= %(users)s
+), hist AS (
+    SELECT b.user_id, b.version, b.balance_usd FROM billing.user_billing b WHERE b.user_id = %(history_user)s
+), seq AS (
+    SELECT s, s::float8 / %(total)s AS t, (s * %(history)s) / %(total)s AS g,
+           (s * %(history)s) / %(total)s > ((s - 1) * %(history)s) / %(total)s AS is_history
+      FROM generate_series(1::bigint, %(total)s::bigint) s
 ), planned AS (
-    SELECT a.user_id, a.version + f.k AS version, a.balance_usd - (f.k - 1) * %(usd)s AS before_usd,
-           'fill-' || f.n || '-' || f.k AS request_id, f.t
-      FROM (SELECT ((s - 1) %% %(users)s) + 1 AS n, ((s - 1) / %(users)s) + 1 AS k, s::float8 / %(rows)s AS t
-              FROM generate_series(1, %(rows)s) s) f
-      JOIN acc a ON a.n = f.n
-    UNION ALL
-    SELECT b.user_id, b.version + g, b.balance_usd - (g - 1) * %(usd)s, 'history-' || g, g::float8 / %(history)s
-      FROM billing.user_billing b, generate_series(1, %(history)s) g
-     WHERE b.user_id = %(history_user)s
-), ins AS (
-    INSERT INTO billing.billing_transactions
-        (user_id, version, type, currency, amount_usd, amount_uah, exchange_rate,
-         balance_before_usd, balance_after_usd, request_id, created_at)
-    SELECT p.user_id, p.version, 'charge', 'USD', -%(usd)s, round(-%(usd)s * rate.uah_per_usd, 2), rate.uah_per_usd,
-           p.before_usd, p.before_usd - %(usd)s, p.request_id,
-           %(end)s::timestamptz - make_interval(secs => %(span)s * (1 - p.t))
-      FROM planned p, rate
-     ORDER BY p.t
-    RETURNING user_id, amount_usd, amount_uah
+    SELECT q.*, CASE WHEN q.is_history THEN NULL ELSE ((q.s - q.g - 1) %% %(users)s) + 1 END AS n,
+           ((q.s - q.g - 1) / %(users)s) + 1 AS k
+      FROM seq q
+), rows AS (
+    SELECT p.t,
+           CASE WHEN p.is_history THEN h.user_id ELSE a.user_id END AS user_id,
+           CASE WHEN p.is_history THEN h.version + p.g ELSE a.version + p.k END AS version,
+           CASE WHEN p.is_history THEN h.balance_usd - (p.g - 1) * %(usd)s
+                ELSE a.balance_usd - (p.k - 1) * %(usd)s END AS before_usd,
+           CASE WHEN p.is_history THEN 'history-' || p.g ELSE 'fill-' || p.n || '-' || p.k END AS request_id
+      FROM planned p CROSS JOIN hist h LEFT JOIN acc a ON a.n = p.n
 )
+INSERT INTO billing.billing_transactions
+    (user_id, version, type, currency, amount_usd, amount_uah, exchange_rate,
+     balance_before_usd, balance_after_usd, request_id, created_at)
+SELECT r.user_id, r.version, 'charge', 'USD', -%(usd)s, round(-%(usd)s * rate.uah_per_usd, 2), rate.uah_per_usd,
+       r.before_usd, r.before_usd - %(usd)s, r.request_id,
+       %(end)s::timestamptz - make_interval(secs => %(span)s * (1 - r.t))
+  FROM rows r, rate
+"""
+
+# The counters of every account the fill touched, by arithmetic: fill user n got rows / users rows,
+# plus one when n <= rows % users; bench-history got `history`.
+FILL_ACCOUNTS_SQL = """
 UPDATE billing.user_billing b
-   SET balance_usd = b.balance_usd + c.usd,
-       balance_uah = b.balance_uah + c.uah,
-       total_spent_usd = b.total_spent_usd - c.usd,
-       total_spent_uah = b.total_spent_uah - c.uah,
-       total_requests = b.total_requests + c.n,
-       version = b.version + c.n
-  FROM (SELECT user_id, count(*) AS n, sum(amount_usd) AS usd, sum(amount_uah) AS uah FROM ins GROUP BY user_id) c
- WHERE b.user_id = c.user_id
+   SET balance_usd = b.balance_usd - c.k * %(usd)s,
+       balance_uah = b.balance_uah + c.k * r.uah,
+       total_spent_usd = b.total_spent_usd + c.k * %(usd)s,
+       total_spent_uah = b.total_spent_uah - c.k * r.uah,
+       total_requests = b.total_requests + c.k,
+       version = b.version + c.k
+  FROM (SELECT u.id AS user_id,
+               %(rows)s / %(users)s + CASE WHEN u.n <= %(rows)s %% %(users)s THEN 1 ELSE 0 END AS k
+          FROM public.bench_users u
+         WHERE u.n <= %(users)s
+        UNION ALL
+        SELECT %(history_user)s::uuid, %(history)s) c,
+       (SELECT round(-%(usd)s * cfg.uah_per_usd, 2) AS uah FROM billing.config cfg) r
+ WHERE b.user_id = c.user_id AND c.k > 0
+"""
+
+# The fill's rows of bench-history must come in id order as in version order (as a real ledger's do).
+ORDER_CHECK_SQL = """
+SELECT count(*) FROM (
+    SELECT t.id, lag(t.id) OVER (ORDER BY t.version) AS previous
+      FROM billing.billing_transactions t WHERE t.user_id = %s) x
+ WHERE x.id < x.previous
 """
 
 HISTORY_SQL = "SELECT * FROM billing.history(%s, NULL, NULL, NULL, %s, %s, %s)"
@@ -137,23 +165,24 @@ def build_level(env: ledger.LedgerEnv, rows: int, history_rows: int) -> dict[str
         )
         with conn.transaction():
             conn.execute("SET LOCAL work_mem = '256MB'")
-            conn.execute(
-                FILL_SQL,
-                {
-                    "users": ledger.USERS,
-                    "rows": rows,
-                    "history": history_rows,
-                    "history_user": user_id,
-                    "usd": FILL_CHARGE_USD,
-                    "end": end,
-                    "span": SPAN_DAYS * 86400,
-                },
-            )
+            params = {
+                "users": ledger.USERS,
+                "rows": rows,
+                "history": history_rows,
+                "total": rows + history_rows,
+                "history_user": user_id,
+                "usd": FILL_CHARGE_USD,
+                "end": end,
+                "span": SPAN_DAYS * 86400,
+            }
+            conn.execute(FILL_SQL, params)
+            conn.execute(FILL_ACCOUNTS_SQL, params)
         filled = time.monotonic() - started
         conn.execute("VACUUM ANALYZE")
         vacuumed = time.monotonic() - started
         problems = ledger._verify(conn)
         verified = time.monotonic() - started
+        out_of_order = ledger._scalar(conn, ORDER_CHECK_SQL, (user_id,))
         total = ledger._scalar(conn, "SELECT count(*) FROM billing.billing_transactions")
         user_rows = ledger._scalar(
             conn, "SELECT count(*) FROM billing.billing_transactions WHERE user_id = %s", (user_id,)
@@ -169,6 +198,8 @@ def build_level(env: ledger.LedgerEnv, rows: int, history_rows: int) -> dict[str
         assert sizes is not None
     if problems:
         raise ledger.BenchError(f"verify_ledger() reports {problems} problems after filling {dbname}")
+    if out_of_order:
+        raise ledger.BenchError(f"{dbname}: {out_of_order} of bench-history's rows are out of id order")
     if user_rows < DEEP + PAGE:
         raise ledger.BenchError(f"bench-history has {user_rows} rows, fewer than {DEEP + PAGE}")
     ledger._log(
@@ -195,7 +226,8 @@ def build_level(env: ledger.LedgerEnv, rows: int, history_rows: int) -> dict[str
 def history_samples(
     url: str, level: dict[str, Any], samples: int, plan_cache_mode: str | None = None
 ) -> dict[str, list[float]]:
-    """Latency (ms, client side, one connection, prepared) of the three pages, interleaved. With
+    """Latency (ms, client side, one connection, prepared) of the three pages, interleaved, up to
+    `samples` calls each (the offset page a fifth of them) or SAMPLE_BUDGET_S seconds. With
     plan_cache_mode (an experiment: force_custom_plan), the session sets it (it reaches PL/pgSQL's plans)."""
     user = level["history_user"]
     variants = {
@@ -213,7 +245,10 @@ def history_samples(
             for _ in range(5):
                 conn.execute(HISTORY_SQL, params, prepare=True).fetchall()
         expected = {name: PAGE for name in variants}
+        deadline = time.monotonic() + SAMPLE_BUDGET_S
         for i in range(samples):
+            if i >= MIN_SAMPLES and time.monotonic() > deadline:
+                break  # a slow page (seconds per 1,000 calls) must not stretch the section by minutes
             for name, params in variants.items():
                 if i >= counts[name]:
                     continue

@@ -211,7 +211,9 @@ def http_figures(report: dict[str, Any]) -> list[dict[str, Any]]:
             ratio=None if mode == "unmetered" else report["ratios"][f"{mode}/unmetered"],
             baseline=None if mode == "unmetered" else "unmetered",
             target=report["target_billed_unmetered"] if mode == "billed" else None,
-            note=f"p50 {summary[mode]['p50_ms']:.1f} ms, p99 {summary[mode]['p99_ms']:.1f} ms",
+            note=f"p50/p95/p99 {summary[mode]['p50_ms']:.1f}/"
+            + ("-" if summary[mode].get("p95_ms") is None else f"{summary[mode]['p95_ms']:.1f}")
+            + f"/{summary[mode]['p99_ms']:.1f} ms",
         )
         for mode in ("unmetered", "billed", "key")
     ]

@@ -145,7 +145,7 @@ def http(report: dict[str, Any], out_dir: Path) -> Path | None:
         left.legend(fontsize=8)
     left.set_ylabel("req/s (median over rounds)")
     left.set_title(f"Tool calls over HTTP ({report['settings']['connections']} connections)")
-    points = [p for p in ("p50_ms", "p90_ms", "p99_ms") if all(summary[m].get(p) is not None for m in modes)]
+    points = [p for p in ("p50_ms", "p95_ms", "p99_ms") if all(summary[m].get(p) is not None for m in modes)]
     width = 0.8 / len(points)
     for k, point in enumerate(points):
         right.bar(
