@@ -37,6 +37,7 @@ from psycopg_pool import AsyncConnectionPool
 from api import aledger
 from api.auth import Accounts, Identity
 from api.errors import BillingError
+from api.ledger import RequestStart
 from api.metrics import Metrics
 from api.spool import PendingCompletion, Spool
 from api.tools import InvalidArguments, ToolContext, ToolError, ToolRegistry
@@ -45,6 +46,10 @@ log = logging.getLogger("tollgate.metering")
 
 # Refusals that are the caller's situation (funds, limits, account state), answered gracefully.
 REFUSALS = frozenset({"BL001", "BL002", "BL003", "BL004"})
+# How many times begin_request is sent when its connection breaks (see Meter._begin).
+BEGIN_ATTEMPTS = 3
+# How many abandoned request ids (503 with begin_request in doubt) a process remembers.
+ABANDONED_MAX = 10_000
 
 
 class UnknownTool(Exception):
@@ -134,6 +139,9 @@ class Meter:
         self.spool = spool
         self.metering = metering
         self.tool_timeout_seconds = tool_timeout_seconds
+        # Request ids this process is running, and those it answered 503 with their begin in doubt.
+        self._running: set[str] = set()
+        self._abandoned: dict[str, float] = {}
 
     async def call(
         self,
@@ -179,8 +187,7 @@ class Meter:
         # after it must not stop paid-for work from being finished and charged.
         with anyio.CancelScope(shield=True):
             try:
-                async with self.pool.connection() as conn:
-                    start = await aledger.begin_request(conn, request_id, tool_name, user_id, identity.client_key)
+                start, in_doubt = await self._begin(request_id, tool_name, user_id, identity.client_key)
             except (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout) as exc:
                 log.error("ledger unreachable before %s ran: %s", tool_name, exc, extra={"request_id": request_id})
                 self.metrics.tool_calls.labels(tool_name, transport, "ledger_unavailable").inc()
@@ -191,10 +198,64 @@ class Meter:
                     self.metrics.tool_calls.labels(tool_name, transport, "refused").inc()
                     raise CallRefused(error) from None
                 raise
-            if start.replayed:  # the same request id again: never run (or charge) a call twice
+            # The same request id again: never run (or charge) a call twice. The replays that are ours:
+            # the answer to our own resend of a begin_request whose answer was lost, and the caller's
+            # retry of a call this process answered 503 while its begin_request was in doubt. Either
+            # way the call is still pending and no task of this process is running it.
+            ours = in_doubt or self._take_abandoned(request_id)
+            if start.replayed and not (start.status == "pending" and request_id not in self._running and ours):
                 raise AlreadyCompleted(request_id, start.status)
-            outcome = await self._run_and_complete(tool_name, arguments, transport, request_id)
+            self._running.add(request_id)
+            try:
+                outcome = await self._run_and_complete(tool_name, arguments, transport, request_id)
+            finally:
+                self._running.discard(request_id)
         return outcome
+
+    def _take_abandoned(self, request_id: str) -> bool:
+        """True (once) when this process answered 503 for `request_id` with its begin_request in doubt."""
+        return self._abandoned.pop(request_id, None) is not None
+
+    def _abandon(self, request_id: str) -> None:
+        # Bounded: the oldest entries go first; a retry that comes after them finds its hold expired
+        # and its call closed by reconcile, as it would on another gateway process.
+        self._abandoned[request_id] = time.monotonic()
+        while len(self._abandoned) > ABANDONED_MAX:
+            self._abandoned.pop(next(iter(self._abandoned)))
+
+    async def _begin(
+        self, request_id: str, tool_name: str, user_id: uuid.UUID | None, client_key: str | None
+    ) -> tuple[RequestStart, bool]:
+        """`billing.begin_request`, retried on a lost connection. Returns (its answer, in doubt).
+
+        A connection that breaks after the statement was sent leaves its outcome unknown: the commit
+        may have landed. begin_request is idempotent on the request id, so it is simply sent again
+        (on a new connection) up to BEGIN_ATTEMPTS times; when an earlier attempt was in doubt, a
+        replayed answer still `pending` is our own first attempt, and the call goes on. Before this,
+        the caller got 503 "not run, retry" and its retry a 409 "still running" until the hold expired.
+        Without an answer after the last attempt the caller gets 503 and the request id is remembered
+        (`_abandon`): the caller's retry with the same key, on this process, takes the call over. A
+        retry that reaches another gateway process gets 409 "still running"; that call's hold is
+        released at expiry (`reap_expired_holds`) or by `tollgate ledger reconcile
+        --fail-stale-minutes`, and it is never charged. Two processes running one request id at
+        once (a duplicate racing a resend) run the tool twice but charge it once.
+        """
+        in_doubt = False
+        for attempt in range(1, BEGIN_ATTEMPTS + 1):
+            try:
+                async with self.pool.connection() as conn:
+                    return await aledger.begin_request(conn, request_id, tool_name, user_id, client_key), in_doubt
+            except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
+                in_doubt = True
+                if attempt == BEGIN_ATTEMPTS:
+                    self._abandon(request_id)
+                    raise
+                log.warning(
+                    "begin_request for %s lost its connection (attempt %d of %d), sending it again: %s",
+                    tool_name, attempt, BEGIN_ATTEMPTS, exc, extra={"request_id": request_id},
+                )
+                await anyio.sleep(0.05 * attempt)
+        raise AssertionError("unreachable")
 
     async def _run_and_complete(
         self, tool_name: str, arguments: dict[str, Any], transport: str, request_id: str

@@ -290,17 +290,13 @@ def test_the_audit_catches_each_kind_of_violation(db_url: str) -> None:
         assert expected in found, f"{expected!r} not in:\n{found}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug: begin_request committed but its answer was lost -> 503 'not run, nothing charged; retry', "
-    "yet the retry with the same key is refused 409 'still running' (until reconcile closes it as failed), "
-    "and the hold stays held until it expires",
-)
 def test_a_retry_after_a_lost_begin_request_answer_runs_the_call(
     db_url: str, proxy: FaultProxy, tmp_path: Path
 ) -> None:
     """The ledger flaps while a call begins: the begin commits unheard, then the connection fails a few
-    more times (more than any in-request resend can absorb), so the caller gets 503 and retries."""
+    more times (more than the gateway's own resends absorb), so the caller gets 503 and retries with the
+    same key. Regression: the retry was refused 409 "still running" until the hold expired; now the
+    gateway remembers the request id it gave up on and the retry runs the call, charged once."""
     server = start_gateway(proxy.proxy_url(app_role_url(db_url)), tmp_path / "gateway")
     try:
         with apidb.connect(db_url) as owner:
@@ -315,7 +311,39 @@ def test_a_retry_after_a_lost_begin_request_answer_runs_the_call(
                 assert first.status_code == 503, first.text  # "not run, nothing charged; retry shortly"
                 assert ledger.unbilled_calls(owner)[0].request_id == "lost-begin"  # yet it is pending, held
                 retry = client.post("/api/tools/priced", json={"text": "x"}, headers={"Idempotency-Key": "lost-begin"})
+                again = client.post("/api/tools/priced", json={"text": "x"}, headers={"Idempotency-Key": "lost-begin"})
         assert retry.status_code == 200, retry.text
         assert retry.json()["billing"]["status"] == "charged"
+        assert again.status_code == 409, again.text  # and then it is a finished call like any other
+        with apidb.connect(db_url) as owner:
+            charges = owner.execute(
+                "SELECT count(*) FROM billing.billing_transactions WHERE request_id = 'lost-begin'"
+            ).fetchone()
+            assert charges == (1,)
+            assert ledger.unbilled_calls(owner) == []
+            assert ledger.verify_ledger(owner) == []
+    finally:
+        server.stop()
+
+
+def test_a_lost_begin_request_answer_is_resent_by_the_gateway(db_url: str, proxy: FaultProxy, tmp_path: Path) -> None:
+    """One lost answer: the gateway sends begin_request again itself, recognises its own pending call
+    in the replay and runs it; the caller sees one ordinary charged answer."""
+    server = start_gateway(proxy.proxy_url(app_role_url(db_url)), tmp_path / "gateway")
+    try:
+        with apidb.connect(db_url) as owner:
+            ((subject, _),) = fund_users(owner, 1, Decimal("1"), "resent")
+            with server.client(server.token(subject)) as client:
+                landed = proxy.arm(Fault("drop_after", match="begin_request"))
+                first = client.post("/api/tools/priced", json={"text": "x"}, headers={"Idempotency-Key": "resent"})
+                proxy.disarm()
+                assert landed.taken.is_set() and landed.landed
+                assert first.status_code == 200, first.text
+                assert first.json()["billing"]["status"] == "charged"
+            charges = owner.execute(
+                "SELECT count(*) FROM billing.billing_transactions WHERE request_id = 'resent'"
+            ).fetchone()
+            assert charges == (1,)
+            assert ledger.verify_ledger(owner) == []
     finally:
         server.stop()
