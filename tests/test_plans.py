@@ -29,6 +29,19 @@ def _index_use(conn: psycopg.Connection[Any], table: str) -> dict[str, tuple[int
     return {name: (scans, read) for name, scans, read in rows}
 
 
+def _index_use_since(
+    conn: psycopg.Connection[Any], table: str, before: dict[str, tuple[int, int]], expect: str
+) -> dict[str, tuple[int, int]]:
+    """What each index of `table` did since `before`, once index `expect` shows scans (stats arrive late)."""
+    deadline = time.monotonic() + 5
+    while True:
+        now = _index_use(conn, table)
+        delta = {name: (scans - before[name][0], read - before[name][1]) for name, (scans, read) in now.items()}
+        if delta[expect][0] > 0 or time.monotonic() > deadline:
+            return delta
+        time.sleep(0.05)
+
+
 def _flush_stats(conn: psycopg.Connection[Any]) -> None:
     # A backend reports its counters when it goes idle, at most once a second, unless forced.
     conn.execute("SELECT pg_stat_force_next_flush()")
@@ -50,7 +63,8 @@ def test_settle_finds_its_hold_by_request_id_after_analyze_saw_no_open_hold(db: 
     db.execute("ANALYZE billing.reservations")  # sees 5,000 settled holds and no open one
     for i in range(30):
         ledger.reserve(db, user, f"open-{i}", Decimal("0.01"))
-    db.execute("SELECT pg_stat_reset_single_table_counters('billing.reservations'::regclass)")
+    _flush_stats(db)
+    before = _index_use(db, "reservations")
 
     worker = connect()
     for i in range(20):  # past PL/pgSQL's five custom plans, into the cached generic plan
@@ -58,10 +72,33 @@ def test_settle_finds_its_hold_by_request_id_after_analyze_saw_no_open_hold(db: 
         assert ledger.settle(worker, f"new-{i}", Decimal("0.005")).status == "settled"
     _flush_stats(worker)
 
-    deadline = time.monotonic() + 5
-    use = _index_use(db, "reservations")
-    while use["reservations_request_id_key"][0] == 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-        use = _index_use(db, "reservations")
+    use = _index_use_since(db, "reservations", before, "reservations_request_id_key")
     assert use["reservations_request_id_key"][0] >= 20, use
     assert use["reservations_open_by_expiry"] == (0, 0), use
+
+
+def test_history_of_a_user_who_had_most_rows_at_analyze_does_not_walk_the_primary_key(
+    db: Any, connect: Connect
+) -> None:
+    """Regression (bench/growth.py, the 0-row level after a charge run): the statistics said the user owned
+    most of the table, so the planner expected 50 of its rows among the newest ids and walked the primary
+    key backwards, filtering on user_id, through every newer row of other users (20-37 ms a page)."""
+    heavy = funded_user(db, Decimal(100_000))
+    ledger.update_settings(db, heavy, daily_limit_usd=Decimal(100_000), monthly_limit_usd=Decimal(100_000))
+    db.execute("SELECT billing.charge(%(u)s, 'h-' || i, 0.001) FROM generate_series(1, 3000) i", {"u": heavy})
+    db.execute("ALTER TABLE billing.billing_transactions SET (autovacuum_enabled = false)")
+    db.execute("ANALYZE billing.billing_transactions")  # the heavy user owns ~all rows
+    db.execute(
+        "SELECT billing.top_up(billing.ensure_account('other-' || (i % 50)), 1, 'bench', 'other-' || i)"
+        " FROM generate_series(1, 12000) i"
+    )  # 12,000 newer rows of other users; no ANALYZE since
+    _flush_stats(db)
+    before = _index_use(db, "billing_transactions")
+
+    reader = connect()
+    for _ in range(3):
+        assert len(ledger.history(reader, heavy, limit=50)) == 50
+    _flush_stats(reader)
+    use = _index_use_since(db, "billing_transactions", before, "billing_transactions_user_id")
+    assert use["billing_transactions_pkey"] == (0, 0), use
+    assert use["billing_transactions_user_id"][0] >= 3, use
