@@ -17,6 +17,9 @@ import matplotlib.pyplot as plt
 VERDICT_COLOURS = {"PASS": "tab:green", "MISS": "tab:red", None: "tab:gray"}
 
 
+RATIO_CLIP = 2.5
+
+
 def _save(fig: Any, path: Path) -> Path:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -31,11 +34,16 @@ def ratios(figures: list[dict[str, Any]], out_dir: Path) -> Path | None:
         return None
     fig, ax = plt.subplots(figsize=(max(7.0, 0.55 * len(rows) + 2), 5))
     x = list(range(len(rows)))
-    ax.bar(x, [f["ratio"] for f in rows], color=[VERDICT_COLOURS[f["verdict"]] for f in rows])
+    # Ratios far above 1 (a latency that fell) would flatten every other bar: the axis stops at CLIP and
+    # such bars are drawn to it, labelled with their real value.
+    top = min(max(f["ratio"] for f in rows) * 1.1, RATIO_CLIP)
+    ax.bar(x, [min(f["ratio"], top) for f in rows], color=[VERDICT_COLOURS[f["verdict"]] for f in rows])
     for i, f in enumerate(rows):
         if f["target"] is not None:
             ax.hlines(f["target"], i - 0.4, i + 0.4, colors="black", linewidth=2)
-        ax.text(i, f["ratio"], f"{f['ratio']:.2f}", ha="center", va="bottom", fontsize=7)
+        label = f"{f['ratio']:.2f}" + (" (clipped)" if f["ratio"] > top else "")
+        ax.text(i, min(f["ratio"], top), label, ha="center", va="bottom", fontsize=7)
+    ax.set_ylim(0, top * 1.08)
     ax.axhline(1.0, color="gray", linewidth=0.6, linestyle=":")
     ax.set_xticks(x, [f"{f['name']}\nvs {f['baseline']}" for f in rows], rotation=60, ha="right", fontsize=7)
     ax.set_ylabel("ratio to its baseline (same run)")
