@@ -19,6 +19,20 @@ import sys
 import time
 
 
+async def read_response(reader: asyncio.StreamReader) -> str:
+    """Read one HTTP/1.1 response (status line, headers, Content-Length body); its status, or "closed"."""
+    status_line = await reader.readline()
+    length = 0
+    while True:
+        line = await reader.readline()
+        if line in (b"\r\n", b""):
+            break
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    await reader.readexactly(length)
+    return status_line.split()[1].decode() if status_line else "closed"
+
+
 async def worker(
     host: str,
     port: int,
@@ -33,17 +47,8 @@ async def worker(
         while queue if queue is not None else time.perf_counter() < deadline:
             started = time.perf_counter()
             writer.write(queue.pop() if queue is not None else random.choice(requests))
-            status_line = await reader.readline()
-            length = 0
-            while True:
-                line = await reader.readline()
-                if line in (b"\r\n", b""):
-                    break
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            await reader.readexactly(length)
+            status = await read_response(reader)
             latencies.append(time.perf_counter() - started)
-            status = status_line.split()[1].decode() if status_line else "closed"
             statuses[status] = statuses.get(status, 0) + 1
     finally:
         writer.close()

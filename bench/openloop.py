@@ -39,6 +39,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
+from bench import loadgen  # noqa: E402
+
 FRACTIONS = (0.25, 0.5, 0.75, 0.9)
 SQL_CONNECTIONS = 8
 HTTP_CONNECTIONS = 32
@@ -248,7 +250,7 @@ async def _http_step(
     payload = body.encode()
     requests = [
         (
-            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{header}: {_header_value(header, token)}\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n{header}: {loadgen.header_value(header, token)}\r\n"
             f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
         ).encode()
         + payload
@@ -261,16 +263,7 @@ async def _http_step(
     async def request(conn: tuple[asyncio.StreamReader, asyncio.StreamWriter]) -> bool:
         reader, writer = conn
         writer.write(rng.choice(requests))
-        status_line = await reader.readline()
-        length = 0
-        while True:
-            line = await reader.readline()
-            if line in (b"\r\n", b""):
-                break
-            if line[:15].lower() == b"content-length:":
-                length = int(line[15:])
-        await reader.readexactly(length)
-        status = status_line.split()[1].decode() if status_line else "closed"
+        status = await loadgen.read_response(reader)
         statuses[status] = statuses.get(status, 0) + 1
         return status.startswith("2")
 
@@ -284,10 +277,6 @@ async def _http_step(
 
 
 _POISSON = True
-
-
-def _header_value(header: str, token: str) -> str:
-    return f"Bearer {token}" if header.lower() == "authorization" else token
 
 
 def http_worker(argv: list[str]) -> None:
