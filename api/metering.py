@@ -141,7 +141,7 @@ class Meter:
         self.tool_timeout_seconds = tool_timeout_seconds
         # Request ids this process is running, and those it answered 503 with their begin in doubt.
         self._running: set[str] = set()
-        self._abandoned: dict[str, float] = {}
+        self._abandoned: dict[str, None] = {}  # an ordered set: the oldest are evicted first
 
     async def call(
         self,
@@ -214,12 +214,15 @@ class Meter:
 
     def _take_abandoned(self, request_id: str) -> bool:
         """True (once) when this process answered 503 for `request_id` with its begin_request in doubt."""
-        return self._abandoned.pop(request_id, None) is not None
+        if request_id not in self._abandoned:
+            return False
+        del self._abandoned[request_id]
+        return True
 
     def _abandon(self, request_id: str) -> None:
         # Bounded: the oldest entries go first; a retry that comes after them finds its hold expired
         # and its call closed by reconcile, as it would on another gateway process.
-        self._abandoned[request_id] = time.monotonic()
+        self._abandoned[request_id] = None
         while len(self._abandoned) > ABANDONED_MAX:
             self._abandoned.pop(next(iter(self._abandoned)))
 
