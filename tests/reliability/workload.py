@@ -449,17 +449,7 @@ class Workload:
                 sqlstate = refusal.sqlstate
                 if sqlstate not in op.allowed_refusals:
                     client.anomalies.append(f"{op.kind} {op.key}: unexpected refusal {sqlstate}: {refusal.message}")
-                return Ack(
-                    client.index,
-                    op.kind,
-                    op.key,
-                    op.user_id,
-                    op.amount_usd,
-                    sqlstate,
-                    attempts=attempts,
-                    in_doubt=in_doubt,
-                    refund_of=_refund_of(op),
-                )
+                return _refused(client, op, sqlstate, attempts, in_doubt)
             except psycopg.Error as exc:
                 if conn.broken or conn.closed or exc.sqlstate in CONNECTION_SQLSTATES:
                     in_doubt = True  # the call may or may not have committed: the retry will tell
@@ -467,17 +457,7 @@ class Workload:
                     continue
                 # The connection is alive and the server said no, but not with a business refusal.
                 client.anomalies.append(f"{op.kind} {op.key}: SQL error {exc.sqlstate}: {exc}")
-                return Ack(
-                    client.index,
-                    op.kind,
-                    op.key,
-                    op.user_id,
-                    op.amount_usd,
-                    exc.sqlstate or "?????",
-                    attempts=attempts,
-                    in_doubt=in_doubt,
-                    refund_of=_refund_of(op),
-                )
+                return _refused(client, op, exc.sqlstate or "?????", attempts, in_doubt)
             return self._ack(client, op, result, attempts, in_doubt)
 
     def _ack(self, client: _Client, op: _Op, result: Any, attempts: int, in_doubt: bool) -> Ack:
@@ -721,6 +701,22 @@ class _HoldState:
     status: str
     settled_usd: Money | None
     transaction_id: int | None
+
+
+
+def _refused(client: _Client, op: _Op, sqlstate: str, attempts: int, in_doubt: bool) -> Ack:
+    """The definite answer of a call the server refused (a business refusal, or an unexpected SQL error)."""
+    return Ack(
+        client.index,
+        op.kind,
+        op.key,
+        op.user_id,
+        op.amount_usd,
+        sqlstate,
+        attempts=attempts,
+        in_doubt=in_doubt,
+        refund_of=_refund_of(op),
+    )
 
 
 def _refund_of(op: _Op) -> int | None:
