@@ -221,3 +221,65 @@ async def set_tool_pricing(
         "description": description,
     }
     return await _one(conn, "set_tool_pricing", params, ledger.ToolPricing)
+
+
+async def create_payment_intent(
+    conn: AsyncConn,
+    user_id: uuid.UUID,
+    provider: str,
+    amount: Money,
+    currency: str,
+    idempotency_key: str | None = None,
+    ttl: dt.timedelta = dt.timedelta(hours=1),
+) -> ledger.PaymentIntent:
+    params = {
+        "user_id": user_id,
+        "provider": provider,
+        "amount": _money(amount, "amount"),
+        "currency": currency,
+        "idempotency_key": idempotency_key,
+        "ttl": ttl,
+    }
+    return await _one(conn, "create_payment_intent", params, ledger.PaymentIntent)
+
+
+async def attach_payment_checkout(
+    conn: AsyncConn, intent_id: uuid.UUID, external_id: str, checkout_url: str, expires_at: dt.datetime | None = None
+) -> ledger.CheckoutAttached:
+    params = {
+        "intent_id": intent_id,
+        "external_id": external_id,
+        "checkout_url": checkout_url,
+        "expires_at": expires_at,
+    }
+    return await _one(conn, "attach_payment_checkout", params, ledger.CheckoutAttached)
+
+
+async def fail_payment_intent(conn: AsyncConn, intent_id: uuid.UUID, reason: str) -> ledger.IntentStatus:
+    return await _one(conn, "fail_payment_intent", {"intent_id": intent_id, "reason": reason}, ledger.IntentStatus)
+
+
+async def record_payment_event(conn: AsyncConn, facts: ledger.PaymentFacts) -> ledger.PaymentEventResult:
+    return await _one(conn, "record_payment_event", facts.params(), ledger.PaymentEventResult)
+
+
+async def payment_intent(
+    conn: AsyncConn, intent_id: uuid.UUID, user_id: uuid.UUID | None = None
+) -> ledger.PaymentDetails:
+    return await _one(conn, "payment_intent", {"intent_id": intent_id, "user_id": user_id}, ledger.PaymentDetails)
+
+
+async def open_payment_intents(
+    conn: AsyncConn,
+    provider: str | None = None,
+    min_age: dt.timedelta = dt.timedelta(minutes=5),
+    lookback: dt.timedelta = dt.timedelta(days=7),
+    limit: int = 1000,
+) -> list[ledger.OpenIntent]:
+    params = {"provider": provider, "min_age": min_age, "lookback": lookback, "limit": limit}
+    return await _rows(conn, "open_payment_intents", params, ledger.OpenIntent)
+
+
+async def expire_payment_intents(conn: AsyncConn, grace: dt.timedelta = dt.timedelta(0)) -> int:
+    expired: int = await _value(conn, "expire_payment_intents", {"grace": grace})
+    return expired

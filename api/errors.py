@@ -47,6 +47,7 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
     ErrorCode("BL013", "no_exchange_rate", 422, "a UAH amount needs an exchange rate and none is set"),
     ErrorCode("BL014", "unsupported_currency", 422, "the currency is not USD or UAH"),
     ErrorCode("BL015", "unknown_api_key", 404, "no API key with that name"),
+    ErrorCode("BL016", "unknown_payment", 404, "no payment intent with that id (for this user)"),
     ErrorCode("BL090", "ledger_append_only", 409, "ledger rows cannot be updated or deleted"),
 )
 
@@ -137,6 +138,10 @@ class UnknownApiKey(BillingError):
     sqlstate = "BL015"
 
 
+class UnknownPayment(BillingError):
+    sqlstate = "BL016"
+
+
 class LedgerAppendOnly(BillingError):
     sqlstate = "BL090"
 
@@ -159,6 +164,7 @@ EXCEPTIONS: dict[str, type[BillingError]] = {
         NoExchangeRate,
         UnsupportedCurrency,
         UnknownApiKey,
+        UnknownPayment,
         LedgerAppendOnly,
     )
 }

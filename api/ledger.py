@@ -257,6 +257,137 @@ class UnbilledCall:
     hold_expires_at: dt.datetime | None
 
 
+@dataclass(frozen=True)
+class PaymentIntent:
+    """A payment a user started (billing.create_payment_intent / attach_payment_checkout)."""
+
+    intent_id: uuid.UUID
+    provider: str
+    status: str
+    amount: Decimal
+    currency: str
+    external_id: str | None
+    checkout_url: str | None
+    expires_at: dt.datetime
+    created_at: dt.datetime
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class CheckoutAttached:
+    intent_id: uuid.UUID
+    status: str
+    external_id: str | None
+    checkout_url: str | None
+    expires_at: dt.datetime
+    replayed: bool
+
+
+@dataclass(frozen=True)
+class IntentStatus:
+    intent_id: uuid.UUID
+    status: str
+
+
+@dataclass(frozen=True)
+class PaymentDetails:
+    """billing.payment_intent: a payment as its owner sees it."""
+
+    intent_id: uuid.UUID
+    provider: str
+    status: str
+    amount: Decimal
+    currency: str
+    checkout_url: str | None
+    expires_at: dt.datetime
+    paid_amount: Decimal | None
+    paid_currency: str | None
+    credited_usd: Decimal | None
+    exchange_rate: Decimal | None
+    transaction_id: int | None
+    reversed_usd: Decimal
+    mismatch: str | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class OpenIntent:
+    """billing.open_payment_intents: an intent reconciliation asks its provider about."""
+
+    intent_id: uuid.UUID
+    user_id: uuid.UUID
+    provider: str
+    status: str
+    amount: Decimal
+    currency: str
+    external_id: str | None
+    payment_ref: str | None
+    expires_at: dt.datetime
+    created_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class PaymentFacts:
+    """What a verified provider event says, reduced to the arguments of billing.record_payment_event.
+
+    ``action`` is paid / failed / expired / reversal / ignore; a reversal (or a paid snapshot that also
+    reports one) names its bucket (``reversal_key``), kind (refund / chargeback) and the cumulative
+    amount the provider reports reversed. ``payload`` is the raw body as received, stored for audit.
+    """
+
+    provider: str
+    event_id: str
+    event_type: str
+    payload: str
+    action: str = "ignore"
+    intent_id: uuid.UUID | None = None
+    external_id: str | None = None
+    payment_ref: str | None = None
+    amount: Decimal | None = None
+    currency: str | None = None
+    reversal_key: str | None = None
+    reversal_kind: str | None = None
+    reversed_amount: Decimal | None = None
+    reversal_currency: str | None = None
+    reinstated: bool = False
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "provider": self.provider,
+            "event_id": self.event_id,
+            "event_type": self.event_type,
+            "payload": self.payload,
+            "intent_id": self.intent_id,
+            "external_id": self.external_id,
+            "payment_ref": self.payment_ref,
+            "action": self.action,
+            "amount": _money(self.amount, "amount"),
+            "currency": self.currency,
+            "reversal_key": self.reversal_key,
+            "reversal_kind": self.reversal_kind,
+            "reversed_amount": _money(self.reversed_amount, "reversed_amount"),
+            "reversal_currency": self.reversal_currency,
+            "reinstated": self.reinstated,
+        }
+
+
+@dataclass(frozen=True)
+class PaymentEventResult:
+    """billing.record_payment_event: what applying an event did (``outcome``: comma-separated steps)."""
+
+    event_row_id: int
+    outcome: str
+    detail: str | None
+    intent_id: uuid.UUID | None
+    intent_status: str | None
+    user_id: uuid.UUID | None
+    transaction_id: int | None
+    credited_usd: Decimal | None
+    reversed_usd: Decimal
+    duplicate: bool
+
+
 def _money(value: Money | None, field: str) -> Decimal | None:
     """Decimal (or int) through; float refused here, before binary noise can become money."""
     if value is None:
@@ -592,3 +723,69 @@ def authenticate_api_key(conn: psycopg.Connection[Any], key_hash: bytes) -> ApiK
 def unbilled_calls(conn: psycopg.Connection[Any]) -> list[UnbilledCall]:
     """billing.unbilled_calls, oldest first. A view: needs the owner's or the analyst role's connection."""
     return _rows(conn, "list_unbilled_calls", {}, UnbilledCall)
+
+
+def create_payment_intent(
+    conn: psycopg.Connection[Any],
+    user_id: uuid.UUID,
+    provider: str,
+    amount: Money,
+    currency: str,
+    idempotency_key: str | None = None,
+    ttl: dt.timedelta = dt.timedelta(hours=1),
+) -> PaymentIntent:
+    params = {
+        "user_id": user_id,
+        "provider": provider,
+        "amount": _money(amount, "amount"),
+        "currency": currency,
+        "idempotency_key": idempotency_key,
+        "ttl": ttl,
+    }
+    return _one(conn, "create_payment_intent", params, PaymentIntent)
+
+
+def attach_payment_checkout(
+    conn: psycopg.Connection[Any],
+    intent_id: uuid.UUID,
+    external_id: str,
+    checkout_url: str,
+    expires_at: dt.datetime | None = None,
+) -> CheckoutAttached:
+    params = {
+        "intent_id": intent_id,
+        "external_id": external_id,
+        "checkout_url": checkout_url,
+        "expires_at": expires_at,
+    }
+    return _one(conn, "attach_payment_checkout", params, CheckoutAttached)
+
+
+def fail_payment_intent(conn: psycopg.Connection[Any], intent_id: uuid.UUID, reason: str) -> IntentStatus:
+    return _one(conn, "fail_payment_intent", {"intent_id": intent_id, "reason": reason}, IntentStatus)
+
+
+def record_payment_event(conn: psycopg.Connection[Any], facts: PaymentFacts) -> PaymentEventResult:
+    return _one(conn, "record_payment_event", facts.params(), PaymentEventResult)
+
+
+def payment_intent(
+    conn: psycopg.Connection[Any], intent_id: uuid.UUID, user_id: uuid.UUID | None = None
+) -> PaymentDetails:
+    return _one(conn, "payment_intent", {"intent_id": intent_id, "user_id": user_id}, PaymentDetails)
+
+
+def open_payment_intents(
+    conn: psycopg.Connection[Any],
+    provider: str | None = None,
+    min_age: dt.timedelta = dt.timedelta(minutes=5),
+    lookback: dt.timedelta = dt.timedelta(days=7),
+    limit: int = 1000,
+) -> list[OpenIntent]:
+    params = {"provider": provider, "min_age": min_age, "lookback": lookback, "limit": limit}
+    return _rows(conn, "open_payment_intents", params, OpenIntent)
+
+
+def expire_payment_intents(conn: psycopg.Connection[Any], grace: dt.timedelta = dt.timedelta(0)) -> int:
+    expired: int = _value(conn, "expire_payment_intents", {"grace": grace})
+    return expired

@@ -130,3 +130,39 @@ SELECT * FROM billing.user_billing_summary WHERE external_id = %(external_id)s;
 -- stale_unbilled_calls --
 -- Pending calls older than %(minutes)s minutes (their gateway stopped mid-call).
 SELECT request_id FROM billing.unbilled_calls WHERE created_at < now() - make_interval(mins => %(minutes)s);
+
+-- create_payment_intent --
+-- Record a payment a user starts (nothing is credited until the provider confirms it).
+SELECT * FROM billing.create_payment_intent(%(user_id)s, %(provider)s, %(amount)s, %(currency)s,
+                                            %(idempotency_key)s, %(ttl)s);
+
+-- attach_payment_checkout --
+-- Record the provider's checkout (id, URL) of an intent.
+SELECT * FROM billing.attach_payment_checkout(%(intent_id)s, %(external_id)s, %(checkout_url)s, %(expires_at)s);
+
+-- fail_payment_intent --
+-- Mark an intent whose checkout could not be created as failed.
+SELECT * FROM billing.fail_payment_intent(%(intent_id)s, %(reason)s);
+
+-- record_payment_event --
+-- Store a verified provider event and apply it (credit, fail, expire, claw back), once per event id.
+SELECT * FROM billing.record_payment_event(
+    %(provider)s, %(event_id)s, %(event_type)s, %(payload)s, %(intent_id)s, %(external_id)s, %(payment_ref)s,
+    %(action)s, %(amount)s, %(currency)s, %(reversal_key)s, %(reversal_kind)s, %(reversed_amount)s,
+    %(reversal_currency)s, %(reinstated)s);
+
+-- payment_intent --
+-- One payment as its owner (or, with user NULL, an operator) sees it.
+SELECT * FROM billing.payment_intent(%(intent_id)s, %(user_id)s);
+
+-- open_payment_intents --
+-- The intents reconciliation asks the providers about.
+SELECT * FROM billing.open_payment_intents(%(provider)s, %(min_age)s, %(lookback)s, %(limit)s);
+
+-- expire_payment_intents --
+-- Expire open intents past their expiry (plus a grace period).
+SELECT billing.expire_payment_intents(%(grace)s) AS expired;
+
+-- payments_needing_review --
+-- What an operator must look at (owner or analyst connection: it is a view).
+SELECT * FROM billing.payments_needing_review ORDER BY at;

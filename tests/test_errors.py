@@ -42,6 +42,7 @@ FITTING_STATUSES: dict[str, set[int]] = {
     "no_exchange_rate": {422, 503},
     "unsupported_currency": {400, 422},
     "unknown_api_key": {404},
+    "unknown_payment": {404},
     "ledger_append_only": {403, 409, 500},
 }
 
@@ -181,6 +182,7 @@ def _scenarios(db) -> dict[str, Callable[[], Any]]:
         "BL013": lambda: ledger.top_up(db, user_id, D("100.5"), "mono", "uah-1", currency="UAH"),
         "BL014": lambda: ledger.top_up(db, user_id, D("100.5"), "stripe", "eur-1", currency="EUR"),
         "BL015": lambda: ledger.revoke_api_key(db, "no-such-key"),
+        "BL016": lambda: ledger.payment_intent(db, uuid.uuid4()),
         "BL090": append_only,
     }
 

@@ -12,6 +12,13 @@
 --  refunds           refunds of a charge add up to no more than the charge
 --  settlement        a settled reservation's transaction is the charge of the same request and user
 --  tracking          a billed tool call's transaction is the charge of the same request and user
+--  payments          a succeeded payment intent's transaction is the top-up of the same user, provider,
+--                    payment id (the intent id) and credited amount, and a top-up of an intent is that
+--                    intent's only credit
+--  clawbacks         an adjustment that reverses (refund_of) a transaction reverses a top-up of the same
+--                    user, and the clawbacks of one top-up add up to between minus the top-up and zero
+--  reversals         what billing.payment_reversals says was clawed back from a payment equals the
+--                    clawback rows of its top-up
 -- It reads the whole ledger: run it from operations or tests, not on the request path.
 -- Locks: none (reads one snapshot).  Errors: none.
 CREATE OR REPLACE FUNCTION billing.verify_ledger()
@@ -130,4 +137,43 @@ AS $$
       LEFT JOIN billing.billing_transactions t ON t.id = ct.transaction_id
      WHERE ct.transaction_id IS NOT NULL
        AND (t.type <> 'charge' OR t.request_id <> ct.request_id OR t.user_id IS DISTINCT FROM ct.user_id)
+    UNION ALL
+    SELECT 'payments', i.user_id, i.transaction_id,
+           format('payment intent %s (%s) is credited by a transaction that is not its top-up of %s USD',
+                  i.id, i.status, i.credited_usd)
+      FROM billing.payment_intents i
+      LEFT JOIN billing.billing_transactions t ON t.id = i.transaction_id
+     WHERE i.transaction_id IS NOT NULL
+       AND (t.type <> 'topup' OR t.user_id <> i.user_id OR t.payment_provider <> i.provider
+            OR t.payment_id <> i.id::text OR t.amount_usd <> i.credited_usd)
+    UNION ALL
+    SELECT 'payments', t.user_id, t.id,
+           format('top-up of payment intent %s is not recorded on the intent (status %s)', i.id, i.status)
+      FROM billing.payment_intents i
+      JOIN billing.billing_transactions t
+        ON t.type = 'topup' AND t.payment_provider = i.provider AND t.payment_id = i.id::text
+     WHERE i.transaction_id IS DISTINCT FROM t.id
+    UNION ALL
+    SELECT 'clawbacks', a.user_id, a.id,
+           format('adjustment reverses transaction %s, which is not a top-up of the same user', a.refund_of)
+      FROM billing.billing_transactions a
+      JOIN billing.billing_transactions o ON o.id = a.refund_of
+     WHERE a.type = 'adjustment' AND (o.type <> 'topup' OR o.user_id <> a.user_id)
+    UNION ALL
+    SELECT 'clawbacks', o.user_id, o.id,
+           format('top-up of %s USD has clawbacks adding up to %s', o.amount_usd, c.net)
+      FROM billing.billing_transactions o
+      JOIN (SELECT t.refund_of, sum(t.amount_usd) AS net FROM billing.billing_transactions t
+             WHERE t.type = 'adjustment' AND t.refund_of IS NOT NULL GROUP BY t.refund_of) c ON c.refund_of = o.id
+     WHERE o.type = 'topup' AND (c.net > 0 OR c.net < -o.amount_usd)
+    UNION ALL
+    SELECT 'reversals', i.user_id, i.transaction_id,
+           format('payment %s: reversals record %s USD clawed back, the ledger %s', i.id, r.clawed, coalesce(-c.net, 0))
+      FROM billing.payment_intents i
+      JOIN (SELECT pr.provider, pr.payment_ref, sum(pr.clawed_usd) AS clawed FROM billing.payment_reversals pr
+             GROUP BY pr.provider, pr.payment_ref) r ON r.provider = i.provider AND r.payment_ref = i.payment_ref
+      LEFT JOIN (SELECT t.refund_of, sum(t.amount_usd) AS net FROM billing.billing_transactions t
+                  WHERE t.type = 'adjustment' AND t.refund_of IS NOT NULL GROUP BY t.refund_of) c
+             ON c.refund_of = i.transaction_id
+     WHERE i.transaction_id IS NOT NULL AND r.clawed <> coalesce(-c.net, 0)
 $$;

@@ -1,0 +1,423 @@
+"""The payment functions of the SQL API against a real server: intents, events applied once, mismatches,
+UAH conversion, out-of-order events, refunds and chargebacks clawed back, expiry, and races.
+
+Providers are not involved here: the tests hand billing.record_payment_event the facts a verified
+webhook would (tests/payments/ drives the same path through the providers and the gateway).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from decimal import Decimal as D
+from typing import Any
+
+import pytest
+
+from api import ledger
+from api.errors import (
+    IdempotencyConflict,
+    InsufficientFunds,
+    InvalidAmount,
+    InvalidArgument,
+    NoExchangeRate,
+    UnknownPayment,
+    UnknownUser,
+    UnsupportedCurrency,
+)
+from api.ledger import PaymentFacts
+from tests import helpers as h
+from tests import helpers_concurrency as hc
+
+
+@pytest.fixture(autouse=True)
+def _verify_ledger_after_test(request):
+    yield from h.verify_ledger_after(request)
+
+
+def intent(db, user_id: uuid.UUID, amount: str = "10.00", currency: str = "USD", **kw: Any) -> ledger.PaymentIntent:
+    started = ledger.create_payment_intent(db, user_id, kw.pop("provider", "stripe"), D(amount), currency, **kw)
+    ledger.attach_payment_checkout(db, started.intent_id, f"cs_{started.intent_id.hex}", "https://pay.example/x")
+    return started
+
+
+def paid(i: ledger.PaymentIntent, event_id: str | None = None, amount: str | None = None, currency: str | None = None,
+         payment_ref: str | None = None, provider: str = "stripe") -> PaymentFacts:
+    return PaymentFacts(
+        provider=provider,
+        event_id=event_id or f"evt_{uuid.uuid4().hex}",
+        event_type="checkout.session.completed",
+        payload='{"raw": true}',
+        action="paid",
+        intent_id=i.intent_id,
+        external_id=f"cs_{i.intent_id.hex}",
+        payment_ref=payment_ref or f"pi_{i.intent_id.hex}",
+        amount=D(amount) if amount is not None else i.amount,
+        currency=currency or i.currency,
+    )
+
+
+def refund(payment_ref: str, amount: str, currency: str = "USD", *, key: str = "refunds", kind: str = "refund",
+           reinstated: bool = False, event_id: str | None = None) -> PaymentFacts:
+    return PaymentFacts(
+        provider="stripe",
+        event_id=event_id or f"evt_{uuid.uuid4().hex}",
+        event_type="charge.refunded" if kind == "refund" else "charge.dispute.created",
+        payload="{}",
+        action="reversal",
+        payment_ref=payment_ref,
+        reversal_key=key,
+        reversal_kind=kind,
+        reversed_amount=D(amount),
+        reversal_currency=currency,
+        reinstated=reinstated,
+    )
+
+
+def balance(db, user_id: uuid.UUID) -> D:
+    return D(h.account_row(db, user_id)["balance_usd"])
+
+
+def topups(db, user_id: uuid.UUID) -> list[dict[str, Any]]:
+    return [row for row in h.ledger_rows(db, user_id) if row["type"] == "topup"]
+
+
+# ---- intents --------------------------------------------------------------------------------------
+
+
+def test_an_intent_credits_nothing_and_replays_by_key(db):
+    user = h.new_user(db)
+    first = ledger.create_payment_intent(db, user, "stripe", D("12.50"), "usd", idempotency_key="k1")
+    assert (first.status, first.amount, first.currency, first.replayed) == ("created", D("12.50"), "USD", False)
+    again = ledger.create_payment_intent(db, user, "stripe", D("12.5"), "USD", idempotency_key="k1")
+    assert again.intent_id == first.intent_id and again.replayed
+    with pytest.raises(IdempotencyConflict):
+        ledger.create_payment_intent(db, user, "stripe", D("13"), "USD", idempotency_key="k1")
+    other = ledger.create_payment_intent(db, h.new_user(db), "stripe", D("13"), "USD", idempotency_key="k1")
+    assert other.intent_id != first.intent_id  # keys are per user
+    assert balance(db, user) == 0 and h.ledger_rows(db, user) == []
+
+
+@pytest.mark.parametrize(
+    ("amount", "currency", "error"),
+    [
+        ("10.001", "USD", InvalidAmount),
+        ("0", "USD", InvalidAmount),
+        ("-5", "USD", InvalidAmount),
+        ("NaN", "USD", InvalidAmount),
+        ("10", "EUR", UnsupportedCurrency),
+        ("100", "UAH", NoExchangeRate),
+    ],
+)
+def test_bad_intents_are_refused_and_leave_nothing(db, amount, currency, error):
+    user = h.new_user(db)
+    with h.nothing_written(db), pytest.raises(error):
+        ledger.create_payment_intent(db, user, "stripe", D(amount), currency)
+
+
+def test_intent_for_an_unknown_user_or_with_a_bad_provider_name_is_refused(db):
+    with pytest.raises(UnknownUser):
+        ledger.create_payment_intent(db, uuid.uuid4(), "stripe", D(5), "USD")
+    with pytest.raises(InvalidArgument):
+        ledger.create_payment_intent(db, h.new_user(db), "Stripe; DROP", D(5), "USD")
+
+
+def test_attach_moves_created_to_pending_once(db):
+    user = h.new_user(db)
+    started = ledger.create_payment_intent(db, user, "stripe", D(5), "USD")
+    first = ledger.attach_payment_checkout(db, started.intent_id, "cs_1", "https://pay.example/1")
+    assert (first.status, first.replayed) == ("pending", False)
+    assert ledger.attach_payment_checkout(db, started.intent_id, "cs_1", "https://pay.example/1").replayed
+    with pytest.raises(IdempotencyConflict):
+        ledger.attach_payment_checkout(db, started.intent_id, "cs_2", "https://pay.example/2")
+    with pytest.raises(UnknownPayment):
+        ledger.attach_payment_checkout(db, uuid.uuid4(), "cs_3", "https://pay.example/3")
+
+
+def test_a_failed_checkout_marks_only_a_created_intent(db):
+    user = h.new_user(db)
+    started = ledger.create_payment_intent(db, user, "fondy", D(5), "USD")
+    assert ledger.fail_payment_intent(db, started.intent_id, "Fondy refused").status == "failed"
+    with pytest.raises(UnknownPayment):
+        ledger.fail_payment_intent(db, uuid.uuid4(), "x")
+
+
+# ---- crediting ------------------------------------------------------------------------------------
+
+
+def test_paid_event_credits_once_and_a_replay_is_acknowledged_and_ignored(db):
+    user = h.new_user(db)
+    i = intent(db, user, "25.00")
+    event = paid(i, event_id="evt_1")
+    result = ledger.record_payment_event(db, event)
+    assert (result.outcome, result.credited_usd, result.duplicate) == ("credited", D(25), False)
+    assert result.intent_status == "succeeded" and result.user_id == user
+    replay = ledger.record_payment_event(db, event)
+    assert replay.duplicate and replay.outcome == "credited" and replay.transaction_id == result.transaction_id
+    # The same payment reported under another event id (reconciliation, a second event type) is not a credit.
+    other = ledger.record_payment_event(db, paid(i, event_id="reconcile:x:paid"))
+    assert other.outcome == "already_credited" and not other.duplicate
+    assert balance(db, user) == D(25)
+    [row] = topups(db, user)
+    assert (row["payment_provider"], row["payment_id"]) == ("stripe", str(i.intent_id))
+    assert row["metadata"]["event_id"] == "evt_1"
+    assert h.counts(db)["payment_events"] == 2
+    details = ledger.payment_intent(db, i.intent_id, user)
+    assert (details.status, details.credited_usd, details.transaction_id) == ("succeeded", D(25), row["id"])
+    with pytest.raises(UnknownPayment):
+        ledger.payment_intent(db, i.intent_id, h.new_user(db))  # not another user's to read
+
+
+def test_amount_mismatch_credits_what_was_paid_and_flags_it(db):
+    user = h.new_user(db)
+    i = intent(db, user, "50.00")
+    result = ledger.record_payment_event(db, paid(i, amount="45.50"))
+    assert result.outcome == "flagged" and result.credited_usd == D("45.50")
+    assert balance(db, user) == D("45.50")
+    details = ledger.payment_intent(db, i.intent_id)
+    assert details.mismatch == "asked 50.00 USD, paid 45.50 USD"
+    review = db.execute("SELECT reason, intent_id FROM billing.payments_needing_review").fetchall()
+    assert review == [("mismatch", i.intent_id)]
+
+
+def test_uah_payment_is_converted_at_the_stored_rate_and_the_rate_recorded(db):
+    ledger.set_exchange_rate(db, D("41.25"))
+    user = h.new_user(db)
+    i = intent(db, user, "1000.00", "UAH")
+    result = ledger.record_payment_event(db, paid(i))
+    assert result.credited_usd == D("24.24242424")  # 1000 / 41.25, 8 places
+    [row] = topups(db, user)
+    assert (row["currency"], row["amount_uah"], row["exchange_rate"]) == ("UAH", D("1000.00"), D("41.25"))
+    assert ledger.payment_intent(db, i.intent_id).exchange_rate == D("41.25")
+
+
+def test_a_usd_intent_paid_in_uah_is_credited_converted_and_flagged(db):
+    ledger.set_exchange_rate(db, D("40"))
+    user = h.new_user(db)
+    i = intent(db, user, "10.00", "USD")
+    result = ledger.record_payment_event(db, paid(i, amount="400.00", currency="UAH"))
+    assert (result.outcome, result.credited_usd) == ("flagged", D(10))
+
+
+def test_a_currency_the_ledger_does_not_keep_is_not_credited_but_put_up_for_review(db):
+    user = h.new_user(db)
+    i = intent(db, user, "10.00")
+    result = ledger.record_payment_event(db, paid(i, amount="9.20", currency="EUR"))
+    assert (result.outcome, result.intent_status, result.credited_usd) == ("flagged", "review", None)
+    assert balance(db, user) == 0
+    assert "EUR cannot be credited automatically" in (ledger.payment_intent(db, i.intent_id).mismatch or "")
+
+
+def test_events_for_unknown_intents_are_stored_and_credit_nothing(db):
+    ghost = PaymentFacts(provider="stripe", event_id="evt_ghost", event_type="checkout.session.completed",
+                         payload="{}", action="paid", intent_id=uuid.uuid4(), external_id="cs_other",
+                         amount=D(10), currency="USD")
+    with h.nothing_written(db, ignore=("payment_events",)):
+        result = ledger.record_payment_event(db, ghost)
+    assert result.outcome == "unknown_intent" and result.transaction_id is None
+    assert db.execute("SELECT reason, event_id FROM billing.payments_needing_review").fetchall() == [
+        ("unknown_intent", "evt_ghost")
+    ]
+
+
+def test_an_event_of_another_provider_does_not_touch_the_intent(db):
+    user = h.new_user(db)
+    i = intent(db, user, "10.00", provider="stripe")
+    result = ledger.record_payment_event(db, paid(i, provider="fondy"))
+    assert result.outcome == "unknown_intent" and balance(db, user) == 0
+
+
+def test_ignored_event_types_are_stored_only(db):
+    facts = PaymentFacts(provider="stripe", event_id="evt_x", event_type="customer.created", payload="{}")
+    assert ledger.record_payment_event(db, facts).outcome == "ignored"
+    assert h.counts(db)["payment_events"] == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ({"amount": D("10.001")}, InvalidAmount),
+        ({"amount": D("-1")}, InvalidAmount),
+        ({"amount": None}, InvalidAmount),
+        ({"currency": "US"}, InvalidArgument),
+        ({"action": "steal"}, InvalidArgument),
+        ({"event_id": ""}, InvalidArgument),
+        ({"provider": "Bad Name"}, InvalidArgument),
+        ({"event_id": "x" * 256}, InvalidArgument),
+    ],
+)
+def test_malformed_facts_are_refused_and_store_nothing(db, change, error):
+    from dataclasses import replace
+
+    user = h.new_user(db)
+    i = intent(db, user)
+    with h.nothing_written(db), pytest.raises(error):
+        ledger.record_payment_event(db, replace(paid(i), **change))
+
+
+# ---- failure, expiry, out of order ----------------------------------------------------------------
+
+
+def test_failed_and_expired_events_close_only_open_intents(db):
+    user = h.new_user(db)
+    i = intent(db, user)
+    expired = PaymentFacts(provider="stripe", event_id="evt_exp", event_type="checkout.session.expired", payload="{}",
+                           action="expired", intent_id=i.intent_id)
+    assert ledger.record_payment_event(db, expired).intent_status == "expired"
+    # Success after expiry: the money was taken, so it is credited.
+    late = ledger.record_payment_event(db, paid(i))
+    assert (late.outcome, late.intent_status) == ("credited", "succeeded")
+    # An expiry (or failure) reported after the success changes nothing.
+    again = PaymentFacts(provider="stripe", event_id="evt_fail", event_type="checkout.session.async_payment_failed",
+                         payload="{}", action="failed", intent_id=i.intent_id)
+    assert ledger.record_payment_event(db, again).outcome == "ignored"
+    assert balance(db, user) == D(10)
+
+
+def test_stale_intents_expire_and_still_credit_if_paid_later(db):
+    user = h.new_user(db)
+    start = h.at(2026, 3, 1, 12)
+    h.set_clock(db, start)
+    stale = intent(db, user, ttl=dt.timedelta(minutes=30))
+    fresh_started = start + dt.timedelta(minutes=50)
+    h.set_clock(db, fresh_started)
+    fresh = intent(db, user, ttl=dt.timedelta(minutes=30))
+    h.set_clock(db, start + dt.timedelta(minutes=61))
+    assert ledger.expire_payment_intents(db) == 1
+    assert ledger.expire_payment_intents(db) == 0
+    assert ledger.payment_intent(db, stale.intent_id).status == "expired"
+    assert ledger.payment_intent(db, fresh.intent_id).status == "pending"
+    assert [o.intent_id for o in ledger.open_payment_intents(db, min_age=dt.timedelta(0))] == [
+        stale.intent_id, fresh.intent_id
+    ]
+    assert ledger.record_payment_event(db, paid(stale)).outcome == "credited"
+    h.set_clock(db, None)
+
+
+def test_refund_before_success_is_kept_and_applied_when_the_payment_is_credited(db):
+    user = h.new_user(db)
+    i = intent(db, user, "20.00")
+    early = ledger.record_payment_event(db, refund(f"pi_{i.intent_id.hex}", "5.00"))
+    assert early.outcome == "deferred" and balance(db, user) == 0
+    result = ledger.record_payment_event(db, paid(i))
+    assert result.outcome == "credited,reversed" and result.reversed_usd == D(5)
+    assert balance(db, user) == D(15)
+
+
+# ---- refunds and chargebacks ----------------------------------------------------------------------
+
+
+def test_refund_after_success_is_clawed_back_and_may_take_the_balance_below_zero(db):
+    user = h.new_user(db)
+    i = intent(db, user, "10.00")
+    credit = ledger.record_payment_event(db, paid(i))
+    ledger.charge(db, user, "spent-1", D("7.5"))
+    result = ledger.record_payment_event(db, refund(f"pi_{i.intent_id.hex}", "10.00"))
+    assert (result.outcome, result.reversed_usd) == ("reversed", D(10))
+    assert balance(db, user) == D("-7.5")
+    clawback = h.ledger_rows(db, user)[-1]
+    assert (clawback["type"], clawback["amount_usd"], clawback["refund_of"]) == ("adjustment", D(-10),
+                                                                                 credit.transaction_id)
+    assert clawback["actor"] == "payment:stripe"
+    with pytest.raises(InsufficientFunds):
+        ledger.charge(db, user, "spent-2", D("0.01"))  # refused until repaid
+    assert ledger.payment_intent(db, i.intent_id).reversed_usd == D(10)
+
+
+def test_cumulative_refunds_apply_the_difference_whatever_their_order(db):
+    user = h.new_user(db)
+    i = intent(db, user, "30.00")
+    ledger.record_payment_event(db, paid(i))
+    ref = f"pi_{i.intent_id.hex}"
+    assert ledger.record_payment_event(db, refund(ref, "12.00")).reversed_usd == D(12)
+    assert ledger.record_payment_event(db, refund(ref, "5.00")).outcome == "already_reversed"  # older, arrived late
+    assert ledger.record_payment_event(db, refund(ref, "20.00")).reversed_usd == D(8)
+    assert ledger.record_payment_event(db, refund(ref, "99.00")).reversed_usd == D(10)  # never past the credit
+    assert balance(db, user) == 0
+
+
+def test_uah_refund_converts_at_the_top_ups_rate_and_a_full_one_takes_back_exactly_the_credit(db):
+    ledger.set_exchange_rate(db, D("41.25"))
+    user = h.new_user(db)
+    i = intent(db, user, "1000.00", "UAH")
+    ledger.record_payment_event(db, paid(i))
+    ledger.set_exchange_rate(db, D("50"))  # a later rate does not change the top-up's
+    ref = f"pi_{i.intent_id.hex}"
+    assert ledger.record_payment_event(db, refund(ref, "412.50", "UAH")).reversed_usd == D(10)
+    assert ledger.record_payment_event(db, refund(ref, "1000.00", "UAH")).reversed_usd == D("14.24242424")
+    row = h.ledger_rows(db, user)[-1]
+    assert (row["currency"], row["exchange_rate"], row["amount_uah"]) == ("UAH", D("41.25"), D("-587.50"))
+    assert balance(db, user) == 0 and D(h.account_row(db, user)["balance_uah"]) == 0
+
+
+def test_chargeback_is_clawed_back_and_given_back_when_won(db):
+    user = h.new_user(db)
+    i = intent(db, user, "40.00")
+    ledger.record_payment_event(db, paid(i))
+    ref = f"pi_{i.intent_id.hex}"
+    lost = ledger.record_payment_event(db, refund(ref, "40.00", key="dispute:dp_1", kind="chargeback"))
+    assert lost.reversed_usd == D(40) and balance(db, user) == 0
+    won = ledger.record_payment_event(db, refund(ref, "40.00", key="dispute:dp_1", kind="chargeback", reinstated=True))
+    assert (won.outcome, won.reversed_usd) == ("reinstated", D(-40))
+    # A late "dispute created" after the dispute was won changes nothing.
+    late = ledger.record_payment_event(db, refund(ref, "40.00", key="dispute:dp_1", kind="chargeback"))
+    assert late.outcome == "already_reversed"
+    assert balance(db, user) == D(40)
+
+
+def test_reversal_in_another_currency_is_flagged_not_applied(db):
+    user = h.new_user(db)
+    i = intent(db, user, "10.00")
+    ledger.record_payment_event(db, paid(i))
+    result = ledger.record_payment_event(db, refund(f"pi_{i.intent_id.hex}", "10.00", "EUR"))
+    assert result.reversed_usd == 0 and balance(db, user) == D(10)
+    assert "reported in EUR" in (ledger.payment_intent(db, i.intent_id).mismatch or "")
+
+
+# ---- races --------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_concurrent_deliveries_of_one_event_credit_once(db, connect, db_url):
+    # 48 sessions (the test server allows 100 connections in all); 100 concurrent HTTP deliveries
+    # through the gateway's pool are in tests/payments/test_webhooks.py.
+    user = h.new_user(db)
+    i = intent(db, user, "33.33")
+    event = paid(i, event_id="evt_dup")
+    conns = hc.open_connections(connect, db_url, 48)
+    outcomes = hc.run_together(conns, lambda _n, c: ledger.record_payment_event(c, event))
+    hc.assert_only(outcomes)
+    results = hc.values_of(outcomes)
+    assert sum(not r.duplicate for r in results) == 1
+    assert {r.transaction_id for r in results} == {results[0].transaction_id}
+    assert balance(db, user) == D("33.33") and len(topups(db, user)) == 1
+    assert h.counts(db)["payment_events"] == 1
+
+
+@pytest.mark.slow
+def test_webhook_racing_reconciliation_and_a_second_worker_credit_once(db, connect, db_url):
+    user = h.new_user(db)
+    intents = [intent(db, user, "5.00") for _ in range(20)]
+    conns = hc.open_connections(connect, db_url, 12)
+
+    def work(n: int, c: Any) -> list[ledger.PaymentEventResult]:
+        # 4 webhook workers (same event ids), 4 reconcilers (their own ids), 4 with a refund of 1.00.
+        results = []
+        for item in intents:
+            if n < 4:
+                results.append(ledger.record_payment_event(c, paid(item, event_id=f"evt_{item.intent_id}")))
+            elif n < 8:
+                results.append(ledger.record_payment_event(c, paid(item, event_id=f"reconcile:{item.intent_id}")))
+            else:
+                results.append(ledger.record_payment_event(
+                    c, refund(f"pi_{item.intent_id.hex}", "1.00", event_id=f"evt_refund_{item.intent_id}")))
+        return results
+
+    outcomes = hc.run_together(conns, work)
+    hc.assert_only(outcomes)
+    assert len(topups(db, user)) == 20
+    # Every payment credited 5 and clawed back 1, once, whichever came first.
+    assert balance(db, user) == D(80)
+    applied = [r for rs in hc.values_of(outcomes) for r in rs if not r.duplicate]
+    credited = [r for r in applied if "credited" in r.outcome.split(",")]
+    assert len(credited) == 20
