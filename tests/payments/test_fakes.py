@@ -54,6 +54,11 @@ def run_stripe(
     return asyncio.run(main())
 
 
+# One expiry for every session of the run: a retry under an idempotency key must send the same parameters,
+# and a clock second ticking between two calls would change them (seen as an IdempotencyError on a busy machine).
+EXPIRES_AT = int(time.time()) + 23 * 3600
+
+
 def session_params(intent: str = "int_1", unit_amount: int = 500, quantity: int = 2) -> Any:
     """Checkout Session parameters (Any: tests edit them in ways SessionCreateParams forbids)."""
     return {
@@ -69,7 +74,7 @@ def session_params(intent: str = "int_1", unit_amount: int = 500, quantity: int 
         "payment_intent_data": {"metadata": {"tollgate_intent": intent}},
         "success_url": "https://example.test/ok",
         "cancel_url": "https://example.test/cancel",
-        "expires_at": int(time.time()) + 3600,
+        "expires_at": EXPIRES_AT,
     }
 
 
