@@ -41,6 +41,7 @@ from api.logs import request_id_var
 from api.mcp_transport import MCPTransports
 from api.metering import AlreadyCompleted, CallOutcome, CallRefused, LedgerUnavailable, Meter, UnknownTool
 from api.metrics import Metrics
+from api.payments.service import Payments
 from api.spool import Spool
 from api.tools import InvalidArguments, ToolRegistry
 
@@ -48,6 +49,12 @@ log = logging.getLogger("tollgate.gateway")
 access_log = logging.getLogger("tollgate.access")
 
 PUBLIC_PATHS = frozenset({"/health", "/metrics", "/openapi.json", "/api/tools"})
+# Payment providers call their webhook without our credentials: the signature authenticates them.
+WEBHOOK_PATH = re.compile(r"^/api/payments/[a-z][a-z0-9_]{0,49}/webhook$")
+
+
+def _public(path: str) -> bool:
+    return path in PUBLIC_PATHS or WEBHOOK_PATH.match(path) is not None
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 try:
@@ -83,6 +90,7 @@ class Gateway:
             metering=settings.gateway.metering,
             tool_timeout_seconds=settings.gateway.tool_timeout_seconds,
         )
+        self.payments = Payments.from_env(pool, settings.payment_env)
         self.openapi = build_openapi(VERSION)
 
     async def call_tool(
@@ -165,6 +173,10 @@ def _route_label(path: str) -> str:
         return "/api/admin/users/{user_id}/" + path.rsplit("/", 1)[-1][:16]
     if path.startswith("/api/admin/transactions/"):
         return "/api/admin/transactions/{id}/refund"
+    if path.startswith("/api/payments/"):
+        return "/api/payments/{provider}/webhook"
+    if path.startswith("/api/billing/payments/"):
+        return "/api/billing/payments/{intent_id}"
     if path.startswith("/messages"):
         return "/messages/"
     return path if len(path) <= 40 else "(other)"
@@ -184,7 +196,8 @@ class AnonymousGuard(GatewayAuthBackend):
 
     async def authenticate(self, conn: HTTPConnection) -> Any:
         result = await super().authenticate(conn)
-        if result is not None and not result[1].is_authenticated and conn.url.path not in PUBLIC_PATHS:
+        path = conn.url.path
+        if result is not None and not result[1].is_authenticated and not _public(path):
             raise InvalidCredentials("credentials_required", "this gateway does not serve anonymous callers")
         return result
 
@@ -275,12 +288,20 @@ def create_app(settings: Settings, database_url: str, *, registry: ToolRegistry 
         await pool.open(wait=True, timeout=30)
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(pool.close)
+            stack.push_async_callback(gateway.payments.aclose)
             if registry is None:
                 await _load_tools(settings, gateway, stack)
             await stack.enter_async_context(mcp.sessions.run())
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(_spool_loop, gateway)
-                log.info("gateway ready", extra={"tools": len(gateway.registry), "metering": settings.gateway.metering})
+                log.info(
+                    "gateway ready",
+                    extra={
+                        "tools": len(gateway.registry),
+                        "metering": settings.gateway.metering,
+                        "payment_providers": ",".join(sorted(gateway.payments.providers)) or "none",
+                    },
+                )
                 try:
                     yield {"gateway": gateway}
                 finally:

@@ -396,6 +396,53 @@ def reconcile(settings: Settings, fail_stale_minutes: int | None) -> int:
     return 0 if remaining == 0 else 1
 
 
+def cmd_payments(args: argparse.Namespace, settings: Settings) -> int:
+    """`tollgate payments reconcile`: ask the providers about open and recent payments, apply what
+    they report (crediting a payment whose webhook never came, clawing back refunds), expire the rest.
+    `tollgate payments review`: what an operator must look at (billing.payments_needing_review)."""
+    import asyncio
+    import datetime as dt
+
+    from api.payments.service import Payments
+
+    url = embedded.database_url(settings)
+    if args.action == "review":
+        with _ledger_connection(settings) as conn:
+            rows = conn.execute(QUERIES["payments_needing_review"]).fetchall()
+        for row in rows:
+            print(" ".join(_plain(value) for value in row))
+        print(f"{len(rows)} payment(s) need review" if rows else "no payment needs review")
+        return 0
+
+    async def run() -> int:
+        pool = db.make_async_pool(url, min_size=1, max_size=2, timeout=30)
+        await pool.open(wait=True, timeout=30)
+        try:
+            payments = Payments.from_env(pool, settings.payment_env)
+            try:
+                if not payments.providers:
+                    raise UsageError("no payment provider is configured (TOLLGATE_STRIPE_* / TOLLGATE_FONDY_*)")
+                report = await payments.reconcile(
+                    args.provider,
+                    min_age=dt.timedelta(minutes=args.min_age_minutes),
+                    lookback=dt.timedelta(days=args.lookback_days),
+                    grace=dt.timedelta(minutes=args.grace_minutes),
+                )
+            finally:
+                await payments.aclose()
+        finally:
+            await pool.close()
+        print(
+            f"payments: {report.checked} checked, {report.events_applied} new event(s) applied "
+            f"({report.credited} credited, {report.reversed} reversed), {report.expired} expired"
+        )
+        for error in report.errors:
+            print(f"  not checked: {error}")
+        return 0 if not report.errors else 1
+
+    return asyncio.run(run())
+
+
 # --- parser -------------------------------------------------------------------------------------
 
 
@@ -503,6 +550,26 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="also close calls pending for over N minutes whose outcome no spool holds, as failed (not charged)",
     )
+
+    payments = commands.add_parser("payments", help="reconcile payments with the providers, list what needs review")
+    payments.set_defaults(handler=cmd_payments)
+    payment_actions = payments.add_subparsers(dest="action", required=True, metavar="ACTION")
+    reconcile_payments = payment_actions.add_parser(
+        "reconcile", help="apply what the providers report about open/recent payments (idempotent); expire stale ones"
+    )
+    reconcile_payments.add_argument("--provider", help="only this provider (default: every configured one)")
+    reconcile_payments.add_argument(
+        "--min-age-minutes", type=int, default=5, metavar="N", help="skip open payments younger than N minutes (5)"
+    )
+    reconcile_payments.add_argument(
+        "--lookback-days", type=int, default=7, metavar="N",
+        help="also re-check payments created in the last N days: late successes, refunds (7)",
+    )
+    reconcile_payments.add_argument(
+        "--grace-minutes", type=int, default=60, metavar="N",
+        help="expire open payments N minutes past their expiry that no provider reports paid (60)",
+    )
+    payment_actions.add_parser("review", help="payments an operator must look at (mismatches, unknown intents)")
 
     return parser
 

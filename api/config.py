@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg.conninfo
@@ -66,6 +66,9 @@ class Settings:
     pool_min: int
     pool_max: int
     gateway: GatewaySettings = GatewaySettings()
+    # The TOLLGATE_* variables payments read (providers, URLs, amount bounds): api.payments builds the
+    # providers from them; load_settings has checked them.
+    payment_env: dict[str, str] = field(default_factory=dict)
 
     @property
     def pgdata(self) -> Path:
@@ -121,7 +124,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     if pool_max < pool_min:
         raise ValueError(f"TOLLGATE_POOL_MAX={pool_max} is smaller than TOLLGATE_POOL_MIN={pool_min}")
 
+    payment_env = {name: value for name, value in env.items() if name.startswith(PAYMENT_PREFIXES)}
+    _check_payments(payment_env)
+
     return Settings(
+        payment_env=payment_env,
         gateway=_load_gateway(env),
         database_url=database_url,
         data_dir=data_dir,
@@ -129,6 +136,26 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         pool_min=pool_min,
         pool_max=pool_max,
     )
+
+
+PAYMENT_PREFIXES = (
+    "TOLLGATE_STRIPE_",
+    "TOLLGATE_FONDY_",
+    "TOLLGATE_PAYMENT_",
+    "TOLLGATE_TOPUP_",
+    "TOLLGATE_PUBLIC_URL",
+    "TOLLGATE_WEBHOOK_",
+)
+
+
+def _check_payments(env: Mapping[str, str]) -> None:
+    """Fail at start-up, naming the variable, when a payment provider is configured wrongly or in part."""
+    from api.payments.registry import amount_bounds, load_common, provider_modules
+
+    common = load_common(env)
+    amount_bounds(env)
+    for module in provider_modules().values():
+        module.from_env(env, common)
 
 
 def _get_bool(environ: Mapping[str, str], name: str, default: bool) -> bool:

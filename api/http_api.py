@@ -11,6 +11,7 @@ schema (unknown fields refused), and capped in size (``TOLLGATE_MAX_BODY_BYTES``
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import re
 import uuid
 from collections.abc import Awaitable, Callable
@@ -26,16 +27,20 @@ from starlette.routing import Route
 from api import aledger
 from api.auth import Identity, identity_of
 from api.jsonio import JSONBodyError, dumps, iso_utc, loads
+from api.payments.base import ProviderUnavailable, WebhookRejected
+from api.payments.service import AmountOutOfBounds, PaymentsUnavailable
 
 if TYPE_CHECKING:
     from api.app import Gateway
+
+webhook_log = logging.getLogger("tollgate.payments")
 
 MAX_MONEY = Decimal("1e12")
 DECIMAL_TEXT = re.compile(r"^-?[0-9]{1,13}(\.[0-9]{1,20})?$")
 TRANSACTION_TYPES = ("charge", "refund", "topup", "adjustment")
 TOPUP_HINT = (
-    "Top-ups are credited only after a payment confirmed by a payment provider; pay through the payment "
-    "flow (POST /api/billing/payments, in a later release) or ask an administrator to credit your account."
+    "Crediting an account directly is for administrators; to top up your own balance, leave out user_id "
+    "and pay at the checkout URL POST /api/billing/topup answers with."
 )
 
 
@@ -339,32 +344,87 @@ async def settings(gateway: Gateway, request: Request) -> Response:
 
 TOPUP_BODY = _object(
     {
-        "user_id": {"type": "string", "format": "uuid", "description": "the account to credit (admins only)"},
-        "amount_usd": MONEY_SCHEMA,
+        "amount_usd": {**MONEY_SCHEMA, "description": "USD to pay (users: whole cents) or credit (admins)"},
         "amount_uah": UAH_SCHEMA,
-        "description": {"type": "string", "maxLength": 1000},
-        "payment_provider": TEXT,
-        "payment_id": TEXT,
+        "provider": {
+            "type": "string",
+            "pattern": "^[a-z][a-z0-9_]{0,49}$",
+            "description": "users: the payment provider (default: the only or the configured default one)",
+        },
+        "user_id": {"type": "string", "format": "uuid", "description": "admins: the account to credit directly"},
+        "description": {"type": "string", "maxLength": 1000, "description": "admins: ledger description"},
+        "payment_provider": {**TEXT, "description": "admins: where the money came from (default admin)"},
+        "payment_id": {**TEXT, "description": "admins: the payment's id, the idempotency key of the credit"},
     },
-    ("user_id", "payment_id"),
 )
+ADMIN_ONLY_TOPUP_FIELDS = ("description", "payment_provider", "payment_id")
+
+
+def _topup_amount(body: dict[str, Any], *, cents: bool) -> tuple[Decimal, str]:
+    if ("amount_usd" in body) == ("amount_uah" in body):
+        raise ApiError(422, "invalid_request", "give exactly one of amount_usd and amount_uah")
+    if "amount_usd" in body:
+        return money(body["amount_usd"], "amount_usd", places=2 if cents else 8, positive=True), "USD"
+    return money(body["amount_uah"], "amount_uah", places=2, positive=True), "UAH"
 
 
 async def topup(gateway: Gateway, request: Request) -> Response:
+    """Users start a payment (the balance moves when the provider confirms it); admins, naming a
+    user_id, credit an account directly."""
     identity = require_jwt(request)
+    body = await read_body(request, TOPUP_BODY)
+    if "user_id" in body:
+        return await _admin_credit(gateway, identity, body)
+    extra = [name for name in ADMIN_ONLY_TOPUP_FIELDS if name in body]
+    if extra:
+        raise ApiError(
+            422, "invalid_request", f"{extra[0]} is for administrators' direct credits (with user_id)", field=extra[0]
+        )
+    amount, currency = _topup_amount(body, cents=True)
+    key = request.headers.get("idempotency-key")
+    if key is not None and not re.fullmatch(r"[A-Za-z0-9._:\-]{1,200}", key):
+        raise ApiError(422, "invalid_idempotency_key", "Idempotency-Key must be 1-200 of A-Z a-z 0-9 . _ : -")
+    user_id = await _account_user(gateway, identity)
+    assert user_id is not None
+    try:
+        started = await gateway.payments.start_payment(user_id, amount, currency, body.get("provider"), key)
+    except PaymentsUnavailable as exc:
+        raise ApiError(503, "payments_unavailable", str(exc)) from None
+    except AmountOutOfBounds as exc:
+        raise ApiError(422, "amount_out_of_range", str(exc), field=f"amount_{currency.lower()}") from None
+    except ProviderUnavailable as exc:
+        raise ApiError(502, "payment_provider_unavailable", f"{exc}; nothing was charged, try again") from None
+    intent = started.intent
+    payment = {
+        "intent_id": str(intent.intent_id),
+        "provider": intent.provider,
+        "status": intent.status,
+        "amount": intent.amount,
+        "currency": intent.currency,
+        "checkout_url": started.checkout_url,
+        "expires_at": iso_utc(started.expires_at),
+    }
+    if intent.status not in ("created", "pending"):
+        payment["checkout_url"] = None  # paid, failed or expired: nothing more to pay there
+    return json_response(
+        {"success": True, "payment": payment, "replayed": intent.replayed}, status=200 if intent.replayed else 201
+    )
+
+
+async def _admin_credit(gateway: Gateway, identity: Identity, body: dict[str, Any]) -> Response:
     if not identity.admin:
         raise ApiError(403, "topup_not_self_service", TOPUP_HINT)
-    body = await read_body(request, TOPUP_BODY)
+    if "provider" in body:
+        raise ApiError(422, "invalid_request", "a direct credit names payment_provider, not provider", field="provider")
+    if "payment_id" not in body:
+        raise ApiError(
+            422, "invalid_request", "a direct credit needs payment_id (its idempotency key)", field="payment_id"
+        )
     try:
         user_id = uuid.UUID(body["user_id"])
     except ValueError:
         raise ApiError(422, "invalid_request", "user_id must be a UUID", field="user_id") from None
-    if ("amount_usd" in body) == ("amount_uah" in body):
-        raise ApiError(422, "invalid_request", "give exactly one of amount_usd and amount_uah")
-    if "amount_usd" in body:
-        amount, currency = money(body["amount_usd"], "amount_usd", positive=True), "USD"
-    else:
-        amount, currency = money(body["amount_uah"], "amount_uah", places=2, positive=True), "UAH"
+    amount, currency = _topup_amount(body, cents=False)
     async with gateway.pool.connection() as conn:
         result = await aledger.top_up(
             conn,
@@ -377,6 +437,40 @@ async def topup(gateway: Gateway, request: Request) -> Response:
             metadata={"credited_by": identity.label},
         )
     return ok(transaction=asdict(result))
+
+
+async def payment_status(gateway: Gateway, request: Request) -> Response:
+    user_id = await _account_user(gateway, require_jwt(request))
+    assert user_id is not None
+    intent_id = _path_uuid(request, "intent_id")
+    async with gateway.pool.connection() as conn:
+        details = await aledger.payment_intent(conn, intent_id, user_id)
+    payment = asdict(details)
+    payment["intent_id"] = str(details.intent_id)
+    for name in ("expires_at", "created_at", "updated_at"):
+        payment[name] = iso_utc(payment[name])
+    return ok(payment=payment)
+
+
+async def payment_webhook(gateway: Gateway, request: Request) -> Response:
+    """A provider's event: verified over the raw body before anything is read or stored."""
+    provider = request.path_params["provider"]
+    body = await request.body()
+    try:
+        result = await gateway.payments.handle_webhook(provider, body, request.headers)
+    except PaymentsUnavailable as exc:
+        raise ApiError(404, "unknown_provider", str(exc)) from None
+    except WebhookRejected as exc:
+        webhook_log.warning(
+            "webhook rejected: %s", exc, extra={"provider": provider[:50], "bytes": len(body)}
+        )
+        raise ApiError(400, "invalid_webhook", f"the delivery was not accepted: {exc}; nothing was stored") from None
+    return ok(
+        received=True,
+        outcome=result.outcome,
+        duplicate=result.duplicate,
+        intent_id=None if result.intent_id is None else str(result.intent_id),
+    )
 
 
 async def admin_get_billing(gateway: Gateway, request: Request) -> Response:
@@ -512,7 +606,38 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint(
         "PUT", "/api/billing/settings", settings, "Change the caller's daily/monthly limits", "jwt", body=SETTINGS_BODY
     ),
-    Endpoint("POST", "/api/billing/topup", topup, "Credit an account (administrators only)", "admin", body=TOPUP_BODY),
+    Endpoint(
+        "POST",
+        "/api/billing/topup",
+        topup,
+        "Start a top-up payment (users: answers the provider's checkout URL; the balance moves when the provider "
+        "confirms the payment). Administrators naming user_id credit that account directly. Optional "
+        "Idempotency-Key header: a replay returns the same payment.",
+        "jwt",
+        body=TOPUP_BODY,
+        responses={
+            201: "payment started: pay at payment.checkout_url",
+            502: "the payment provider refused or could not be reached",
+            503: "no payment provider is configured",
+        },
+    ),
+    Endpoint(
+        "GET",
+        "/api/billing/payments/{intent_id}",
+        payment_status,
+        "One of the caller's payments: status, what was credited and reversed",
+        "jwt",
+    ),
+    Endpoint(
+        "POST",
+        "/api/payments/{provider}/webhook",
+        payment_webhook,
+        "Payment provider webhook (Stripe, Fondy): signature verified over the raw body; each event applied once",
+        "none",
+        body={"type": "object", "description": "the provider's event, as it signs it"},
+        responses={400: "signature or body not accepted: nothing stored", 404: "no such provider configured"},
+        tag="payments",
+    ),
     Endpoint(
         "GET", "/api/admin/users/{user_id}/billing", admin_get_billing, "A user's billing account", "admin", tag="admin"
     ),

@@ -1,0 +1,117 @@
+"""What every payment provider module implements, and the settings they share."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Protocol
+
+from api.ledger import OpenIntent, PaymentFacts
+
+
+class WebhookRejected(Exception):
+    """A delivery that must not be acted on or stored: bad or missing signature, stale timestamp,
+    a body that is not what the provider sends. Answered 400; the reason is logged, never echoed."""
+
+
+class ProviderUnavailable(Exception):
+    """The provider refused or could not be reached while creating a checkout or reading a payment."""
+
+
+class ProviderConfigError(ValueError):
+    """A provider is partly configured (some of its environment variables set, others missing or bad)."""
+
+
+@dataclass(frozen=True)
+class CommonSettings:
+    """Payment settings shared by the providers (README "Payments" lists the variables)."""
+
+    # Where the provider sends the user after paying or giving up (may contain {intent_id}).
+    success_url: str = "http://127.0.0.1:8000/api/billing/balance"
+    cancel_url: str = "http://127.0.0.1:8000/api/billing/balance"
+    # The gateway's public base URL: providers that take a callback URL per payment (Fondy) are given
+    # {public_url}/api/payments/{provider}/webhook.
+    public_url: str = "http://127.0.0.1:8000"
+    # How long a checkout stays payable.
+    ttl: dt.timedelta = dt.timedelta(hours=1)
+    # Signed webhooks older (or newer) than this are refused, where the provider signs a timestamp.
+    webhook_tolerance: dt.timedelta = dt.timedelta(minutes=5)
+    # Per request timeout of provider API calls.
+    timeout_seconds: float = 20.0
+
+
+@dataclass(frozen=True)
+class CheckoutRequest:
+    """What a provider needs to create the page a user pays at."""
+
+    intent_id: uuid.UUID
+    user_id: uuid.UUID
+    amount: Decimal
+    currency: str
+    description: str
+    success_url: str
+    cancel_url: str
+    callback_url: str
+    expires_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class Checkout:
+    """The provider's checkout: its id (Stripe Checkout Session, Fondy order) and the URL to pay at."""
+
+    external_id: str
+    url: str
+    expires_at: dt.datetime | None = None
+
+
+class PaymentProvider(Protocol):
+    """One payment provider. Implementations live in api/payments/providers/<name>.py."""
+
+    name: str
+
+    async def create_checkout(self, request: CheckoutRequest) -> Checkout:
+        """Create the provider's checkout for an intent (idempotent per intent id where the provider
+        supports it). Raises ProviderUnavailable when the provider refuses or cannot be reached."""
+        ...
+
+    def parse_webhook(self, body: bytes, headers: Mapping[str, str]) -> PaymentFacts:
+        """Verify a delivery's signature over the raw body, then reduce it to facts. Raises
+        WebhookRejected before looking at the content when the signature does not verify."""
+        ...
+
+    async def fetch(self, intent: OpenIntent) -> list[PaymentFacts]:
+        """What the provider reports now about an intent (reconciliation), as facts with event ids that
+        are stable for an unchanged state. Raises ProviderUnavailable."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release HTTP clients."""
+        ...
+
+
+def minor_units(amount: Decimal) -> int:
+    """An amount of 2 decimals in cents / kopiykas."""
+    cents = amount * 100
+    if cents != cents.to_integral_value():
+        raise ValueError(f"{amount} has more than 2 decimal places")
+    return int(cents)
+
+
+def from_minor_units(value: object, field: str) -> Decimal:
+    """A provider's integer minor-unit amount (int or digit string) as a Decimal of 2 places."""
+    if isinstance(value, bool):
+        raise WebhookRejected(f"{field} is not an amount")
+    if isinstance(value, int):
+        number = value
+    elif (isinstance(value, str) and value.isdigit() and len(value) <= 15) or (
+        isinstance(value, Decimal) and value == value.to_integral_value() and abs(value) < Decimal(10) ** 15
+    ):
+        number = int(value)
+    else:
+        raise WebhookRejected(f"{field} is not an integer amount of minor units")
+    if number < 0 or number >= 10**14:
+        raise WebhookRejected(f"{field} is out of range")
+    return (Decimal(number) / 100).quantize(Decimal("0.01"))

@@ -1,0 +1,1 @@
+"""Payment provider modules: each defines ``from_env(env, common) -> PaymentProvider | None``."""

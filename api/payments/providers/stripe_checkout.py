@@ -1,0 +1,255 @@
+"""Stripe: Checkout Sessions through the official ``stripe`` SDK, webhooks verified by the SDK.
+
+Environment (both or neither):
+  TOLLGATE_STRIPE_SECRET_KEY       the API secret key (sk_live_... / sk_test_... / rk_...)
+  TOLLGATE_STRIPE_WEBHOOK_SECRET   the endpoint's signing secret (whsec_...)
+  TOLLGATE_STRIPE_API_BASE         optional: another API base URL (tests point it at a local double)
+
+A top-up is one Checkout Session in payment mode: one line item of the amount, our intent id as
+``client_reference_id`` and in the metadata of the session and of its PaymentIntent, created with the
+intent id as Stripe idempotency key (a retried start returns the same session).
+
+Events acted on (anything else is stored and ignored):
+  checkout.session.completed (payment_status paid), checkout.session.async_payment_succeeded → paid
+  checkout.session.async_payment_failed → failed;  checkout.session.expired → expired
+  charge.refunded → reversal bucket "refunds" = the charge's cumulative amount_refunded
+  charge.dispute.created / updated / funds_withdrawn / closed / funds_reinstated → bucket
+      "dispute:<id>" = the disputed amount; reinstated when the dispute is won (inquiries, status
+      warning_*, withdraw no funds and are ignored)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import replace
+from typing import Any
+
+import stripe
+
+from api.jsonio import JSONBodyError, dumps, loads
+from api.ledger import OpenIntent, PaymentFacts
+from api.payments.base import (
+    Checkout,
+    CheckoutRequest,
+    CommonSettings,
+    ProviderConfigError,
+    ProviderUnavailable,
+    WebhookRejected,
+    from_minor_units,
+    minor_units,
+)
+
+NAME = "stripe"
+PAID_EVENTS = frozenset({"checkout.session.completed", "checkout.session.async_payment_succeeded"})
+DISPUTE_EVENTS = frozenset(
+    {
+        "charge.dispute.created",
+        "charge.dispute.updated",
+        "charge.dispute.funds_withdrawn",
+        "charge.dispute.closed",
+        "charge.dispute.funds_reinstated",
+    }
+)
+
+
+def from_env(env: Mapping[str, str], common: CommonSettings) -> StripeProvider | None:
+    key = env.get("TOLLGATE_STRIPE_SECRET_KEY", "").strip()
+    secret = env.get("TOLLGATE_STRIPE_WEBHOOK_SECRET", "").strip()
+    base = env.get("TOLLGATE_STRIPE_API_BASE", "").strip() or None
+    if not key and not secret:
+        return None
+    if not key or not secret:
+        missing = "TOLLGATE_STRIPE_SECRET_KEY" if not key else "TOLLGATE_STRIPE_WEBHOOK_SECRET"
+        raise ProviderConfigError(f"Stripe is configured in part: {missing} is not set")
+    if not key.startswith(("sk_", "rk_")):
+        raise ProviderConfigError("TOLLGATE_STRIPE_SECRET_KEY must be a Stripe secret key (sk_... or rk_...)")
+    if base is not None and not base.startswith(("http://", "https://")):
+        raise ProviderConfigError(f"TOLLGATE_STRIPE_API_BASE={base!r} is not an http(s) URL")
+    return StripeProvider(key, secret, common, api_base=base)
+
+
+def _intent_id(value: object) -> uuid.UUID | None:
+    if not isinstance(value, str):
+        return None
+    try:
+        return uuid.UUID(value)
+    except ValueError:
+        return None
+
+
+def _text(value: object, field: str) -> str:
+    if not isinstance(value, str) or not value or len(value) > 255:
+        raise WebhookRejected(f"{field} is missing or not an id")
+    return value
+
+
+def _ref(value: object) -> str | None:
+    """A field that is an id, or an expanded object with an id."""
+    if isinstance(value, Mapping):
+        value = value.get("id")
+    return value if isinstance(value, str) and 0 < len(value) <= 255 else None
+
+
+class StripeProvider:
+    name = NAME
+
+    def __init__(self, api_key: str, webhook_secret: str, common: CommonSettings, api_base: str | None = None) -> None:
+        self.common = common
+        self.webhook_secret = webhook_secret
+        self.client = stripe.StripeClient(
+            api_key,
+            base_addresses={"api": api_base} if api_base else None,
+            http_client=stripe.HTTPXClient(timeout=common.timeout_seconds),
+            max_network_retries=2,
+        )
+
+    async def aclose(self) -> None:
+        await self.client._requestor._client.close_async()  # type: ignore[union-attr]
+
+    # ---- checkout ---------------------------------------------------------------------------------
+
+    async def create_checkout(self, request: CheckoutRequest) -> Checkout:
+        intent = str(request.intent_id)
+        params: dict[str, Any] = {
+            "mode": "payment",
+            "line_items": [
+                {
+                    "quantity": 1,
+                    "price_data": {
+                        "currency": request.currency.lower(),
+                        "unit_amount": minor_units(request.amount),
+                        "product_data": {"name": request.description},
+                    },
+                }
+            ],
+            "client_reference_id": intent,
+            "metadata": {"tollgate_intent": intent, "tollgate_user": str(request.user_id)},
+            "payment_intent_data": {"metadata": {"tollgate_intent": intent}},
+            "success_url": request.success_url,
+            "cancel_url": request.cancel_url,
+            "expires_at": int(request.expires_at.timestamp()),
+        }
+        try:
+            session = await self.client.v1.checkout.sessions.create_async(
+                params,  # type: ignore[arg-type]
+                options={"idempotency_key": f"tollgate-checkout-{intent}"},
+            )
+        except stripe.StripeError as exc:
+            raise ProviderUnavailable(f"Stripe refused or could not be reached: {exc.user_message or exc}") from exc
+        if not session.url:
+            raise ProviderUnavailable("Stripe created a Checkout Session without a URL")
+        expires = dt.datetime.fromtimestamp(session.expires_at, dt.UTC) if session.expires_at else None
+        return Checkout(external_id=session.id, url=session.url, expires_at=expires)
+
+    # ---- webhooks ---------------------------------------------------------------------------------
+
+    def parse_webhook(self, body: bytes, headers: Mapping[str, str]) -> PaymentFacts:
+        header = headers.get("stripe-signature")
+        tolerance = int(self.common.webhook_tolerance.total_seconds())
+        try:
+            text = body.decode("utf-8")
+            stripe.WebhookSignature.verify_header(text, header, self.webhook_secret, tolerance=tolerance)
+        except UnicodeDecodeError:
+            raise WebhookRejected("the body is not UTF-8") from None
+        except stripe.SignatureVerificationError as exc:
+            raise WebhookRejected(f"Stripe signature: {exc.user_message or exc}") from None
+        # The SDK refuses old timestamps only; a signature dated in the future is as suspect.
+        assert header is not None
+        stamps = [part[2:] for part in header.split(",") if part.startswith("t=")]
+        if not stamps or not stamps[0].isdigit() or int(stamps[0]) > time.time() + tolerance:
+            raise WebhookRejected("Stripe signature: timestamp outside the tolerance window")
+        try:
+            event = loads(body)
+        except JSONBodyError as exc:
+            raise WebhookRejected(f"the body is not JSON: {exc}") from None
+        if not isinstance(event, dict) or event.get("object") != "event":
+            raise WebhookRejected("the body is not a Stripe event")
+        data = event.get("data")
+        obj = data.get("object") if isinstance(data, dict) else None
+        event_type = event.get("type")
+        if not isinstance(obj, dict) or not isinstance(event_type, str) or not 0 < len(event_type) <= 100:
+            raise WebhookRejected("the Stripe event has no type or data.object")
+        return self._facts(_text(event.get("id"), "event id"), event_type, obj, text)
+
+    def _facts(self, event_id: str, event_type: str, obj: Mapping[str, Any], payload: str) -> PaymentFacts:
+        base = PaymentFacts(provider=NAME, event_id=event_id, event_type=event_type, payload=payload)
+        if event_type.startswith("checkout.session."):
+            metadata = obj.get("metadata")
+            tagged = metadata.get("tollgate_intent") if isinstance(metadata, dict) else None
+            base = replace(
+                base,
+                intent_id=_intent_id(obj.get("client_reference_id")) or _intent_id(tagged),
+                external_id=_ref(obj.get("id")),
+                payment_ref=_ref(obj.get("payment_intent")),
+            )
+            if event_type in PAID_EVENTS and obj.get("payment_status") == "paid":
+                return replace(
+                    base,
+                    action="paid",
+                    amount=from_minor_units(obj.get("amount_total"), "amount_total"),
+                    currency=_currency(obj.get("currency")),
+                )
+            if event_type == "checkout.session.async_payment_failed":
+                return replace(base, action="failed")
+            if event_type == "checkout.session.expired":
+                return replace(base, action="expired")
+            return base
+        if event_type == "charge.refunded":
+            return replace(
+                base,
+                action="reversal",
+                payment_ref=_ref(obj.get("payment_intent")),
+                reversal_key="refunds",
+                reversal_kind="refund",
+                reversed_amount=from_minor_units(obj.get("amount_refunded"), "amount_refunded"),
+                reversal_currency=_currency(obj.get("currency")),
+            )
+        if event_type in DISPUTE_EVENTS:
+            status = obj.get("status")
+            if isinstance(status, str) and status.startswith("warning_"):
+                return base  # an inquiry: no funds were withdrawn
+            dispute = _text(obj.get("id"), "dispute id")
+            return replace(
+                base,
+                action="reversal",
+                payment_ref=_ref(obj.get("payment_intent")),
+                reversal_key=f"dispute:{dispute}"[:80],
+                reversal_kind="chargeback",
+                reversed_amount=from_minor_units(obj.get("amount"), "amount"),
+                reversal_currency=_currency(obj.get("currency")),
+                reinstated=status == "won" or event_type == "charge.dispute.funds_reinstated",
+            )
+        return base
+
+    # ---- reconciliation ---------------------------------------------------------------------------
+
+    async def fetch(self, intent: OpenIntent) -> list[PaymentFacts]:
+        if intent.external_id is None:
+            return []  # the session was never created (or its creation was cut off): nothing to ask
+        try:
+            session = await self.client.v1.checkout.sessions.retrieve_async(
+                intent.external_id, params={"expand": ["payment_intent.latest_charge"]}
+            )
+        except stripe.StripeError as exc:
+            raise ProviderUnavailable(f"Stripe: {exc.user_message or exc}") from exc
+        obj = loads(str(session))
+        facts: list[PaymentFacts] = []
+        if obj.get("payment_status") == "paid":
+            facts.append(self._facts(f"reconcile:{session.id}:paid", "checkout.session.completed", obj, dumps(obj)))
+        elif obj.get("status") == "expired":
+            facts.append(self._facts(f"reconcile:{session.id}:expired", "checkout.session.expired", obj, dumps(obj)))
+        payment = obj.get("payment_intent")
+        charge = payment.get("latest_charge") if isinstance(payment, dict) else None
+        if isinstance(charge, dict) and charge.get("amount_refunded"):
+            event_id = f"reconcile:{charge.get('id')}:refunded:{charge.get('amount_refunded')}"
+            facts.append(self._facts(event_id, "charge.refunded", charge, dumps(charge)))
+        return facts
+
+
+def _currency(value: object) -> str:
+    if not isinstance(value, str) or len(value) != 3 or not value.isalpha():
+        raise WebhookRejected("currency is not a three-letter code")
+    return value.upper()
