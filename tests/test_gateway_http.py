@@ -447,7 +447,7 @@ def test_self_top_up_is_refused_and_admin_top_up_is_idempotent(gateway: Any, gdb
         refused = client.post("/api/billing/topup", json=payload)
     assert refused.status_code == 403
     assert body(refused)["error"]["code"] == "topup_not_self_service"
-    assert "payment" in body(refused)["error"]["message"]
+    assert "pay at the checkout URL" in body(refused)["error"]["message"]
     assert balance_of(gdb, user_id) == Decimal(0)
     with gateway.client(gateway.token("ops", admin=True)) as admin:
         first = admin.post("/api/billing/topup", json=payload)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from decimal import Decimal as D
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -28,6 +28,8 @@ from api.errors import (
 from api.ledger import PaymentFacts
 from tests import helpers as h
 from tests import helpers_concurrency as hc
+
+D = Decimal
 
 
 @pytest.fixture(autouse=True)
@@ -421,3 +423,19 @@ def test_webhook_racing_reconciliation_and_a_second_worker_credit_once(db, conne
     applied = [r for rs in hc.values_of(outcomes) for r in rs if not r.duplicate]
     credited = [r for r in applied if "credited" in r.outcome.split(",")]
     assert len(credited) == 20
+
+
+def test_migration_0005_rolls_back_alone_and_reapplies(db_url, conn):
+    from api import migrate
+    from tests.conftest import DB_DIR
+    from tests.test_migrations import _snapshot
+
+    before = _snapshot(db_url)
+    assert migrate.downgrade(db_url, DB_DIR, "0004_gateway") == ["0005_payments"]
+    gone = conn.execute(
+        "SELECT to_regclass('billing.payment_intents'), to_regclass('billing.payment_events'),"
+        " to_regclass('billing.payments'), to_regprocedure('billing.fail_payment_intent(uuid, text)')"
+    ).fetchone()
+    assert gone == (None, None, None, None)
+    assert migrate.upgrade(db_url, DB_DIR) == ["0005_payments"]
+    assert _snapshot(db_url) == before

@@ -17,9 +17,10 @@ AS $$
 DECLARE
     v_now timestamptz := coalesce((SELECT c.clock_override FROM billing.config c), clock_timestamp());
 BEGIN
-    IF p_min_age IS NULL OR p_min_age < interval '0' OR p_lookback IS NULL OR p_lookback < interval '0'
+    IF p_min_age IS NULL OR p_min_age < interval '0' OR p_min_age > interval '3660 days'
+       OR p_lookback IS NULL OR p_lookback < interval '0' OR p_lookback > interval '3660 days'
        OR p_limit IS NULL OR p_limit NOT BETWEEN 1 AND 100000 THEN
-        RAISE EXCEPTION 'Invalid argument: min_age and lookback must be zero or positive and limit between 1 and 100000.'
+        RAISE EXCEPTION 'Invalid argument: min_age and lookback must be from zero to 10 years and limit between 1 and 100000.'
             USING ERRCODE = 'BL009', DETAIL = jsonb_build_object('field', 'min_age/lookback/limit')::text;
     END IF;
     RETURN QUERY

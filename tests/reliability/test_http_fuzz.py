@@ -139,6 +139,8 @@ def test_openapi_names_every_served_route(gateway: Any, gateway_db: str) -> None
         "/api/billing/history",
         "/api/billing/settings",
         "/api/billing/topup",
+        "/api/billing/payments/{intent_id}",
+        "/api/payments/{provider}/webhook",
         "/api/admin/users/{user_id}/billing",
         "/api/admin/users/{user_id}/adjust",
         "/api/admin/transactions/{transaction_id}/refund",

@@ -57,6 +57,7 @@ D = Decimal
 # this list honest: a new public function fails that test until it is fuzzed here).
 FUNCTIONS = (
     "adjust",
+    "attach_payment_checkout",
     "authenticate_api_key",
     "begin_request",
     "charge",
@@ -65,12 +66,18 @@ FUNCTIONS = (
     "complete_request",
     "configure",
     "create_api_key",
+    "create_payment_intent",
     "ensure_account",
     "estimate_price",
+    "expire_payment_intents",
+    "fail_payment_intent",
     "history",
     "list_api_keys",
     "list_tool_pricing",
+    "open_payment_intents",
+    "payment_intent",
     "reap_expired_holds",
+    "record_payment_event",
     "refund",
     "release",
     "reserve",
@@ -94,6 +101,8 @@ READ_ONLY = frozenset(
         "history",
         "list_api_keys",
         "list_tool_pricing",
+        "open_payment_intents",
+        "payment_intent",
         "summary",
         "tool_price",
         "verify_ledger",
@@ -141,6 +150,7 @@ class World:
     key_hashes: list[bytes]
     tools: list[str]
     payments: list[tuple[str, str]]
+    intents: list[uuid.UUID]
 
 
 # --- the seeded world ------------------------------------------------------------------------------------------
@@ -176,6 +186,16 @@ def _seed_world(db: psycopg.Connection[Any]) -> World:
     bound_hash = hashlib.sha256(b"tg_fz_bound").digest()
     ledger.create_api_key(db, "fz-key", key_hash, "tg_fz")
     ledger.create_api_key(db, "fz-bound", bound_hash, "tg_fb", rich)
+    open_intent = ledger.create_payment_intent(db, poor, "stripe", D(5), "USD", "fz-pay-open")
+    ledger.attach_payment_checkout(db, open_intent.intent_id, "cs_fz_open", "https://pay.example/open")
+    paid_intent = ledger.create_payment_intent(db, rich, "fondy", D(100), "UAH", "fz-pay-paid")
+    ledger.record_payment_event(
+        db,
+        ledger.PaymentFacts(
+            provider="fondy", event_id="fz-evt-1", event_type="order.approved", payload="{}", action="paid",
+            intent_id=paid_intent.intent_id, payment_ref="fz-pay-ref", amount=D(100), currency="UAH",
+        ),
+    )
     return World(
         users=[rich, poor, inactive, unbilled],
         request_ids=["fz-charged", "fz-held", "fz-settled", "fz-released", "fz-pending", "fz-call-held", "fz-done"],
@@ -184,6 +204,7 @@ def _seed_world(db: psycopg.Connection[Any]) -> World:
         key_hashes=[key_hash, bound_hash],
         tools=["priced", "metered", "search"],
         payments=[("stripe", "pi-rich"), ("fondy", "order-1")],
+        intents=[open_intent.intent_id, paid_intent.intent_id],
     )
 
 
@@ -330,7 +351,7 @@ def _strategy(arg: Arg, world: World) -> st.SearchStrategy[Any]:
     if type_ == "uuid":
         base = st.one_of(
             st.sampled_from(world.users),
-            st.sampled_from(world.users),
+            st.sampled_from(world.intents if name == "p_intent_id" else world.users),
             st.uuids(),
             st.just(uuid.UUID(int=0)),
             st.sampled_from(["not-a-uuid", "", "00000000-0000-0000-0000-00000000000g"]).map(Raw),
@@ -352,6 +373,14 @@ def _strategy(arg: Arg, world: World) -> st.SearchStrategy[Any]:
             base = st.one_of(st.sampled_from([p for p, _ in world.payments]), IDENT_TEXT, HOSTILE_TEXT)
         elif name == "p_payment_id":
             base = st.one_of(st.sampled_from([p for _, p in world.payments]), IDENT_TEXT, HOSTILE_TEXT)
+        elif name == "p_action":
+            base = st.sampled_from(["paid", "failed", "expired", "reversal", "ignore"]) | HOSTILE_TEXT
+        elif name == "p_reversal_kind":
+            base = st.sampled_from(["refund", "chargeback"]) | HOSTILE_TEXT
+        elif name in ("p_reversal_currency",):
+            base = CURRENCIES | HOSTILE_TEXT
+        elif name == "p_payment_ref":
+            base = st.one_of(st.just("fz-pay-ref"), IDENT_TEXT, HOSTILE_TEXT)
         elif name in ("p_request_id", "p_idempotency_key", "p_client_key", "p_external_id"):
             base = st.one_of(st.sampled_from(world.request_ids + world.key_names), IDENT_TEXT, HOSTILE_TEXT)
         else:
