@@ -396,6 +396,18 @@ def test_concurrent_deliveries_of_one_event_credit_once(db, connect, db_url):
     assert h.counts(db)["payment_events"] == 1
 
 
+def test_concurrent_starts_with_one_idempotency_key_make_one_intent(db, connect, db_url):
+    user = h.new_user(db)
+    conns = hc.open_connections(connect, db_url, 16)
+    outcomes = hc.run_together(
+        conns, lambda _n, c: ledger.create_payment_intent(c, user, "stripe", D("20.00"), "USD", "same-click")
+    )
+    hc.assert_only(outcomes)
+    results = hc.values_of(outcomes)
+    assert len({r.intent_id for r in results}) == 1 and sum(not r.replayed for r in results) == 1
+    assert h.counts(db)["payment_intents"] == 1
+
+
 @pytest.mark.slow
 def test_webhook_racing_reconciliation_and_a_second_worker_credit_once(db, connect, db_url):
     user = h.new_user(db)

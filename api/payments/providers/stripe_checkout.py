@@ -99,15 +99,16 @@ class StripeProvider:
     def __init__(self, api_key: str, webhook_secret: str, common: CommonSettings, api_base: str | None = None) -> None:
         self.common = common
         self.webhook_secret = webhook_secret
+        self.http = stripe.HTTPXClient(timeout=common.timeout_seconds)
         self.client = stripe.StripeClient(
             api_key,
             base_addresses={"api": api_base} if api_base else None,
-            http_client=stripe.HTTPXClient(timeout=common.timeout_seconds),
+            http_client=self.http,
             max_network_retries=2,
         )
 
     async def aclose(self) -> None:
-        await self.client._requestor._client.close_async()  # type: ignore[union-attr]
+        await self.http.close_async()  # type: ignore[no-untyped-call]  # untyped in stripe 16.1
 
     # ---- checkout ---------------------------------------------------------------------------------
 
