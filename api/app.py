@@ -9,6 +9,7 @@ in reverse order after uvicorn has let in-flight calls finish (and settle).
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import logging
 import re
 import time
@@ -294,6 +295,8 @@ def create_app(settings: Settings, database_url: str, *, registry: ToolRegistry 
             await stack.enter_async_context(mcp.sessions.run())
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(_spool_loop, gateway)
+                if gateway.payments.providers:
+                    tasks.start_soon(_expiry_loop, gateway)
                 log.info(
                     "gateway ready",
                     extra={
@@ -376,6 +379,20 @@ async def _load_tools(settings: Settings, gateway: Gateway, stack: contextlib.As
                     description=price.description,
                 )
                 log.info("initial price applied", extra={"tool": name, "base_price_usd": str(price.base_price_usd)})
+
+
+async def _expiry_loop(gateway: Gateway, interval: float = 300.0) -> None:
+    """Expire payment intents an hour past their expiry (a success reported later is still credited);
+    `tollgate payments reconcile` does the same after asking the providers."""
+    while True:
+        await anyio.sleep(interval)
+        try:
+            async with gateway.pool.connection() as conn:
+                expired = await aledger.expire_payment_intents(conn, dt.timedelta(hours=1))
+            if expired:
+                log.info("payment intents expired", extra={"expired": expired})
+        except Exception:
+            log.exception("expiring payment intents failed; will retry")
 
 
 async def _spool_loop(gateway: Gateway) -> None:
