@@ -451,3 +451,28 @@ def test_migration_0005_rolls_back_alone_and_reapplies(db_url, conn):
     assert gone == (None, None, None, None)
     assert migrate.upgrade(db_url, DB_DIR) == ["0005_payments"]
     assert _snapshot(db_url) == before
+
+
+@pytest.mark.slow
+def test_reversals_racing_paid_replays_of_credited_payments_never_deadlock(db, connect, db_url):
+    # A refund names the payment only (Stripe charge.refunded: payment_intent); a reconciliation or a
+    # second event type names our intent too. Both lock the payment in the same order.
+    user = h.new_user(db)
+    intents = [intent(db, user, "5.00") for _ in range(15)]
+    for item in intents:
+        ledger.record_payment_event(db, paid(item))
+    conns = hc.open_connections(connect, db_url, 10)
+
+    def work(n: int, c: Any) -> None:
+        for round_ in range(3):
+            for item in intents if n % 2 else reversed(intents):
+                if n < 5:
+                    ledger.record_payment_event(c, paid(item, event_id=f"replay-{n}-{round_}-{item.intent_id}"))
+                else:
+                    amount = f"{(n - 4) * 0.5 + round_ * 0.1:.2f}"
+                    ledger.record_payment_event(c, refund(f"pi_{item.intent_id.hex}", amount))
+
+    outcomes = hc.run_together(conns, work)
+    hc.assert_only(outcomes)
+    # Cumulative refunds: the largest reported (5 * 0.5 + 0.2 = 2.70) wins for every payment.
+    assert balance(db, user) == 15 * (D(5) - D("2.70"))

@@ -127,6 +127,13 @@ BEGIN
     duplicate := false;
     reversed_usd := 0;
 
+    -- Serialises a payment's success with its reversals, also while the intent is not yet known by
+    -- its payment_ref: whichever commits second sees the other's work. Taken before the intent's row
+    -- lock, always in that order (advisory, then intent, then account), so events of one payment
+    -- cannot deadlock each other.
+    IF p_payment_ref IS NOT NULL THEN
+        PERFORM pg_advisory_xact_lock(hashtextextended('tollgate.payment:' || p_provider || ':' || p_payment_ref, 0));
+    END IF;
     IF p_intent_id IS NOT NULL THEN
         SELECT * INTO v_intent FROM billing.payment_intents i
          WHERE i.id = p_intent_id AND i.provider = p_provider FOR UPDATE;
@@ -135,15 +142,14 @@ BEGIN
         SELECT * INTO v_intent FROM billing.payment_intents i
          WHERE i.provider = p_provider AND i.external_id = p_external_id FOR UPDATE;
     END IF;
-    v_ref := coalesce(p_payment_ref, v_intent.payment_ref);
-    IF v_ref IS NOT NULL THEN
-        -- Serialises this payment's success with its reversals, also while the intent is not yet
-        -- known by its payment_ref: whichever commits second sees the other's work.
-        PERFORM pg_advisory_xact_lock(hashtextextended('tollgate.payment:' || p_provider || ':' || v_ref, 0));
-    END IF;
     IF v_intent.id IS NULL AND p_payment_ref IS NOT NULL THEN
         SELECT * INTO v_intent FROM billing.payment_intents i
          WHERE i.provider = p_provider AND i.payment_ref = p_payment_ref FOR UPDATE;
+    END IF;
+    IF p_reversal_key IS NOT NULL AND p_payment_ref IS NULL AND v_intent.payment_ref IS NOT NULL THEN
+        -- A reversal that names only our intent (no provider payment id): the payment's lock now.
+        PERFORM pg_advisory_xact_lock(
+            hashtextextended('tollgate.payment:' || p_provider || ':' || v_intent.payment_ref, 0));
     END IF;
 
     IF p_action = 'paid' THEN
