@@ -151,7 +151,7 @@ class _HTTPServer(ThreadingHTTPServer):
         self._conn_lock = threading.Lock()
         self._connections: set[socket.socket] = set()
         self._workers: set[threading.Thread] = set()
-        super().__init__(("127.0.0.1", 0), _Handler)
+        super().__init__(("127.0.0.1", fake.port), _Handler)
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind calls socket.getfqdn(), a reverse DNS lookup: skip it.
@@ -260,6 +260,7 @@ class _FakeServer:
 
     def __init__(self) -> None:
         self._lock = threading.RLock()
+        self.port = 0  # 0: a free port, chosen at start()
         self.requests: list[RecordedRequest] = []
         self.errors: list[BaseException] = []
         self._faults: list[FaultMode] = []

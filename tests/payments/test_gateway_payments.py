@@ -430,3 +430,35 @@ def test_webhook_racing_reconcile_credits_once(pay_gateway, stripe_fake, fondy_f
     assert balance(client) == D(20)
     for payment, _ in sessions:
         assert len([r for r in h_ledger_rows(pdb, payment["intent_id"]) if r["type"] == "topup"]) == 1
+
+
+def test_the_local_sandbox_pays_and_refunds_through_the_gateway(gateway_db, tmp_path, pdb):
+    """`python -m tests.payments.sandbox` (README "Payments"): the flow a person tries by hand."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    from tests.conftest import APP_ROLE, url_for
+    from tests.gateway.server import start_gateway
+    from tests.payments.sandbox import SandboxFondy, SandboxStripe, environment
+
+    with SandboxStripe("http://gateway.invalid") as stripe, SandboxFondy("http://gateway.invalid") as fondy:
+        app_url = url_for(gateway_db, str(conninfo_to_dict(gateway_db)["dbname"]), user=APP_ROLE)
+        server = start_gateway(app_url, tmp_path, **environment(stripe.url, fondy.url))
+        stripe.gateway = fondy.gateway = server.base_url
+        try:
+            client = user_client(server)
+            payment = start_topup(client, amount_usd="4.00")["payment"]
+            assert httpx.get(payment["checkout_url"], timeout=10).status_code == 200  # the customer pays
+            fondy_payment = start_topup(client, amount_usd="2.00", provider="fondy")["payment"]
+            assert httpx.get(fondy_payment["checkout_url"], timeout=10).status_code == 200
+            deadline = time.monotonic() + 20
+            while balance(client) != D(6) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert balance(client) == D(6)
+            session_id = payment["checkout_url"].rsplit("/", 1)[-1]
+            assert httpx.get(f"{stripe.url}/refund/{session_id}?cents=150", timeout=10).status_code == 200
+            while balance(client) != D("4.50") and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert balance(client) == D("4.50")
+            assert stripe.delivered == [200, 200] and fondy.delivered == [200]
+        finally:
+            server.stop()
