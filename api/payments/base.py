@@ -92,6 +92,26 @@ class PaymentProvider(Protocol):
         ...
 
 
+def credentials(env: Mapping[str, str], provider: str, names: tuple[str, ...]) -> dict[str, str] | None:
+    """The provider's required variables, all set (a dict), none set (None: not configured), or some
+    set: ProviderConfigError naming the missing ones."""
+    values = {name: env.get(name, "").strip() for name in names}
+    if not any(values.values()):
+        return None
+    missing = [name for name, value in values.items() if not value]
+    if missing:
+        raise ProviderConfigError(f"{provider} is configured in part: {', '.join(missing)} not set")
+    return values
+
+
+def api_base(env: Mapping[str, str], name: str, default: str | None) -> str | None:
+    """An optional API base URL override (tests point providers at local doubles)."""
+    value = env.get(name, "").strip() or default
+    if value is not None and not value.startswith(("http://", "https://")):
+        raise ProviderConfigError(f"{name}={value!r} is not an http(s) URL")
+    return value
+
+
 def minor_units(amount: Decimal) -> int:
     """An amount of 2 decimals in cents / kopiykas."""
     cents = amount * 100

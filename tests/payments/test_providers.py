@@ -47,10 +47,10 @@ def test_every_module_in_providers_is_a_provider_and_none_is_configured_by_defau
 @pytest.mark.parametrize(
     ("env", "message"),
     [
-        ({"TOLLGATE_STRIPE_SECRET_KEY": "sk_test_x"}, "TOLLGATE_STRIPE_WEBHOOK_SECRET is not set"),
-        ({"TOLLGATE_STRIPE_WEBHOOK_SECRET": "whsec_x"}, "TOLLGATE_STRIPE_SECRET_KEY is not set"),
+        ({"TOLLGATE_STRIPE_SECRET_KEY": "sk_test_x"}, "TOLLGATE_STRIPE_WEBHOOK_SECRET not set"),
+        ({"TOLLGATE_STRIPE_WEBHOOK_SECRET": "whsec_x"}, "TOLLGATE_STRIPE_SECRET_KEY not set"),
         ({"TOLLGATE_STRIPE_SECRET_KEY": "pk_live_x", "TOLLGATE_STRIPE_WEBHOOK_SECRET": "whsec_x"}, "secret key"),
-        ({"TOLLGATE_FONDY_MERCHANT_ID": "123"}, "TOLLGATE_FONDY_PASSWORD is not set"),
+        ({"TOLLGATE_FONDY_MERCHANT_ID": "123"}, "TOLLGATE_FONDY_PASSWORD not set"),
         ({"TOLLGATE_FONDY_MERCHANT_ID": "abc", "TOLLGATE_FONDY_PASSWORD": "k"}, "merchant id"),
         ({"TOLLGATE_TOPUP_MIN_USD": "-1"}, "TOLLGATE_TOPUP_MIN_USD"),
         ({"TOLLGATE_TOPUP_MAX_UAH": "1.001"}, "TOLLGATE_TOPUP_MAX_UAH"),

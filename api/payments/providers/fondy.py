@@ -41,6 +41,8 @@ from api.payments.base import (
     ProviderConfigError,
     ProviderUnavailable,
     WebhookRejected,
+    api_base,
+    credentials,
     from_minor_units,
     minor_units,
 )
@@ -51,18 +53,15 @@ UNSIGNED = frozenset({"signature", "response_signature_string"})
 
 
 def from_env(env: Mapping[str, str], common: CommonSettings) -> FondyProvider | None:
-    merchant = env.get("TOLLGATE_FONDY_MERCHANT_ID", "").strip()
-    password = env.get("TOLLGATE_FONDY_PASSWORD", "").strip()
-    base = env.get("TOLLGATE_FONDY_API_BASE", "").strip() or DEFAULT_API_BASE
-    if not merchant and not password:
+    names = ("TOLLGATE_FONDY_MERCHANT_ID", "TOLLGATE_FONDY_PASSWORD")
+    found = credentials(env, "Fondy", names)
+    if found is None:
         return None
-    if not merchant or not password:
-        missing = "TOLLGATE_FONDY_MERCHANT_ID" if not merchant else "TOLLGATE_FONDY_PASSWORD"
-        raise ProviderConfigError(f"Fondy is configured in part: {missing} is not set")
+    merchant, password = (found[name] for name in names)
     if not merchant.isdigit() or len(merchant) > 20:
         raise ProviderConfigError(f"TOLLGATE_FONDY_MERCHANT_ID={merchant!r} is not a Fondy merchant id (digits)")
-    if not base.startswith(("http://", "https://")):
-        raise ProviderConfigError(f"TOLLGATE_FONDY_API_BASE={base!r} is not an http(s) URL")
+    base = api_base(env, "TOLLGATE_FONDY_API_BASE", DEFAULT_API_BASE)
+    assert base is not None
     return FondyProvider(int(merchant), password, common, api_base=base)
 
 

@@ -38,6 +38,8 @@ from api.payments.base import (
     ProviderConfigError,
     ProviderUnavailable,
     WebhookRejected,
+    api_base,
+    credentials,
     from_minor_units,
     minor_units,
 )
@@ -56,19 +58,14 @@ DISPUTE_EVENTS = frozenset(
 
 
 def from_env(env: Mapping[str, str], common: CommonSettings) -> StripeProvider | None:
-    key = env.get("TOLLGATE_STRIPE_SECRET_KEY", "").strip()
-    secret = env.get("TOLLGATE_STRIPE_WEBHOOK_SECRET", "").strip()
-    base = env.get("TOLLGATE_STRIPE_API_BASE", "").strip() or None
-    if not key and not secret:
+    names = ("TOLLGATE_STRIPE_SECRET_KEY", "TOLLGATE_STRIPE_WEBHOOK_SECRET")
+    found = credentials(env, "Stripe", names)
+    if found is None:
         return None
-    if not key or not secret:
-        missing = "TOLLGATE_STRIPE_SECRET_KEY" if not key else "TOLLGATE_STRIPE_WEBHOOK_SECRET"
-        raise ProviderConfigError(f"Stripe is configured in part: {missing} is not set")
+    key, secret = (found[name] for name in names)
     if not key.startswith(("sk_", "rk_")):
         raise ProviderConfigError("TOLLGATE_STRIPE_SECRET_KEY must be a Stripe secret key (sk_... or rk_...)")
-    if base is not None and not base.startswith(("http://", "https://")):
-        raise ProviderConfigError(f"TOLLGATE_STRIPE_API_BASE={base!r} is not an http(s) URL")
-    return StripeProvider(key, secret, common, api_base=base)
+    return StripeProvider(key, secret, common, api_base=api_base(env, "TOLLGATE_STRIPE_API_BASE", None))
 
 
 def _intent_id(value: object) -> uuid.UUID | None:
