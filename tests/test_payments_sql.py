@@ -476,3 +476,15 @@ def test_reversals_racing_paid_replays_of_credited_payments_never_deadlock(db, c
     hc.assert_only(outcomes)
     # Cumulative refunds: the largest reported (5 * 0.5 + 0.2 = 2.70) wins for every payment.
     assert balance(db, user) == 15 * (D(5) - D("2.70"))
+
+
+def test_a_reversal_that_names_no_payment_takes_nothing(db):
+    # plpgsql_check found this branch appending a text literal to a text[] (parsed as an array literal).
+    user = h.new_user(db)
+    i = intent(db, user)
+    facts = PaymentFacts(provider="stripe", event_id="evt_norefs", event_type="charge.refunded", payload="{}",
+                         action="reversal", intent_id=i.intent_id, reversal_key="refunds", reversal_kind="refund",
+                         reversed_amount=D(1), reversal_currency="USD")
+    result = ledger.record_payment_event(db, facts)
+    assert result.outcome == "unknown_intent" and result.detail == "the reversal names no payment: nothing taken back"
+    assert h.counts(db)["payment_reversals"] == 0

@@ -232,7 +232,7 @@ BEGIN
         v_ref := coalesce(v_intent.payment_ref, p_payment_ref);
         IF v_ref IS NULL THEN
             v_outcomes := v_outcomes || 'unknown_intent'::text;
-            v_details := v_details || 'the reversal names no payment: nothing taken back';
+            v_details := v_details || 'the reversal names no payment: nothing taken back'::text;
         ELSE
             INSERT INTO billing.payment_reversals AS r (provider, payment_ref, reversal_key, kind, currency, amount,
                                                         reinstated, created_at, updated_at)
