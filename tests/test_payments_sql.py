@@ -140,6 +140,10 @@ def test_a_failed_checkout_marks_only_a_created_intent(db):
     user = h.new_user(db)
     started = ledger.create_payment_intent(db, user, "fondy", D(5), "USD")
     assert ledger.fail_payment_intent(db, started.intent_id, "Fondy refused").status == "failed"
+    # The user retries the same request and the checkout is created this time: the intent is payable.
+    revived = ledger.attach_payment_checkout(db, started.intent_id, "order-1", "https://pay.example/o")
+    assert revived.status == "pending"
+    assert ledger.payment_intent(db, started.intent_id).status == "pending"
     with pytest.raises(UnknownPayment):
         ledger.fail_payment_intent(db, uuid.uuid4(), "x")
 

@@ -137,7 +137,10 @@ class Payments:
             intent = await aledger.create_payment_intent(
                 conn, user_id, provider.name, amount, currency, idempotency_key, ttl=self.common.ttl
             )
-        if intent.status != "created" or intent.checkout_url is not None:
+        # A replay returns the payment as it is, except one whose checkout was never created (cut off,
+        # or the provider was down: a retry of the same request tries again).
+        retry = intent.status == "created" or (intent.status == "failed" and intent.external_id is None)
+        if not retry or intent.checkout_url is not None:
             return StartedPayment(intent, intent.checkout_url, intent.expires_at)
         request = CheckoutRequest(
             intent_id=intent.intent_id,

@@ -1,7 +1,8 @@
 -- billing.attach_payment_checkout(intent_id, external_id, checkout_url, expires_at) -> (intent_id, status,
 --     external_id, checkout_url, expires_at, replayed)
 -- Records the provider's checkout of an intent: its id and the URL the user pays at; a 'created'
--- intent becomes 'pending' (the provider's expiry, when given, replaces ours). Idempotent: attaching
+-- intent becomes 'pending' (the provider's expiry, when given, replaces ours), and so does one that
+-- failed because its checkout could not be created (billing.fail_payment_intent): the user retried. Idempotent: attaching
 -- the same checkout again changes nothing (replayed = true). An intent that already moved on (a
 -- webhook may beat this call) keeps its status and gets the checkout recorded if it had none.
 -- Locks: the intent's row.
@@ -38,7 +39,10 @@ BEGIN
         UPDATE billing.payment_intents i
            SET external_id = p_external_id, checkout_url = p_checkout_url,
                expires_at = coalesce(p_expires_at, i.expires_at),
-               status = CASE WHEN i.status = 'created' THEN 'pending' ELSE i.status END,
+               status = CASE WHEN i.status = 'created' OR (i.status = 'failed' AND i.failure IS NOT NULL
+                                                           AND i.payment_ref IS NULL)
+                             THEN 'pending' ELSE i.status END,
+               failure = CASE WHEN i.status = 'failed' AND i.payment_ref IS NULL THEN NULL ELSE i.failure END,
                updated_at = v_now
          WHERE i.id = p_intent_id
         RETURNING i.* INTO v_intent;

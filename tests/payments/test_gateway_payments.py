@@ -366,13 +366,22 @@ def test_topup_replays_by_idempotency_key(pay_gateway, stripe_fake):
     assert conflict.status_code == 409
 
 
-def test_provider_down_answers_502_and_the_intent_is_failed(pay_gateway, stripe_fake, pdb):
+def test_provider_down_answers_502_the_intent_fails_and_a_retry_of_the_request_pays(pay_gateway, stripe_fake, pdb):
     client = user_client(pay_gateway)
+    key = {"Idempotency-Key": f"retry-{uuid.uuid4().hex}"}
     stripe_fake.fail_next(3, "500")  # the SDK retries twice
-    response = client.post("/api/billing/topup", json={"amount_usd": "5.00"})
+    response = client.post("/api/billing/topup", json={"amount_usd": "5.00"}, headers=key)
     assert response.status_code == 502 and body(response)["error"]["code"] == "payment_provider_unavailable"
     assert pdb.execute("SELECT status FROM billing.payment_intents ORDER BY created_at DESC LIMIT 1").fetchone() == (
         "failed",)
+    retried = client.post("/api/billing/topup", json={"amount_usd": "5.00"}, headers=key)
+    assert retried.status_code == 200, retried.text
+    payment = body(retried)["payment"]
+    assert payment["status"] == "pending" and payment["checkout_url"].startswith(stripe_fake.url)
+    session = stripe_fake.pay(payment["checkout_url"].rsplit("/", 1)[-1])
+    assert body(deliver_stripe(pay_gateway, stripe_event(stripe_fake, "checkout.session.completed", session)))[
+        "outcome"] == "credited"
+    assert balance(client) == D(5)
 
 
 def test_admin_direct_credit_is_unchanged(pay_gateway, pdb):
