@@ -9,6 +9,7 @@
 #   make bench        every benchmark (bench/harness.py): JSON + PNG plots in bench/results/
 #   make bench-ledger   the ledger benchmarks alone (bench/run.py)
 #   make bench-gateway  the gateway benchmarks alone (bench/gateway.py, bench/sse_sessions.py)
+#   make bench-webhooks payment webhooks: Stripe deliveries verified and applied per second (bench/webhooks.py)
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -18,7 +19,7 @@ STAMP := $(VENV)/.installed
 
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: $(VENV) run test test-system lint torture soak bench bench-ledger bench-gateway clean
+.PHONY: $(VENV) run test test-system lint torture soak bench bench-ledger bench-gateway bench-webhooks clean
 
 $(VENV): $(STAMP)
 
@@ -85,6 +86,12 @@ bench-ledger: $(STAMP)
 bench-gateway: $(STAMP)
 	$(BIN)/python -m bench.gateway $(BENCH_ARGS)
 	$(BIN)/python -m bench.sse_sessions $(SSE_ARGS)
+
+# Payment webhooks on one gateway worker: signed Stripe deliveries applied per second against the same
+# billing.record_payment_event calls over SQL, replays, 100 concurrent duplicates (bench/README.md).
+# Options: make bench-webhooks BENCH_ARGS="--duration 20 --rounds 5 --connections 32"
+bench-webhooks: $(STAMP)
+	$(BIN)/python -m bench.webhooks $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
