@@ -19,9 +19,12 @@ import sys
 import time
 
 
-async def read_response(reader: asyncio.StreamReader) -> str:
-    """Read one HTTP/1.1 response (status line, headers, Content-Length body); its status, or "closed"."""
+async def read_answer(reader: asyncio.StreamReader) -> tuple[str, bytes]:
+    """Read one HTTP/1.1 response (status line, headers, Content-Length body): its status, or "closed",
+    and its body."""
     status_line = await reader.readline()
+    if not status_line:
+        return "closed", b""
     length = 0
     while True:
         line = await reader.readline()
@@ -29,8 +32,12 @@ async def read_response(reader: asyncio.StreamReader) -> str:
             break
         if line[:15].lower() == b"content-length:":
             length = int(line[15:])
-    await reader.readexactly(length)
-    return status_line.split()[1].decode() if status_line else "closed"
+    return status_line.split()[1].decode(), await reader.readexactly(length)
+
+
+async def read_response(reader: asyncio.StreamReader) -> str:
+    """Read one HTTP/1.1 response; its status, or "closed"."""
+    return (await read_answer(reader))[0]
 
 
 async def worker(

@@ -67,6 +67,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
+from bench.loadgen import read_answer  # noqa: E402
 from bench.openloop import percentiles_ms  # noqa: E402
 
 PROVIDER = "stripe"
@@ -150,22 +151,6 @@ class Signed:
         item = self.batch[self.position]
         self.position += 1
         return item
-
-
-async def read_answer(reader: asyncio.StreamReader) -> tuple[str, bytes]:
-    """One HTTP/1.1 response: its status and body (bench/loadgen.py's read_response discards the body,
-    which here says whether the delivery was applied or a duplicate)."""
-    status_line = await reader.readline()
-    if not status_line:
-        return "closed", b""
-    length = 0
-    while True:
-        line = await reader.readline()
-        if line in (b"\r\n", b""):
-            break
-        if line[:15].lower() == b"content-length:":
-            length = int(line[15:])
-    return status_line.split()[1].decode(), await reader.readexactly(length)
 
 
 def classify(status: str, body: bytes) -> str:
