@@ -58,8 +58,10 @@ def make_async_pool(
     """The gateway's pool: async connections configured like ``connect``'s, opened by the app's lifespan.
 
     ``timeout``: how long a request waits for a connection before the ledger counts as unavailable.
-    Connections are checked when taken from the pool, so one killed by a server restart or a network
-    cut is replaced instead of failing a request.
+    Connections are not checked when taken from the pool (a check is one more round trip on every
+    request): one killed by a server restart or a network cut fails the request that takes it (503,
+    nothing charged; the metering path resends begin_request once on a lost connection) and is then
+    discarded by the pool, which opens a new one.
     """
     return AsyncConnectionPool(
         url,
