@@ -60,7 +60,7 @@ def make_async_pool(
     ``timeout``: how long a request waits for a connection before the ledger counts as unavailable.
     Connections are not checked when taken from the pool (a check is one more round trip on every
     request): one killed by a server restart or a network cut fails the request that takes it (503,
-    nothing charged; the metering path resends begin_request once on a lost connection) and is then
+    nothing charged; the metering path resends begin_request on a new connection first) and is then
     discarded by the pool, which opens a new one.
     """
     return AsyncConnectionPool(
