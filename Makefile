@@ -63,7 +63,7 @@ torture: $(STAMP)
 	TOLLGATE_TORTURE=1 TOLLGATE_TORTURE_DB_CYCLES=$(DB_CYCLES) TOLLGATE_TORTURE_GATEWAY_CYCLES=$(GATEWAY_CYCLES) \
 	TOLLGATE_TORTURE_FAULT_ROUNDS=$(FAULT_ROUNDS) TOLLGATE_TORTURE_DURATION=$(DURATION) \
 	TOLLGATE_TORTURE_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) TOLLGATE_TORTURE_REPORT=$(abspath $(TORTURE_REPORT)) \
-	$(BIN)/pytest tests/reliability -o timeout=0 -q
+	$(BIN)/pytest tests/reliability tests/payments/test_payments_fuzz.py -o timeout=0 -q
 	@echo "figures: $(TORTURE_REPORT)"; cat $(TORTURE_REPORT)
 
 # The mixed workload through a real gateway for DURATION seconds (default 600), sampling the gateway's memory
