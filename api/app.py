@@ -52,10 +52,6 @@ access_log = logging.getLogger("tollgate.access")
 PUBLIC_PATHS = frozenset({"/health", "/metrics", "/openapi.json", "/api/tools"})
 # Payment providers call their webhook without our credentials: the signature authenticates them.
 WEBHOOK_PATH = re.compile(r"^/api/payments/[a-z][a-z0-9_]{0,49}/webhook$")
-
-
-def _public(path: str) -> bool:
-    return path in PUBLIC_PATHS or WEBHOOK_PATH.match(path) is not None
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 try:
@@ -192,13 +188,16 @@ def _auth_error(conn: HTTPConnection, exc: Exception) -> Response:
     )
 
 
+def _public(path: str) -> bool:
+    return path in PUBLIC_PATHS or WEBHOOK_PATH.match(path) is not None
+
+
 class AnonymousGuard(GatewayAuthBackend):
     """The backend with anonymous callers refused (TOLLGATE_ALLOW_ANONYMOUS=false), except on public paths."""
 
     async def authenticate(self, conn: HTTPConnection) -> Any:
         result = await super().authenticate(conn)
-        path = conn.url.path
-        if result is not None and not result[1].is_authenticated and not _public(path):
+        if result is not None and not result[1].is_authenticated and not _public(conn.url.path):
             raise InvalidCredentials("credentials_required", "this gateway does not serve anonymous callers")
         return result
 

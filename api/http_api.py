@@ -37,6 +37,7 @@ webhook_log = logging.getLogger("tollgate.payments")
 
 MAX_MONEY = Decimal("1e12")
 DECIMAL_TEXT = re.compile(r"^-?[0-9]{1,13}(\.[0-9]{1,20})?$")
+IDEMPOTENCY_KEY = re.compile(r"[A-Za-z0-9._:\-]{1,200}")
 TRANSACTION_TYPES = ("charge", "refund", "topup", "adjustment")
 TOPUP_HINT = (
     "Crediting an account directly is for administrators; to top up your own balance, leave out user_id "
@@ -191,6 +192,14 @@ def _path_int(request: Request, name: str) -> int:
     return int(raw)
 
 
+def idempotency_key(request: Request) -> str | None:
+    """The request's Idempotency-Key header, if any, refused unless 1-200 of A-Z a-z 0-9 . _ : -."""
+    key = request.headers.get("idempotency-key")
+    if key is not None and not IDEMPOTENCY_KEY.fullmatch(key):
+        raise ApiError(422, "invalid_idempotency_key", "Idempotency-Key must be 1-200 of A-Z a-z 0-9 . _ : -")
+    return key
+
+
 # ---- authentication requirements ------------------------------------------------------------------
 
 
@@ -244,9 +253,7 @@ async def call_tool(gateway: Gateway, request: Request) -> Response:
         arguments = {}
     if not isinstance(arguments, dict):
         raise ApiError(422, "invalid_arguments", "the body must be the tool's arguments as a JSON object")
-    request_id = request.headers.get("idempotency-key")
-    if request_id is not None and not re.fullmatch(r"[A-Za-z0-9._:\-]{1,200}", request_id):
-        raise ApiError(422, "invalid_idempotency_key", "Idempotency-Key must be 1-200 of A-Z a-z 0-9 . _ : -")
+    request_id = idempotency_key(request)
     outcome = await gateway.call_tool(identity, name, arguments, transport="http", request_id=request_id)
     result = outcome.result.model_dump(mode="json", by_alias=True, exclude_none=True)
     result.pop("resultType", None)
@@ -381,9 +388,7 @@ async def topup(gateway: Gateway, request: Request) -> Response:
             422, "invalid_request", f"{extra[0]} is for administrators' direct credits (with user_id)", field=extra[0]
         )
     amount, currency = _topup_amount(body, cents=True)
-    key = request.headers.get("idempotency-key")
-    if key is not None and not re.fullmatch(r"[A-Za-z0-9._:\-]{1,200}", key):
-        raise ApiError(422, "invalid_idempotency_key", "Idempotency-Key must be 1-200 of A-Z a-z 0-9 . _ : -")
+    key = idempotency_key(request)
     user_id = await _account_user(gateway, identity)
     assert user_id is not None
     try:

@@ -199,3 +199,11 @@ def test_fondy_bad_callbacks_are_rejected(fondy_provider):
         fondy_provider.parse_webhook(b"[1, 2]", headers)
     with pytest.raises(WebhookRejected):
         fondy_provider.parse_webhook(b"\xff", headers)
+
+
+def test_webhooks_are_public_paths_even_when_anonymous_callers_are_refused():
+    from api.app import _public
+
+    assert _public("/api/payments/stripe/webhook") and _public("/api/payments/fondy/webhook")
+    assert not _public("/api/payments/stripe/webhook/x") and not _public("/api/payments/../billing/balance")
+    assert not _public("/api/billing/topup")
