@@ -112,6 +112,14 @@ def api_base(env: Mapping[str, str], name: str, default: str | None) -> str | No
     return value
 
 
+def identifier(value: object, field: str, max_length: int = 255) -> str:
+    """An id a provider sent (event, payment, order, status): a non-blank string of at most
+    `max_length` printable characters, as the ledger's functions take it; else WebhookRejected."""
+    if not isinstance(value, str) or not value.strip() or len(value) > max_length or not value.isprintable():
+        raise WebhookRejected(f"{field} is missing or not an id")
+    return value
+
+
 def minor_units(amount: Decimal) -> int:
     """An amount of 2 decimals in cents / kopiykas."""
     cents = amount * 100

@@ -44,6 +44,7 @@ from api.payments.base import (
     api_base,
     credentials,
     from_minor_units,
+    identifier,
     minor_units,
 )
 
@@ -164,17 +165,14 @@ class FondyProvider:
         return self._facts(fields, text, event_id=None)
 
     def _facts(self, fields: Mapping[str, Any], payload: str, event_id: str | None) -> PaymentFacts:
-        order = fields.get("order_id")
-        status = fields.get("order_status")
-        if not isinstance(order, str) or not 0 < len(order) <= 100 or not isinstance(status, str) or len(status) > 30:
-            raise WebhookRejected("Fondy callback without order_id / order_status")
+        order = identifier(fields.get("order_id"), "Fondy order_id", 100)
+        status = identifier(fields.get("order_status"), "Fondy order_status", 30)
         try:
             intent_id: uuid.UUID | None = uuid.UUID(order)
         except ValueError:
             intent_id = None
-        payment_ref = str(fields.get("payment_id") or "") or None
-        if payment_ref is not None and len(payment_ref) > 100:
-            raise WebhookRejected("Fondy payment_id is too long")
+        payment_id = fields.get("payment_id")
+        payment_ref = identifier(str(payment_id), "Fondy payment_id", 100) if payment_id not in (None, "") else None
         facts = PaymentFacts(
             provider=NAME,
             event_id=event_id or f"{order}:{status}:{fields.get('signature')}",

@@ -41,6 +41,7 @@ from api.payments.base import (
     api_base,
     credentials,
     from_minor_units,
+    identifier,
     minor_units,
 )
 
@@ -77,17 +78,11 @@ def _intent_id(value: object) -> uuid.UUID | None:
         return None
 
 
-def _text(value: object, field: str) -> str:
-    if not isinstance(value, str) or not value or len(value) > 255:
-        raise WebhookRejected(f"{field} is missing or not an id")
-    return value
-
-
 def _ref(value: object) -> str | None:
-    """A field that is an id, or an expanded object with an id."""
+    """A field that is an id, or an expanded object with an id; None when absent."""
     if isinstance(value, Mapping):
         value = value.get("id")
-    return value if isinstance(value, str) and 0 < len(value) <= 255 else None
+    return None if value is None else identifier(value, "an object id")
 
 
 class StripeProvider:
@@ -167,10 +162,10 @@ class StripeProvider:
             raise WebhookRejected("the body is not a Stripe event")
         data = event.get("data")
         obj = data.get("object") if isinstance(data, dict) else None
-        event_type = event.get("type")
-        if not isinstance(obj, dict) or not isinstance(event_type, str) or not 0 < len(event_type) <= 100:
-            raise WebhookRejected("the Stripe event has no type or data.object")
-        return self._facts(_text(event.get("id"), "event id"), event_type, obj, text)
+        if not isinstance(obj, dict):
+            raise WebhookRejected("the Stripe event has no data.object")
+        event_type = identifier(event.get("type"), "event type", 100)
+        return self._facts(identifier(event.get("id"), "event id"), event_type, obj, text)
 
     def _facts(self, event_id: str, event_type: str, obj: Mapping[str, Any], payload: str) -> PaymentFacts:
         base = PaymentFacts(provider=NAME, event_id=event_id, event_type=event_type, payload=payload)
@@ -209,12 +204,12 @@ class StripeProvider:
             status = obj.get("status")
             if isinstance(status, str) and status.startswith("warning_"):
                 return base  # an inquiry: no funds were withdrawn
-            dispute = _text(obj.get("id"), "dispute id")
+            dispute = identifier(obj.get("id"), "dispute id", 70)
             return replace(
                 base,
                 action="reversal",
                 payment_ref=_ref(obj.get("payment_intent")),
-                reversal_key=f"dispute:{dispute}"[:80],
+                reversal_key=f"dispute:{dispute}",
                 reversal_kind="chargeback",
                 reversed_amount=from_minor_units(obj.get("amount"), "amount"),
                 reversal_currency=_currency(obj.get("currency")),
