@@ -427,7 +427,8 @@ class FakeStripe(_FakeServer):
     """The Stripe API's Checkout Sessions, as the `stripe` SDK (v16, StripeClient) calls them.
 
     HTTP: POST /v1/checkout/sessions, GET /v1/checkout/sessions/{id} (expand payment_intent[.latest_charge]),
-    POST /v1/checkout/sessions/{id}/expire; GET /pay/{id} is the "hosted page" (a stub, not an API call).
+    POST /v1/checkout/sessions/{id}/expire, GET /v1/disputes?payment_intent=… (a list); GET /pay/{id} is the
+    "hosted page" (a stub, not an API call).
     Authorization: `Bearer sk_...` (exactly `api_key` when given). Idempotency-Key is honoured as Stripe does:
     a successful answer is saved under its key and replayed (header Idempotent-Replayed: true) for the same
     endpoint and parameters; other parameters or endpoint -> 400 idempotency_error. Error answers are not
@@ -533,6 +534,15 @@ class FakeStripe(_FakeServer):
         expand = self._expand_param(request.query)
         if match := re.fullmatch(r"/v1/checkout/sessions/([^/]+)", request.path):
             return _json_reply(200, self._render_session(self._find(match.group(1)), expand))
+        if request.path == "/v1/disputes":
+            # List filtered by payment_intent (or charge), newest first, as Stripe answers it.
+            wanted = {k: request.query.get(k) for k in ("payment_intent", "charge") if request.query.get(k)}
+            data = [
+                copy.deepcopy(d)
+                for d in sorted(self._disputes.values(), key=lambda d: d["created"], reverse=True)
+                if all(d.get(k) == v for k, v in wanted.items())
+            ]
+            return _json_reply(200, {"object": "list", "data": data, "has_more": False, "url": "/v1/disputes"})
         raise StripeAPIError(self._unrecognized(request), status=404)
 
     @staticmethod

@@ -426,6 +426,21 @@ def test_reconcile_credits_a_payment_whose_webhook_never_came_and_is_idempotent(
     assert balance(client) == D(18)
 
 
+def test_reconcile_applies_refunds_and_disputes_whose_webhooks_never_came(pay_gateway, stripe_fake, fondy_fake):
+    client = user_client(pay_gateway)
+    _, session = stripe_paid(pay_gateway, stripe_fake, client, "20.00")
+    deliver_stripe(pay_gateway, stripe_event(stripe_fake, "checkout.session.completed", session))
+    stripe_fake.refund(session["id"], 500)
+    dispute = stripe_fake.dispute(session["id"], 1500)
+    assert reconcile(pay_gateway, stripe_fake, fondy_fake).returncode == 0
+    assert balance(client) == 0  # 5.00 refunded + 15.00 disputed, no webhook for either
+    stripe_fake.close_dispute(dispute["id"], won=True)
+    again = reconcile(pay_gateway, stripe_fake, fondy_fake)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert balance(client) == D(15)  # the won dispute is given back; the refund stays
+    assert "0 new event(s) applied" in reconcile(pay_gateway, stripe_fake, fondy_fake).stdout
+
+
 def test_webhook_racing_reconcile_credits_once(pay_gateway, stripe_fake, fondy_fake, pdb):
     client = user_client(pay_gateway)
     sessions = [stripe_paid(pay_gateway, stripe_fake, client, "2.00") for _ in range(10)]

@@ -9,6 +9,9 @@ A top-up is one Checkout Session in payment mode: one line item of the amount, o
 ``client_reference_id`` and in the metadata of the session and of its PaymentIntent, created with the
 intent id as Stripe idempotency key (a retried start returns the same session).
 
+Reconciliation retrieves the session with its PaymentIntent and latest charge (paid? refunded?) and,
+when the charge is disputed, the payment's disputes.
+
 Events acted on (anything else is stored and ignored):
   checkout.session.completed (payment_status paid), checkout.session.async_payment_succeeded → paid
   checkout.session.async_payment_failed → failed;  checkout.session.expired → expired
@@ -239,6 +242,22 @@ class StripeProvider:
         if isinstance(charge, dict) and charge.get("amount_refunded"):
             event_id = f"reconcile:{charge.get('id')}:refunded:{charge.get('amount_refunded')}"
             facts.append(self._facts(event_id, "charge.refunded", charge, dumps(charge)))
+        if isinstance(charge, dict) and charge.get("disputed") and isinstance(payment, dict):
+            facts.extend(await self._disputes(str(payment.get("id"))))
+        return facts
+
+    async def _disputes(self, payment_intent: str) -> list[PaymentFacts]:
+        """The disputes of a payment as facts (a dispute webhook may have been missed too)."""
+        try:
+            listed = await self.client.v1.disputes.list_async(params={"payment_intent": payment_intent, "limit": 100})
+        except stripe.StripeError as exc:
+            raise ProviderUnavailable(f"Stripe: {exc.user_message or exc}") from exc
+        facts = []
+        for dispute in loads(str(listed)).get("data", []):
+            status = dispute.get("status")
+            kind = "charge.dispute.closed" if status in ("won", "lost") else "charge.dispute.updated"
+            event_id = f"reconcile:{dispute.get('id')}:{status}:{dispute.get('amount')}"
+            facts.append(self._facts(event_id, kind, dispute, dumps(dispute)))
         return facts
 
 
