@@ -120,6 +120,13 @@ def identifier(value: object, field: str, max_length: int = 255) -> str:
     return value
 
 
+def currency_code(value: object, field: str = "currency") -> str:
+    """A provider's currency as the ledger takes it: three ASCII letters, upper-cased; else WebhookRejected."""
+    if not isinstance(value, str) or len(value) != 3 or not (value.isascii() and value.isalpha()):
+        raise WebhookRejected(f"{field} is not a three-letter currency code")
+    return value.upper()
+
+
 def minor_units(amount: Decimal) -> int:
     """An amount of 2 decimals in cents / kopiykas."""
     cents = amount * 100

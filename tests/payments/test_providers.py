@@ -217,3 +217,13 @@ def test_verified_events_with_ids_the_ledger_would_refuse_are_rejected_as_malfor
     body = json.dumps(event).encode()
     with pytest.raises(WebhookRejected, match="event id"):
         stripe_provider.parse_webhook(body, {"stripe-signature": sign_stripe(body, SECRET)})
+
+
+@pytest.mark.parametrize("bad", ["usd1", "US", "ДОЛ", "", 840])
+def test_currencies_the_ledger_would_refuse_are_rejected_when_parsed(stripe_provider, fondy_provider, bad):
+    body = json.dumps(FakeStripe.event("checkout.session.completed", session(currency=bad))).encode()
+    with pytest.raises(WebhookRejected, match="currency"):
+        stripe_provider.parse_webhook(body, {"stripe-signature": sign_stripe(body, SECRET)})
+    fields = fondy_fields(actual_currency=bad, currency=bad)
+    with pytest.raises(WebhookRejected, match="currency"):
+        fondy_provider.parse_webhook(json.dumps(fields).encode(), {"content-type": "application/json"})

@@ -43,6 +43,7 @@ from api.payments.base import (
     WebhookRejected,
     api_base,
     credentials,
+    currency_code,
     from_minor_units,
     identifier,
     minor_units,
@@ -184,10 +185,8 @@ class FondyProvider:
         )
         if status in ("approved", "reversed"):
             amount = fields.get("actual_amount") or fields.get("amount")
-            currency = str(fields.get("actual_currency") or fields.get("currency") or "")
-            if len(currency) != 3 or not currency.isalpha():
-                raise WebhookRejected("Fondy callback without a currency")
-            facts = replace(facts, action="paid", amount=from_minor_units(amount, "amount"), currency=currency.upper())
+            currency = currency_code(fields.get("actual_currency") or fields.get("currency"), "Fondy currency")
+            facts = replace(facts, action="paid", amount=from_minor_units(amount, "amount"), currency=currency)
             reversed_amount = from_minor_units(fields.get("reversal_amount") or 0, "reversal_amount")
             if reversed_amount > 0 or status == "reversed":
                 if payment_ref is None:

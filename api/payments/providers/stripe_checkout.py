@@ -43,6 +43,7 @@ from api.payments.base import (
     WebhookRejected,
     api_base,
     credentials,
+    currency_code,
     from_minor_units,
     identifier,
     minor_units,
@@ -186,7 +187,7 @@ class StripeProvider:
                     base,
                     action="paid",
                     amount=from_minor_units(obj.get("amount_total"), "amount_total"),
-                    currency=_currency(obj.get("currency")),
+                    currency=currency_code(obj.get("currency")),
                 )
             if event_type == "checkout.session.async_payment_failed":
                 return replace(base, action="failed")
@@ -201,7 +202,7 @@ class StripeProvider:
                 reversal_key="refunds",
                 reversal_kind="refund",
                 reversed_amount=from_minor_units(obj.get("amount_refunded"), "amount_refunded"),
-                reversal_currency=_currency(obj.get("currency")),
+                reversal_currency=currency_code(obj.get("currency")),
             )
         if event_type in DISPUTE_EVENTS:
             status = obj.get("status")
@@ -215,7 +216,7 @@ class StripeProvider:
                 reversal_key=f"dispute:{dispute}",
                 reversal_kind="chargeback",
                 reversed_amount=from_minor_units(obj.get("amount"), "amount"),
-                reversal_currency=_currency(obj.get("currency")),
+                reversal_currency=currency_code(obj.get("currency")),
                 reinstated=status == "won" or event_type == "charge.dispute.funds_reinstated",
             )
         return base
@@ -259,9 +260,3 @@ class StripeProvider:
             event_id = f"reconcile:{dispute.get('id')}:{status}:{dispute.get('amount')}"
             facts.append(self._facts(event_id, kind, dispute, dumps(dispute)))
         return facts
-
-
-def _currency(value: object) -> str:
-    if not isinstance(value, str) or len(value) != 3 or not value.isalpha():
-        raise WebhookRejected("currency is not a three-letter code")
-    return value.upper()
