@@ -24,6 +24,7 @@ from api.payments.base import (
     CheckoutRequest,
     CommonSettings,
     PaymentProvider,
+    ProviderConfigError,
     ProviderUnavailable,
     WebhookRejected,
 )
@@ -79,8 +80,6 @@ class Payments:
         default = env.get("TOLLGATE_PAYMENT_DEFAULT_PROVIDER", "").strip() or None
         providers = load_providers(env)
         if default is not None and default not in providers:
-            from api.payments.base import ProviderConfigError
-
             raise ProviderConfigError(
                 f"TOLLGATE_PAYMENT_DEFAULT_PROVIDER={default!r} is not a configured provider "
                 f"({', '.join(sorted(providers)) or 'none configured'})"

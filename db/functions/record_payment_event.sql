@@ -261,10 +261,7 @@ BEGIN
         END IF;
     END IF;
 
-    outcome := coalesce(array_to_string(v_outcomes, ','), 'ignored');
-    IF outcome = '' THEN
-        outcome := 'ignored';
-    END IF;
+    outcome := coalesce(nullif(array_to_string(v_outcomes, ','), ''), 'ignored');
     detail := nullif(array_to_string(v_details, '; '), '');
     UPDATE billing.payment_events e
        SET outcome = record_payment_event.outcome, detail = record_payment_event.detail,
