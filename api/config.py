@@ -13,6 +13,8 @@ from pathlib import Path
 
 import psycopg.conninfo
 
+from api.roles import PASSWORD_VARIABLE, Authority, configured_logins
+
 # The migrations, functions and views of a source checkout. An installed package (e.g. in
 # the Docker image) has no db/ beside it and sets TOLLGATE_DB_DIR instead.
 DEFAULT_DB_DIR = Path(__file__).resolve().parent.parent / "db"
@@ -55,9 +57,11 @@ class GatewaySettings:
 
 @dataclass(frozen=True)
 class Settings:
-    """Where the ledger lives and how the gateway connects to it."""
+    """Where the ledger lives and how the gateway connects to it (api.roles: who it logs in as)."""
 
-    # libpq URL or key=value string of the ledger database; None runs the embedded server.
+    # libpq URL or key=value string of the ledger database as its owner (or a superuser): migrations,
+    # `tollgate db psql`, and the base the gateway's login URLs are derived from. None, with no login URL
+    # either, runs the embedded server.
     database_url: str | None
     # Private state of this installation: the embedded server's cluster lives in data_dir/pgdata.
     data_dir: Path
@@ -69,6 +73,16 @@ class Settings:
     # The TOLLGATE_* variables payments read (providers, URLs, amount bounds): api.payments builds the
     # providers from them; load_settings has checked them.
     payment_env: dict[str, str] = field(default_factory=dict)
+    # TOLLGATE_<AUTHORITY>_DATABASE_URL that are set: the logins of a deployment that makes its own.
+    login_urls: dict[Authority, str] = field(default_factory=dict)
+    # TOLLGATE_DB_LOGIN_PASSWORD: the password of the derived logins (tollgate_gw_*), given to them
+    # when the owner's URL makes them.
+    login_password: str | None = None
+
+    @property
+    def embedded(self) -> bool:
+        """True when no database URL of any kind is configured: the embedded server is the ledger."""
+        return self.database_url is None and not self.login_urls
 
     @property
     def pgdata(self) -> Path:
@@ -103,12 +117,17 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     env = os.environ if environ is None else environ
 
     database_url = _get(env, "TOLLGATE_DATABASE_URL")
-    if database_url is not None:
+    login_urls = configured_logins(env)
+    for name, url in [("TOLLGATE_DATABASE_URL", database_url)] + [(a.url_variable, u) for a, u in login_urls.items()]:
+        if url is None:
+            continue
         try:
-            psycopg.conninfo.conninfo_to_dict(database_url)
+            psycopg.conninfo.conninfo_to_dict(url)
         except psycopg.ProgrammingError as exc:
             # The message of libpq's parser never contains the password; the URL might.
-            raise ValueError(f"TOLLGATE_DATABASE_URL is not a valid PostgreSQL URL: {exc}") from None
+            raise ValueError(f"{name} is not a valid PostgreSQL URL: {exc}") from None
+    # Not stripped: a password may begin or end with a space. Empty counts as unset.
+    login_password = env.get(PASSWORD_VARIABLE) or None
 
     data_dir = Path(_get(env, "TOLLGATE_DATA_DIR") or DEFAULT_DATA_DIR).expanduser().resolve()
     if data_dir.exists() and not data_dir.is_dir():
@@ -131,6 +150,8 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         payment_env=payment_env,
         gateway=_load_gateway(env),
         database_url=database_url,
+        login_urls=login_urls,
+        login_password=login_password,
         data_dir=data_dir,
         db_dir=db_dir,
         pool_min=pool_min,

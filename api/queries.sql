@@ -1,6 +1,7 @@
 -- Every SQL statement the Python package runs against the ledger, by name. Each block is a
 -- `-- name --` header, a one-line comment, and one statement with %(param)s placeholders.
--- Application code only ever calls billing.* functions (DESIGN §1: money moves only in PL/pgSQL).
+-- Application code only ever calls billing.* functions and reads billing.* views (DESIGN §1: money moves
+-- only in PL/pgSQL); login_role, the gateway's check of its own connections, reads the system catalogs.
 
 -- ensure_account --
 -- The user id for an external subject, creating the account on first sight.
@@ -166,3 +167,15 @@ SELECT billing.expire_payment_intents(%(grace)s) AS expired;
 -- payments_needing_review --
 -- What an operator must look at (owner or analyst connection: it is a view).
 SELECT * FROM billing.payments_needing_review ORDER BY at;
+
+-- login_role --
+-- Who this connection is logged in as, and what it holds beyond its authority (api.roles.check_login).
+SELECT r.rolname AS role, r.rolsuper AS superuser, r.rolcreaterole AS createrole,
+       pg_has_role(r.oid, n.nspowner, 'MEMBER') AS owns_schema,
+       ARRAY(SELECT g FROM unnest(ARRAY['tollgate_metering', 'tollgate_payments', 'tollgate_operator']) g
+              WHERE to_regrole(g) IS NOT NULL AND pg_has_role(r.oid, g::regrole, 'USAGE')) AS uses,
+       ARRAY(SELECT g FROM unnest(ARRAY['tollgate_metering', 'tollgate_payments', 'tollgate_operator']) g
+              WHERE to_regrole(g) IS NOT NULL AND pg_has_role(r.oid, g::regrole, 'MEMBER')) AS member_of
+  FROM pg_roles r
+  JOIN pg_namespace n ON n.nspname = 'billing'
+ WHERE r.rolname = current_user;

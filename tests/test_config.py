@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from psycopg.conninfo import conninfo_to_dict
 
+from api import roles
 from api.config import DEFAULT_DB_DIR, load_settings
+from api.roles import Authority
 
 
 def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -50,6 +53,10 @@ def test_empty_values_count_as_unset() -> None:
         ({"TOLLGATE_POOL_MAX": "0"}, "TOLLGATE_POOL_MAX=0 must be at least 1"),
         ({"TOLLGATE_POOL_MIN": "5", "TOLLGATE_POOL_MAX": "2"}, "TOLLGATE_POOL_MAX=2 is smaller than"),
         ({"TOLLGATE_DATABASE_URL": "not a url"}, "TOLLGATE_DATABASE_URL is not a valid PostgreSQL URL"),
+        (
+            {"TOLLGATE_OPERATOR_DATABASE_URL": "postgresql://x@h/db?nonsense=1"},
+            "TOLLGATE_OPERATOR_DATABASE_URL is not a valid PostgreSQL URL",
+        ),
         ({"TOLLGATE_DB_DIR": "/nonexistent/db"}, "TOLLGATE_DB_DIR=/nonexistent/db is not a directory"),
     ],
 )
@@ -62,3 +69,63 @@ def test_a_data_dir_that_is_a_file_is_refused(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(ValueError, match=r"TOLLGATE_DATA_DIR=.* is not a directory"):
         load_settings({"TOLLGATE_DATA_DIR": str(tmp_path / "file")})
+
+
+# --- whom the gateway logs in as (api.roles) ------------------------------------------------------------
+
+
+def test_with_no_url_at_all_the_embedded_server_is_the_ledger() -> None:
+    assert load_settings({}).embedded is True
+    assert load_settings({"TOLLGATE_DATABASE_URL": "postgresql:///x"}).embedded is False
+    assert load_settings({"TOLLGATE_METERING_DATABASE_URL": "postgresql:///x"}).embedded is False
+
+
+def test_login_urls_are_derived_from_the_owners_with_the_gateways_logins_and_password() -> None:
+    settings = load_settings(
+        {
+            "TOLLGATE_DATABASE_URL": "postgresql://owner:owner-secret@db.example:6432/ledger?sslmode=require",
+            "TOLLGATE_DB_LOGIN_PASSWORD": "it's a pass word",
+        }
+    )
+    urls = roles.login_urls(settings)
+    assert set(urls) == set(Authority)
+    for authority, url in urls.items():
+        params = conninfo_to_dict(url)
+        assert params == {
+            "user": f"tollgate_gw_{authority.value}",
+            "password": "it's a pass word",  # quoted by libpq's rules, never the owner's
+            "host": "db.example",
+            "port": "6432",
+            "dbname": "ledger",
+            "sslmode": "require",
+        }
+
+
+def test_without_a_password_the_derived_logins_have_none() -> None:
+    settings = load_settings({"TOLLGATE_DATABASE_URL": "postgresql://owner:owner-secret@/ledger?host=/run/pg"})
+    params = conninfo_to_dict(roles.login_url(settings, Authority.PAYMENTS))
+    assert params == {"user": "tollgate_gw_payments", "host": "/run/pg", "dbname": "ledger"}
+
+
+def test_configured_login_urls_win_and_need_no_owner() -> None:
+    settings = load_settings(
+        {
+            "TOLLGATE_METERING_DATABASE_URL": "postgresql://m@h/db",
+            "TOLLGATE_PAYMENTS_DATABASE_URL": "postgresql://p@h/db",
+            "TOLLGATE_OPERATOR_DATABASE_URL": " postgresql://o@h/db ",
+        }
+    )
+    assert roles.login_urls(settings) == {
+        Authority.METERING: "postgresql://m@h/db",
+        Authority.PAYMENTS: "postgresql://p@h/db",
+        Authority.OPERATOR: "postgresql://o@h/db",
+    }
+    with pytest.raises(roles.NoDatabaseURL, match="needs the owner's URL, TOLLGATE_DATABASE_URL"):
+        roles.owner_url(settings)
+
+
+def test_a_missing_login_url_with_no_owner_to_derive_it_from_is_named() -> None:
+    settings = load_settings({"TOLLGATE_OPERATOR_DATABASE_URL": "postgresql://o@h/db"})
+    assert roles.login_url(settings, Authority.OPERATOR) == "postgresql://o@h/db"
+    with pytest.raises(roles.NoDatabaseURL, match="TOLLGATE_METERING_DATABASE_URL is not set"):
+        roles.login_urls(settings)
