@@ -151,6 +151,21 @@ async def update_settings(
     return await _one(conn, "update_settings", params, ledger.Settings)
 
 
+async def update_limits(
+    conn: AsyncConn,
+    user_id: uuid.UUID,
+    *,
+    daily_limit_usd: Money | None = None,
+    monthly_limit_usd: Money | None = None,
+) -> ledger.Limits:
+    params = {
+        "user_id": user_id,
+        "daily_limit_usd": _money(daily_limit_usd, "daily_limit_usd"),
+        "monthly_limit_usd": _money(monthly_limit_usd, "monthly_limit_usd"),
+    }
+    return await _one(conn, "update_limits", params, ledger.Limits)
+
+
 async def top_up(
     conn: AsyncConn,
     user_id: uuid.UUID,

@@ -1,9 +1,14 @@
 """The gateway application: Starlette routes, MCP transports, authentication and the lifespan.
 
-``create_app(settings, database_url)`` returns the ASGI app. Its lifespan opens the connection pool,
-loads the tools (``TOLLGATE_TOOLS_CONFIG``, by default ``./tollgate.toml``), applies configured
-initial prices, starts the MCP session manager and the spool retry loop; at shutdown it closes them
-in reverse order after uvicorn has let in-flight calls finish (and settle).
+``create_app(settings, logins)`` returns the ASGI app. ``logins`` holds one URL per authority
+(``api.roles``): the app keeps a connection pool for each, logged in as that authority's role —
+metering (tool calls, balance, history, own limits, payment status, authentication: the hot path),
+payments (a user's top-up start, provider webhooks, the intent expiry loop) and operator (the admin
+endpoints, the initial prices of the tool configuration). Its lifespan first checks each login and
+refuses to serve over one that is a superuser, owns schema billing or holds more than its authority;
+then it opens the pools, loads the tools (``TOLLGATE_TOOLS_CONFIG``, by default ``./tollgate.toml``),
+applies configured initial prices, starts the MCP session manager and the spool retry loop; at
+shutdown it closes them in reverse order after uvicorn has let in-flight calls finish (and settle).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
 from typing import Any
@@ -32,7 +37,7 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from api import aledger, db
+from api import aledger, db, roles
 from api.auth import Accounts, GatewayAuthBackend, Identity, InvalidCredentials, JWTVerifier, load_jwt_key
 from api.config import Settings
 from api.errors import BillingError
@@ -43,6 +48,7 @@ from api.mcp_transport import MCPTransports
 from api.metering import AlreadyCompleted, CallOutcome, CallRefused, LedgerUnavailable, Meter, UnknownTool
 from api.metrics import Metrics
 from api.payments.service import Payments
+from api.roles import Authority
 from api.spool import Spool
 from api.tools import InvalidArguments, ToolRegistry
 
@@ -67,19 +73,29 @@ class BodyTooLarge(Exception):
 
 
 class Gateway:
-    """Everything a request handler needs, built once per app."""
+    """Everything a request handler needs, built once per app.
 
-    def __init__(self, settings: Settings, pool: AsyncConnectionPool[Any], registry: ToolRegistry) -> None:
+    ``pool`` is the metering pool (the hot path); ``payments_pool`` and ``operator_pool`` serve money in
+    and the admin operations, each logged in as its own role.
+    """
+
+    def __init__(
+        self, settings: Settings, pools: Mapping[Authority, AsyncConnectionPool[Any]], registry: ToolRegistry
+    ) -> None:
         self.settings = settings
         self.version = VERSION
-        self.pool = pool
+        self.pools = dict(pools)
+        self.pool = pools[Authority.METERING]
+        self.payments_pool = pools[Authority.PAYMENTS]
+        self.operator_pool = pools[Authority.OPERATOR]
         self.registry = registry
         self.metrics = Metrics()
-        self.metrics.watch_pool(pool)
-        self.accounts = Accounts(pool)
+        for authority, pool in self.pools.items():
+            self.metrics.watch_pool(authority.value, pool)
+        self.accounts = Accounts(self.pool)
         self.spool = Spool(settings.data_dir / "spool")
         self.meter = Meter(
-            pool,
+            self.pool,
             registry,
             self.accounts,
             self.metrics,
@@ -87,7 +103,7 @@ class Gateway:
             metering=settings.gateway.metering,
             tool_timeout_seconds=settings.gateway.tool_timeout_seconds,
         )
-        self.payments = Payments.from_env(pool, settings.payment_env)
+        self.payments = Payments.from_env(self.payments_pool, settings.payment_env)
         self.openapi = build_openapi(VERSION)
 
     async def call_tool(
@@ -268,16 +284,28 @@ async def _not_found(request: Request, exc: Exception) -> Response:
     return json_response(error_body(code, message.get(status, str(getattr(exc, "detail", "")))), status)
 
 
-def create_app(settings: Settings, database_url: str, *, registry: ToolRegistry | None = None) -> Starlette:
-    """The gateway ASGI app. ``registry`` replaces the configured tools (tests, embedding)."""
-    pool = db.make_async_pool(
-        database_url,
-        min_size=settings.pool_min,
-        max_size=settings.pool_max,
-        timeout=settings.gateway.pool_timeout_seconds,
-    )
+def create_app(
+    settings: Settings, logins: Mapping[Authority, str], *, registry: ToolRegistry | None = None
+) -> Starlette:
+    """The gateway ASGI app, one pool per authority of ``logins`` (api.roles.login_urls). ``registry``
+    replaces the configured tools (tests, embedding)."""
+    missing = [authority.url_variable for authority in Authority if authority not in logins]
+    if missing:
+        raise ValueError(f"create_app needs a URL for every authority; missing: {', '.join(missing)}")
+    # Metering carries every call; payments and the operator see a request now and then: at most one
+    # idle connection each.
+    pools = {
+        authority: db.make_async_pool(
+            logins[authority],
+            min_size=settings.pool_min if authority is Authority.METERING else min(settings.pool_min, 1),
+            max_size=settings.pool_max,
+            timeout=settings.gateway.pool_timeout_seconds,
+            application_name=f"tollgate {authority.value}",
+        )
+        for authority in Authority
+    }
     tools = registry if registry is not None else ToolRegistry()
-    gateway = Gateway(settings, pool, tools)
+    gateway = Gateway(settings, pools, tools)
     host = settings.gateway.host
     loopback = host in ("127.0.0.1", "localhost", "::1")
     allowed_hosts = [f"{name}:*" for name in ("127.0.0.1", "localhost", "[::1]")] if loopback else None
@@ -285,9 +313,11 @@ def create_app(settings: Settings, database_url: str, *, registry: ToolRegistry 
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
-        await pool.open(wait=True, timeout=30)
+        await _check_logins(logins)
         async with contextlib.AsyncExitStack() as stack:
-            stack.push_async_callback(pool.close)
+            for pool in pools.values():
+                await pool.open(wait=True, timeout=30)
+                stack.push_async_callback(pool.close)
             stack.push_async_callback(gateway.payments.aclose)
             if registry is None:
                 await _load_tools(settings, gateway, stack)
@@ -311,7 +341,7 @@ def create_app(settings: Settings, database_url: str, *, registry: ToolRegistry 
 
     jwt_key = load_jwt_key(settings.gateway, settings.data_dir)
     backend_type = GatewayAuthBackend if settings.gateway.allow_anonymous else AnonymousGuard
-    backend = backend_type(settings.gateway, JWTVerifier(settings.gateway, jwt_key), pool)
+    backend = backend_type(settings.gateway, JWTVerifier(settings.gateway, jwt_key), gateway.pool)
 
     app = Starlette(
         routes=[
@@ -348,6 +378,27 @@ def create_app(settings: Settings, database_url: str, *, registry: ToolRegistry 
     return app
 
 
+async def _check_logins(logins: Mapping[Authority, str]) -> None:
+    """Refuse to serve over a login that is more than its authority (api.roles.check_login), each on a
+    connection of its own, before any pool opens: a login that cannot connect fails here with the
+    server's reason rather than as a pool timeout."""
+    for authority, url in logins.items():
+        try:
+            async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+                await roles.acheck_login(conn, authority)
+        except psycopg.OperationalError as exc:
+            log.error("cannot connect as the %s login: %s", authority.value, exc)
+            raise
+        except roles.UnsafeLogin as exc:
+            log.error("%s", exc)
+            raise
+        log.info("%s connection logged in", authority.value, extra={"role": _login_name(url)})
+
+
+def _login_name(url: str) -> str:
+    return str(psycopg.conninfo.conninfo_to_dict(url).get("user") or "(default user)")
+
+
 async def _load_tools(settings: Settings, gateway: Gateway, stack: contextlib.AsyncExitStack) -> None:
     from api.toolconfig import build_registry, load_tool_config
 
@@ -363,7 +414,8 @@ async def _load_tools(settings: Settings, gateway: Gateway, stack: contextlib.As
         assert tool is not None
         gateway.registry.add(tool)
     if config.pricing:
-        async with gateway.pool.connection() as conn:
+        # An initial price is an operator's act, applied through the operator's login.
+        async with gateway.operator_pool.connection() as conn:
             priced = {row.tool_name for row in await aledger.list_tool_pricing(conn)}
             for name, price in config.pricing.items():
                 if name in priced:
@@ -386,7 +438,7 @@ async def _expiry_loop(gateway: Gateway, interval: float = 300.0) -> None:
     while True:
         await anyio.sleep(interval)
         try:
-            async with gateway.pool.connection() as conn:
+            async with gateway.payments_pool.connection() as conn:
                 expired = await aledger.expire_payment_intents(conn, dt.timedelta(hours=1))
             if expired:
                 log.info("payment intents expired", extra={"expired": expired})

@@ -1,5 +1,10 @@
 """The `tollgate` command line: run the gateway, migrate the ledger, manage the embedded server.
 
+Who each command logs in as (api.roles): `migrate` and `db` use the owner's URL (TOLLGATE_DATABASE_URL or
+the embedded server's); `run` migrates with it, makes the gateway's logins where it may, and serves over
+the metering, payments and operator logins only; the ledger commands (`user`, `topup`, `pricing`, `rate`,
+`apikey`, `ledger`, `payments review`) log in as the operator, `payments reconcile` as payments.
+
 Adding a command takes two pieces: a `cmd_<name>(args, settings) -> int` function, and a block
 in `build_parser` that adds its parser and sets `handler=cmd_<name>`. Expected failures (bad
 settings, an unreachable database, a migration that fails) print one line to stderr and exit
@@ -24,10 +29,11 @@ import psycopg
 import psycopg.conninfo
 from psycopg.rows import dict_row
 
-from api import db, embedded, ledger, migrate
+from api import db, embedded, ledger, migrate, roles
 from api.config import Settings, load_settings
 from api.errors import BillingError
 from api.queries import QUERIES
+from api.roles import Authority
 
 EXIT_ERROR = 2
 
@@ -46,6 +52,7 @@ EXPECTED_ERRORS: tuple[type[BaseException], ...] = (
     embedded.EmbeddedServerError,
     psycopg.Error,
     BillingError,
+    roles.UnsafeLogin,
 )
 
 
@@ -62,15 +69,23 @@ def redact(url: str) -> str:
 
 
 def _require_embedded(settings: Settings, action: str) -> None:
-    if settings.database_url is not None:
-        raise UsageError(f"TOLLGATE_DATABASE_URL is set, so there is no embedded server to {action}")
+    if not settings.embedded:
+        raise UsageError(f"a database URL is configured, so there is no embedded server to {action}")
+
+
+def _provision(settings: Settings, owner: str) -> None:
+    """Make the gateway's logins whose URL is derived from the owner's (a configured one is the
+    deployment's own), where the owner may; say what it could not do."""
+    derived = [authority for authority in Authority if authority not in settings.login_urls]
+    for problem in roles.provision_login_roles(owner, derived, settings.login_password):
+        print(f"tollgate: warning: cannot make login role {problem}", file=sys.stderr, flush=True)
 
 
 # --- tollgate migrate ---------------------------------------------------------------------------
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
-    url = embedded.database_url(settings)
+    url = roles.owner_url(settings)
     if args.action == "status":
         for migration_id, applied in migrate.status(url, settings.db_dir):
             print(f"{'applied' if applied else 'pending'}  {migration_id}")
@@ -84,6 +99,7 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
         for migration_id in migrate.upgrade(url, settings.db_dir):
             print(f"applied {migration_id}")
         print("functions, views and grants re-applied")
+        _provision(settings, url)
     return 0
 
 
@@ -92,10 +108,10 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "url":
-        print(embedded.database_url(settings))
+        print(roles.owner_url(settings))
     elif args.action == "psql":
         psql = str(embedded.psql_path())
-        url = embedded.database_url(settings)
+        url = roles.owner_url(settings)
         sys.stdout.flush()
         # exec, not a child process: psql must own the terminal and its Ctrl-C (query cancel).
         os.execv(psql, [psql, url, *args.passthrough])  # noqa: S606 - argv list, no shell
@@ -129,18 +145,31 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         settings = replace(settings, gateway=replace(gateway, host=host))
     # Stop the embedded server at the end only if this process started it: another
     # `tollgate run`, or a `tollgate db start`, may be relying on it.
-    started_here = settings.database_url is None and embedded.status(settings) is None
+    started_here = settings.embedded and embedded.status(settings) is None
     try:
-        url = embedded.database_url(settings)
-        where = "embedded PostgreSQL" if settings.database_url is None else "PostgreSQL"
-        print(f"tollgate: ledger on {where} at {redact(url)}", flush=True)
-        # --no-migrate: the gateway connects as the application role, which may only EXECUTE the
-        # billing functions; the owner migrates separately (`tollgate migrate`).
-        applied = [] if args.no_migrate else migrate.upgrade(url, settings.db_dir)
-        if applied:
-            print(f"tollgate: applied migrations {', '.join(applied)}", flush=True)
+        # The owner's URL migrates and makes the gateway's logins, then is done with: nothing serves
+        # requests over it. --no-migrate: it is at most the base the login URLs are derived from.
+        owner = None if settings.database_url is None and not settings.embedded else roles.owner_url(settings)
+        if not args.no_migrate:
+            if owner is None:
+                raise UsageError(
+                    "tollgate run migrates first, as the owner: set TOLLGATE_DATABASE_URL, or pass --no-migrate"
+                    " (then `tollgate migrate` is run separately, with the owner's URL)"
+                )
+            applied = migrate.upgrade(owner, settings.db_dir)
+            if applied:
+                print(f"tollgate: applied migrations {', '.join(applied)}", flush=True)
+            _provision(settings, owner)
+        logins = roles.login_urls(settings, owner)
+        where = "embedded PostgreSQL" if settings.embedded else "PostgreSQL"
+        print(f"tollgate: ledger on {where} at {redact(logins[Authority.METERING])}", flush=True)
+        names = ", ".join(
+            f"{authority.value} as {psycopg.conninfo.conninfo_to_dict(url).get('user', '(default user)')}"
+            for authority, url in logins.items()
+        )
+        print(f"tollgate: logging in for {names}", flush=True)
         configure_logging(gateway.log_level)
-        app = create_app(settings, url)
+        app = create_app(settings, logins)
         print(f"tollgate: serving on http://{host}:{port} (MCP: /sse and /mcp, API: /api; Ctrl-C stops)", flush=True)
         # uvicorn stops accepting on SIGINT/SIGTERM and lets in-flight calls finish (and settle) for
         # up to 30 s before closing what is left (long-lived SSE streams). Afterwards it re-raises the
@@ -192,8 +221,12 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
 
 
 @contextmanager
-def _ledger_connection(settings: Settings) -> Iterator[psycopg.Connection[Any]]:
-    with db.connect(embedded.database_url(settings)) as conn:
+def _ledger_connection(
+    settings: Settings, authority: Authority = Authority.OPERATOR
+) -> Iterator[psycopg.Connection[Any]]:
+    """A connection as ``authority``'s login (the operator's by default), refused if it is more than that."""
+    with db.connect(roles.login_url(settings, authority)) as conn:
+        roles.check_login(conn, authority)
         yield conn
 
 
@@ -357,11 +390,12 @@ def reconcile(settings: Settings, fail_stale_minutes: int | None) -> int:
     from api.metering import permanent_failure
     from api.spool import PendingCompletion, Spool
 
-    url = embedded.database_url(settings)
+    url = roles.login_url(settings, Authority.OPERATOR)
     spool = Spool(settings.data_dir / "spool")
 
     async def replay_all() -> tuple[int, int, list[tuple[str, str]]]:
         async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            await roles.acheck_login(conn, Authority.OPERATOR)
             async def complete(entry: PendingCompletion) -> None:
                 await aledger.complete_request(
                     conn, entry.request_id, entry.success, entry.total_cost_usd,
@@ -405,7 +439,6 @@ def cmd_payments(args: argparse.Namespace, settings: Settings) -> int:
 
     from api.payments.service import Payments
 
-    url = embedded.database_url(settings)
     if args.action == "review":
         with _ledger_connection(settings) as conn:
             rows = conn.execute(QUERIES["payments_needing_review"]).fetchall()
@@ -414,7 +447,11 @@ def cmd_payments(args: argparse.Namespace, settings: Settings) -> int:
         print(f"{len(rows)} payment(s) need review" if rows else "no payment needs review")
         return 0
 
+    url = roles.login_url(settings, Authority.PAYMENTS)
+
     async def run() -> int:
+        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+            await roles.acheck_login(conn, Authority.PAYMENTS)
         pool = db.make_async_pool(url, min_size=1, max_size=2, timeout=30)
         await pool.open(wait=True, timeout=30)
         try:
@@ -450,15 +487,20 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tollgate",
         description="Prepaid, usage-based billing gateway with its ledger in PostgreSQL.",
-        epilog="Configured by TOLLGATE_* environment variables; without TOLLGATE_DATABASE_URL an "
-        "embedded PostgreSQL in TOLLGATE_DATA_DIR (default ./.tollgate) is used.",
+        epilog="Configured by TOLLGATE_* environment variables; without TOLLGATE_DATABASE_URL (or the "
+        "TOLLGATE_{METERING,PAYMENTS,OPERATOR}_DATABASE_URL logins) an embedded PostgreSQL in "
+        "TOLLGATE_DATA_DIR (default ./.tollgate) is used.",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="migrate, then serve the gateway until SIGINT/SIGTERM")
     run.add_argument("--host", help="listen address (default TOLLGATE_HOST or 127.0.0.1)")
     run.add_argument("--port", type=int, help="listen port (default TOLLGATE_PORT or 8000)")
-    run.add_argument("--no-migrate", action="store_true", help="do not migrate first (the URL is the app role's)")
+    run.add_argument(
+        "--no-migrate",
+        action="store_true",
+        help="do not migrate or make logins first (`tollgate migrate` does, as the owner)",
+    )
     token = commands.add_parser("token", help="mint a development JWT signed with the local secret")
     token.add_argument("--user", required=True, help="the subject (sub); an e-mail address is also put in `email`")
     token.add_argument("--admin", action="store_true", help="include the admin scope")

@@ -13,6 +13,7 @@ from functools import partial
 from typing import Any
 
 import psycopg
+import psycopg.conninfo
 from psycopg.types.json import set_json_loads
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
@@ -53,7 +54,7 @@ async def _configure_async(conn: psycopg.AsyncConnection[Any]) -> None:
 
 
 def make_async_pool(
-    url: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 10.0
+    url: str, *, min_size: int = 1, max_size: int = 10, timeout: float = 10.0, application_name: str | None = None
 ) -> AsyncConnectionPool[psycopg.AsyncConnection[Any]]:
     """The gateway's pool: async connections configured like ``connect``'s, opened by the app's lifespan.
 
@@ -62,9 +63,13 @@ def make_async_pool(
     request): one killed by a server restart or a network cut fails the request that takes it (503,
     nothing charged; the metering path resends begin_request on a new connection first) and is then
     discarded by the pool, which opens a new one.
+
+    ``application_name`` names the pool's connections in pg_stat_activity, unless ``url`` names them itself.
     """
+    named = application_name is not None and "application_name" not in psycopg.conninfo.conninfo_to_dict(url)
     return AsyncConnectionPool(
         url,
+        kwargs={"application_name": application_name} if named else None,
         min_size=min_size,
         max_size=max_size,
         configure=_configure_async,

@@ -344,8 +344,9 @@ async def settings(gateway: Gateway, request: Request) -> Response:
         raise ApiError(422, "invalid_request", "give daily_limit_usd and/or monthly_limit_usd")
     daily = money(body["daily_limit_usd"], "daily_limit_usd") if "daily_limit_usd" in body else None
     monthly = money(body["monthly_limit_usd"], "monthly_limit_usd") if "monthly_limit_usd" in body else None
+    # update_limits, not update_settings: the caller's own limits, never the flags or the override.
     async with gateway.pool.connection() as conn:
-        result = await aledger.update_settings(conn, user_id, daily_limit_usd=daily, monthly_limit_usd=monthly)
+        result = await aledger.update_limits(conn, user_id, daily_limit_usd=daily, monthly_limit_usd=monthly)
     return ok(settings={"daily_limit_usd": result.daily_limit_usd, "monthly_limit_usd": result.monthly_limit_usd})
 
 
@@ -430,7 +431,7 @@ async def _admin_credit(gateway: Gateway, identity: Identity, body: dict[str, An
     except ValueError:
         raise ApiError(422, "invalid_request", "user_id must be a UUID", field="user_id") from None
     amount, currency = _topup_amount(body, cents=False)
-    async with gateway.pool.connection() as conn:
+    async with gateway.operator_pool.connection() as conn:
         result = await aledger.top_up(
             conn,
             user_id,
@@ -481,7 +482,7 @@ async def payment_webhook(gateway: Gateway, request: Request) -> Response:
 async def admin_get_billing(gateway: Gateway, request: Request) -> Response:
     require_admin(request)
     user_id = _path_uuid(request, "user_id")
-    async with gateway.pool.connection() as conn:
+    async with gateway.operator_pool.connection() as conn:
         summary = await aledger.summary(conn, user_id)
     return ok(billing=summary)
 
@@ -503,7 +504,7 @@ async def admin_put_billing(gateway: Gateway, request: Request) -> Response:
     body = await read_body(request, ADMIN_BILLING_BODY)
     if not body:
         raise ApiError(422, "invalid_request", "give at least one setting to change")
-    async with gateway.pool.connection() as conn:
+    async with gateway.operator_pool.connection() as conn:
         result = await aledger.update_settings(
             conn,
             user_id,
@@ -535,7 +536,7 @@ async def admin_adjust(gateway: Gateway, request: Request) -> Response:
     amount = money(body["amount_usd"], "amount_usd", signed=True)
     if amount == 0:
         raise ApiError(422, "invalid_amount", "amount_usd must not be zero", field="amount_usd")
-    async with gateway.pool.connection() as conn:
+    async with gateway.operator_pool.connection() as conn:
         result = await aledger.adjust(conn, user_id, amount, body["reason"], admin.label, body["idempotency_key"])
     return ok(transaction=asdict(result))
 
@@ -555,17 +556,22 @@ async def admin_refund(gateway: Gateway, request: Request) -> Response:
     transaction_id = _path_int(request, "transaction_id")
     body = await read_body(request, REFUND_BODY)
     amount = money(body["amount_usd"], "amount_usd", positive=True)
-    async with gateway.pool.connection() as conn:
+    async with gateway.operator_pool.connection() as conn:
         result = await aledger.refund(conn, transaction_id, amount, body["reason"], body["idempotency_key"])
     return ok(transaction=asdict(result))
 
 
 async def health(gateway: Gateway, request: Request) -> Response:
-    try:
-        async with gateway.pool.connection(timeout=2.0) as conn:
-            await conn.execute("SELECT 1")
-    except Exception as exc:
-        return json_response({"status": "unavailable", "database": f"unreachable: {type(exc).__name__}"}, status=503)
+    """Every pool answers (metering, payments, operator): a login that stopped working is a failure."""
+    for authority, pool in gateway.pools.items():
+        try:
+            async with pool.connection(timeout=2.0) as conn:
+                await conn.execute("SELECT 1")
+        except Exception as exc:
+            return json_response(
+                {"status": "unavailable", "database": f"unreachable ({authority.value}): {type(exc).__name__}"},
+                status=503,
+            )
     return json_response({"status": "ok", "database": "ok", "tools": len(gateway.registry)})
 
 

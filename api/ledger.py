@@ -130,6 +130,13 @@ class Settings:
 
 
 @dataclass(frozen=True)
+class Limits:
+    user_id: uuid.UUID
+    daily_limit_usd: Decimal
+    monthly_limit_usd: Decimal
+
+
+@dataclass(frozen=True)
 class Transaction:
     id: int
     user_id: uuid.UUID
@@ -550,6 +557,22 @@ def update_settings(
         "limit_override": limit_override,
     }
     return _one(conn, "update_settings", params, Settings)
+
+
+def update_limits(
+    conn: psycopg.Connection[Any],
+    user_id: uuid.UUID,
+    *,
+    daily_limit_usd: Money | None = None,
+    monthly_limit_usd: Money | None = None,
+) -> Limits:
+    """A user's own limits (metering role); the flags and the override are ``update_settings`` (operator)."""
+    params = {
+        "user_id": user_id,
+        "daily_limit_usd": _money(daily_limit_usd, "daily_limit_usd"),
+        "monthly_limit_usd": _money(monthly_limit_usd, "monthly_limit_usd"),
+    }
+    return _one(conn, "update_limits", params, Limits)
 
 
 def summary(conn: psycopg.Connection[Any], user_id: uuid.UUID) -> dict[str, Any]:

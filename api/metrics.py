@@ -21,24 +21,35 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 
 class _PoolCollector(Collector):
-    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
-        self._pool = pool
+    """The gateway's connection pools, one label value per pool (metering, payments, operator)."""
+
+    def __init__(self) -> None:
+        self._pools: dict[str, AsyncConnectionPool[Any]] = {}
+
+    def add(self, name: str, pool: AsyncConnectionPool[Any]) -> None:
+        self._pools[name] = pool
 
     def collect(self) -> Iterator[Metric]:
-        stats = self._pool.get_stats()
-        size = GaugeMetricFamily("tollgate_db_pool_connections", "Connections of the database pool", labels=["state"])
-        size.add_metric(["open"], stats.get("pool_size", 0))
-        size.add_metric(["idle"], stats.get("pool_available", 0))
-        size.add_metric(["max"], self._pool.max_size)
+        size = GaugeMetricFamily(
+            "tollgate_db_pool_connections", "Connections of a database pool", labels=["pool", "state"]
+        )
+        waiting = GaugeMetricFamily(
+            "tollgate_db_pool_waiting", "Requests waiting for a pooled connection", labels=["pool"]
+        )
+        for name, pool in self._pools.items():
+            stats = pool.get_stats()
+            size.add_metric([name, "open"], stats.get("pool_size", 0))
+            size.add_metric([name, "idle"], stats.get("pool_available", 0))
+            size.add_metric([name, "max"], pool.max_size)
+            waiting.add_metric([name], stats.get("requests_waiting", 0))
         yield size
-        waiting = GaugeMetricFamily("tollgate_db_pool_waiting", "Requests waiting for a pooled connection")
-        waiting.add_metric([], stats.get("requests_waiting", 0))
         yield waiting
 
 
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._pools: _PoolCollector | None = None
         self.http_requests = Counter(
             "tollgate_http_requests", "HTTP requests served", ["method", "route", "status"], registry=self.registry
         )
@@ -70,8 +81,12 @@ class Metrics:
             "tollgate_billing_faults", "Completions that could not be written and were spooled", registry=self.registry
         )
 
-    def watch_pool(self, pool: AsyncConnectionPool[Any]) -> None:
-        self.registry.register(_PoolCollector(pool))
+    def watch_pool(self, name: str, pool: AsyncConnectionPool[Any]) -> None:
+        """Export ``pool``'s size and waiters under the label pool=``name``."""
+        if self._pools is None:
+            self._pools = _PoolCollector()
+            self.registry.register(self._pools)
+        self._pools.add(name, pool)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -7,9 +7,14 @@ Layout of the db directory (DESIGN §1):
     views/*.sql                                           idem, after the functions
 
 `upgrade` applies the pending migrations with yoyo, then always re-applies every function and
-view file and re-makes the grants, all in one transaction, so the database's code matches the
-checkout even when no migration was pending (yoyo's own post-apply hook does not run then).
-Everything runs as the connecting role, which thereby owns the schema's objects.
+view file, all in one transaction, so the database's code matches the checkout even when no
+migration was pending (yoyo's own post-apply hook does not run then). The privileges of the Tollgate
+roles are the GRANT lines the files end with: every one the roles held is revoked first, so a grant
+removed from a file is gone. Everything is then given to the NOLOGIN tollgate_owner (migration 0003),
+whatever role migrates. The connecting role must be a superuser, or a member of tollgate_owner that
+may create roles (migrations 0002 and 0006 create the group roles when missing).
+
+Login roles are not this module's business: `api.roles.provision_login_roles` makes the gateway's.
 
 yoyo's URL parser is not libpq's: it does not percent-decode the database name or a socket
 directory given as the host, ignores multi-host URLs, knows nothing of key=value conninfo strings,
@@ -39,7 +44,21 @@ logger = logging.getLogger(__name__)
 # Any constant unique to Tollgate will do; this one is "tollgate" in ASCII, read as a bigint.
 _UPGRADE_LOCK_KEY = 0x746F6C6C67617465
 
-_GRANTS = """
+# The roles the code files grant to (a GRANT line at the end of each public function's file in
+# db/functions and of each view's in db/views: the reviewable list of who may do what, DESIGN §4).
+# Everything they hold on the schema's routines and relations is revoked first, in the same
+# transaction as the files, so the files are the whole truth: a grant removed from a file is gone
+# after the next upgrade. tollgate_app is the deprecated alias of tollgate_metering (migration 0006):
+# it holds no grant of its own.
+GRANTEE_ROLES = ("tollgate_metering", "tollgate_payments", "tollgate_operator", "tollgate_analyst", "tollgate_app")
+
+_REVOKES = f"""
+REVOKE EXECUTE ON ALL ROUTINES IN SCHEMA billing FROM PUBLIC, {", ".join(GRANTEE_ROLES)};
+REVOKE ALL ON ALL TABLES IN SCHEMA billing FROM PUBLIC, {", ".join(GRANTEE_ROLES)};
+"""
+
+_OWNERSHIP = """
+-- A file's CREATE gives PUBLIC EXECUTE on a new function: the files grant what they mean to.
 REVOKE EXECUTE ON ALL ROUTINES IN SCHEMA billing FROM PUBLIC;
 DO $grants$
 DECLARE
@@ -66,24 +85,14 @@ BEGIN
         EXECUTE format('ALTER %s %s OWNER TO tollgate_owner',
                        CASE r.relkind WHEN 'v' THEN 'VIEW' ELSE 'MATERIALIZED VIEW' END, r.relation);
     END LOOP;
-    -- Functions whose name starts with _ are helpers (trigger functions, internals): not an API.
+    -- Functions whose name starts with _ are helpers (trigger functions, internals): not an API. One
+    -- granted to anybody could move money past every check of the public functions.
     FOR r IN
-        SELECT p.oid::regprocedure AS routine
-        FROM pg_proc p
-        WHERE p.pronamespace = 'billing'::regnamespace
-          AND p.prokind IN ('f', 'p')
-          AND left(p.proname, 1) <> '_'
-          AND NOT EXISTS (SELECT FROM pg_depend d
-                          WHERE d.classid = 'pg_proc'::regclass AND d.objid = p.oid AND d.deptype = 'e')
+        SELECT p.oid::regprocedure AS routine, a.grantee::regrole AS grantee
+        FROM pg_proc p CROSS JOIN LATERAL aclexplode(p.proacl) a
+        WHERE p.pronamespace = 'billing'::regnamespace AND left(p.proname, 1) = '_' AND a.grantee <> p.proowner
     LOOP
-        EXECUTE format('GRANT EXECUTE ON ROUTINE %s TO tollgate_app', r.routine);
-    END LOOP;
-    FOR r IN
-        SELECT c.oid::regclass AS relation
-        FROM pg_class c
-        WHERE c.relnamespace = 'billing'::regnamespace AND c.relkind IN ('v', 'm')
-    LOOP
-        EXECUTE format('GRANT SELECT ON %s TO tollgate_analyst', r.relation);
+        RAISE EXCEPTION 'the helper % is granted to %: helpers are granted to nobody', r.routine, r.grantee;
     END LOOP;
 END
 $grants$;
@@ -136,9 +145,14 @@ def _upgrade_lock(url: str) -> Iterator[psycopg.Connection[Any]]:
 
 
 def _reapply_code(conn: psycopg.Connection[Any], db_dir: Path) -> None:
-    """Re-run every function and view file, then re-make the grants, in one transaction."""
+    """Revoke the grantee roles' privileges, re-run every function and view file (each grants its own),
+    then give everything to tollgate_owner, in one transaction."""
     files = _sql_files(db_dir / "functions") + _sql_files(db_dir / "views")
     with conn.transaction():
+        try:
+            conn.execute(_REVOKES.encode())
+        except psycopg.Error as exc:
+            raise MigrationError(f"revoking privileges on schema billing: {exc}") from exc
         for path in files:
             try:
                 # No parameters: psycopg sends the file as one simple query, so a file may hold
@@ -147,9 +161,9 @@ def _reapply_code(conn: psycopg.Connection[Any], db_dir: Path) -> None:
             except psycopg.Error as exc:
                 raise MigrationError(f"{path.relative_to(db_dir)}: {exc}") from exc
         try:
-            conn.execute(_GRANTS.encode())
+            conn.execute(_OWNERSHIP.encode())
         except psycopg.Error as exc:
-            raise MigrationError(f"granting privileges on schema billing: {exc}") from exc
+            raise MigrationError(f"owning and checking schema billing's code: {exc}") from exc
     logger.info("re-applied %d function and view files", len(files))
 
 

@@ -49,6 +49,10 @@ SELECT * FROM billing.adjust(%(user_id)s, %(amount_usd)s, %(reason)s, %(actor)s,
 SELECT * FROM billing.update_settings(%(user_id)s, %(daily_limit_usd)s, %(monthly_limit_usd)s, %(is_active)s,
                                       %(billing_enabled)s, %(limit_override)s);
 
+-- update_limits --
+-- A user's own daily/monthly limits (NULL keeps one); the flags stay the operator's (update_settings).
+SELECT * FROM billing.update_limits(%(user_id)s, %(daily_limit_usd)s, %(monthly_limit_usd)s);
+
 -- summary --
 -- The original system's billing summary, as JSON.
 SELECT billing.summary(%(user_id)s) AS summary;

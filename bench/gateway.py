@@ -51,7 +51,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
-from api import apikeys, db, embedded, ledger, migrate  # noqa: E402
+from api import apikeys, db, embedded, ledger, migrate, roles  # noqa: E402
 from api.auth import mint_token  # noqa: E402
 from tests.gateway.server import SECRET, start_gateway  # noqa: E402
 
@@ -284,6 +284,7 @@ def gateway_env(users: int = 10_000, pool_max: str = "10") -> Iterator[GatewayEn
     try:
         url = server.get_uri()
         migrate.upgrade(url, ROOT / "db")
+        roles.provision_login_roles(url)  # the gateway logs in as tollgate_gw_*, never as the owner
         for setting in os.environ.get("BENCH_PG_SETTINGS", "").split(";"):  # experiments, e.g. "synchronous_commit=off"
             if setting.strip():
                 name, _, value = setting.partition("=")

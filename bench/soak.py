@@ -79,7 +79,7 @@ from mcp.client.session import ClientSession  # noqa: E402
 from mcp.client.sse import sse_client  # noqa: E402
 from mcp.client.streamable_http import streamable_http_client  # noqa: E402
 
-from api import apikeys, db, embedded, ledger, migrate  # noqa: E402
+from api import apikeys, db, embedded, ledger, migrate, roles  # noqa: E402
 from api.auth import mint_token  # noqa: E402
 from bench.gateway import RESULTS_DIR, TOOL, cpu_seconds, pending_tracking_rows, postgres_pids  # noqa: E402
 from tests.gateway.server import ADMIN_SCOPE, SECRET, Gateway, start_gateway  # noqa: E402
@@ -818,6 +818,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         url = server.get_uri()
         migrate.upgrade(url, ROOT / "db")
+        roles.provision_login_roles(url)  # the gateway logs in as tollgate_gw_*, never as the owner
         with db.connect(url) as conn:
             pg_settings = {
                 str(name): str(value)

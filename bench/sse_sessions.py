@@ -40,7 +40,7 @@ if __package__ in (None, ""):
 
 from mcp_types.version import LATEST_HANDSHAKE_VERSION  # noqa: E402
 
-from api import db, embedded, ledger, migrate  # noqa: E402
+from api import db, embedded, ledger, migrate, roles  # noqa: E402
 from api.auth import mint_token  # noqa: E402
 from tests.gateway.server import SECRET, start_gateway  # noqa: E402
 
@@ -186,6 +186,7 @@ def run(sessions: tuple[int, ...] = (500, 1000, 2000, 3000), mode: str = "both",
     try:
         url = server.get_uri()
         migrate.upgrade(url, ROOT / "db")
+        roles.provision_login_roles(url)  # the gateway logs in as tollgate_gw_*, never as the owner
         if "billed" in modes:
             with db.connect(url, autocommit=False) as conn:
                 for i in range(max(sessions)):

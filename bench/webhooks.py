@@ -448,7 +448,7 @@ class WebhookEnv:
 def webhook_env(users: int, pool_max: str) -> Iterator[WebhookEnv]:
     """A private embedded PostgreSQL with `users` accounts and one Stripe-configured gateway; all deleted
     at the end."""
-    from api import db, embedded, migrate
+    from api import db, embedded, migrate, roles
     from bench.gateway import raise_open_files_limit
     from tests.gateway.server import start_gateway
 
@@ -460,6 +460,7 @@ def webhook_env(users: int, pool_max: str) -> Iterator[WebhookEnv]:
     try:
         url = server.get_uri()
         migrate.upgrade(url, ROOT / "db")
+        roles.provision_login_roles(url)  # the gateway logs in as tollgate_gw_*, never as the owner
         started = time.perf_counter()
         with db.connect(url) as conn:
             pg_settings = {

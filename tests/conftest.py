@@ -6,13 +6,24 @@ Once per session a template database is built by the real `api.migrate.upgrade`;
 that asks for `db_url` gets `CREATE DATABASE … TEMPLATE` of it (fast, and isolated: a test may
 commit, lock or break whatever it likes), dropped after the test.
 
+The template's session also makes the login roles (cluster-wide, kept: the server is a throwaway one):
+the gateway's own tollgate_gw_metering / _payments / _operator, by the real
+`api.roles.provision_login_roles`, and the test logins below.
+
 Fixtures:
     pg_server_url            superuser URL of the server's maintenance database (session)
     template_db              name of the migrated template database (session)
     db_url                   owner/superuser URL of a fresh migrated database for this test
     fresh_db_url             owner/superuser URL of a fresh *empty* database (no migrations)
     conn                     psycopg connection to db_url, autocommit, closed after the test
-    app_url / analyst_url    db_url's database as tollgate_test_app / tollgate_test_analyst
+    metering_url / payments_url / operator_url
+                             db_url's database as the gateway's login of that authority
+    analyst_url              db_url's database as tollgate_test_analyst (the views, nothing else)
+    app_url                  db_url's database as tollgate_test_app, a member of the deprecated
+                             tollgate_app (= tollgate_metering since migration 0006)
+    api_url                  db_url's database as tollgate_test_api, a member of the metering, payments
+                             and operator roles: the whole SQL API and no table, for tests that mix
+                             operations of several authorities on one connection
     connect                  connect(url=None, *, autocommit=True) -> psycopg.Connection,
                              for concurrency tests; every connection is closed after the test
     plpgsql_check_available  the plpgsql_check extension, created in db_url's database
@@ -37,12 +48,15 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from api import db as apidb
-from api import embedded, migrate
+from api import embedded, migrate, roles
 from api.config import DEFAULT_DB_DIR
+from api.roles import Authority
 
 DB_DIR: Path = DEFAULT_DB_DIR
 APP_ROLE = "tollgate_test_app"
 ANALYST_ROLE = "tollgate_test_analyst"
+API_ROLE = "tollgate_test_api"
+METERING_LOGIN = Authority.METERING.login_role
 
 Connect = Callable[..., psycopg.Connection[Any]]
 
@@ -86,13 +100,24 @@ def _drop_database(server_url: str, name: str) -> None:
         conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
-def _ensure_login_role(conn: psycopg.Connection[Any], role: str, group: str) -> None:
+def _ensure_login_role(conn: psycopg.Connection[Any], role: str, *groups: str) -> None:
     # Roles are cluster-wide and may exist from an earlier run, or be created concurrently by
     # another session on the same server.
     with contextlib.suppress(psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation):
         if not conn.execute("SELECT FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
             conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(role)))
-    conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), sql.Identifier(role)))
+    for group in groups:
+        conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(group), sql.Identifier(role)))
+
+
+def ensure_test_logins(server_url: str, database_url: str) -> None:
+    """The gateway's logins (by the real provisioning code, over `database_url`, a migrated database) and
+    the test logins of the fixtures above."""
+    assert roles.provision_login_roles(database_url) == []
+    with _admin(server_url) as conn:
+        _ensure_login_role(conn, APP_ROLE, "tollgate_app")
+        _ensure_login_role(conn, ANALYST_ROLE, "tollgate_analyst")
+        _ensure_login_role(conn, API_ROLE, *(authority.group_role for authority in Authority))
 
 
 @pytest.fixture(scope="session")
@@ -122,9 +147,7 @@ def template_db(pg_server_url: str) -> Iterator[str]:
     url = _create_database(pg_server_url, name)
     try:
         migrate.upgrade(url, DB_DIR)
-        with _admin(pg_server_url) as conn:
-            _ensure_login_role(conn, APP_ROLE, "tollgate_app")
-            _ensure_login_role(conn, ANALYST_ROLE, "tollgate_analyst")
+        ensure_test_logins(pg_server_url, url)
         yield name
     finally:
         _drop_database(pg_server_url, name)
@@ -153,9 +176,33 @@ def fresh_db_url(pg_server_url: str) -> Iterator[str]:
 
 
 @pytest.fixture
+def metering_url(db_url: str) -> str:
+    """`db_url`'s database as tollgate_gw_metering (the gateway's call path)."""
+    return roles.derive_login_url(db_url, Authority.METERING)
+
+
+@pytest.fixture
+def payments_url(db_url: str) -> str:
+    """`db_url`'s database as tollgate_gw_payments (money in)."""
+    return roles.derive_login_url(db_url, Authority.PAYMENTS)
+
+
+@pytest.fixture
+def operator_url(db_url: str) -> str:
+    """`db_url`'s database as tollgate_gw_operator (credits, corrections, configuration)."""
+    return roles.derive_login_url(db_url, Authority.OPERATOR)
+
+
+@pytest.fixture
 def app_url(db_url: str) -> str:
-    """`db_url`'s database as a login member of tollgate_app (may only EXECUTE the API)."""
+    """`db_url`'s database as a login member of the deprecated tollgate_app (the metering role's rights)."""
     return url_for(db_url, str(conninfo_to_dict(db_url)["dbname"]), user=APP_ROLE)
+
+
+@pytest.fixture
+def api_url(db_url: str) -> str:
+    """`db_url`'s database as a member of the metering, payments and operator roles (EXECUTE only)."""
+    return url_for(db_url, str(conninfo_to_dict(db_url)["dbname"]), user=API_ROLE)
 
 
 @pytest.fixture
@@ -229,11 +276,10 @@ def gateway_db(pg_server_url: str, template_db: str) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def gateway(gateway_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """A real `tollgate run` on loopback, connected as the application role, serving tests/gateway/tools.toml."""
+    """A real `tollgate run` on loopback, logged in as the three gateway logins, serving tests/gateway/tools.toml."""
     from tests.gateway.server import start_gateway
 
-    app_role_url = url_for(gateway_db, str(conninfo_to_dict(gateway_db)["dbname"]), user=APP_ROLE)
-    server = start_gateway(app_role_url, tmp_path_factory.mktemp("gateway"))
+    server = start_gateway(gateway_db, tmp_path_factory.mktemp("gateway"))
     try:
         yield server
     finally:

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import psycopg
 import pytest
 
-from api import cli
+from api import cli, roles
+from api.roles import Authority
 
 
 @pytest.fixture
@@ -42,7 +46,7 @@ def test_embedded_server_commands_are_refused_with_a_configured_url(
 ) -> None:
     assert cli.main(["db", "stop"]) == cli.EXIT_ERROR
     assert capsys.readouterr().err == (
-        "tollgate: error: TOLLGATE_DATABASE_URL is set, so there is no embedded server to stop\n"
+        "tollgate: error: a database URL is configured, so there is no embedded server to stop\n"
     )
 
 
@@ -81,3 +85,66 @@ def test_unknown_arguments_are_a_usage_error(capsys: pytest.CaptureFixture[str])
 )
 def test_redact_hides_passwords(url: str, shown: str) -> None:
     assert cli.redact(url) == shown
+
+
+# --- who the commands log in as ------------------------------------------------------------------------
+
+
+def test_migrate_makes_the_gateway_logins_members_of_their_roles(
+    env: str, conn: psycopg.Connection[Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    conn.execute("REVOKE tollgate_metering FROM tollgate_gw_metering")  # cluster-wide: restored by the migrate
+    try:
+        assert cli.main(["migrate"]) == 0
+    finally:
+        conn.execute("GRANT tollgate_metering TO tollgate_gw_metering")
+    assert capsys.readouterr().err == ""
+    member = conn.execute("SELECT pg_has_role('tollgate_gw_metering', 'tollgate_metering', 'USAGE')").fetchone()
+    assert member == (True,)
+
+
+def test_a_role_that_may_not_make_roles_says_so_and_changes_nothing(operator_url: str) -> None:
+    problems = roles.provision_login_roles(operator_url)
+    assert len(problems) == 3
+    assert all("permission denied" in problem and "CREATE ROLE tollgate_gw_" in problem for problem in problems)
+
+
+def test_ledger_commands_log_in_as_the_operator(
+    env: str, conn: psycopg.Connection[Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["user", "create", "cli-operator"]) == 0
+    capsys.readouterr()
+    assert cli.main(["topup", "cli-operator", "2.50", "--payment-id", "cli-op-1"]) == 0
+    assert "balance_after_usd: 2.50000000" in capsys.readouterr().out
+    # Not as the owner whose URL is configured: without its group role, the operator's login is refused.
+    conn.execute("REVOKE tollgate_operator FROM tollgate_gw_operator")  # cluster-wide: restored below
+    try:
+        assert cli.main(["topup", "cli-operator", "2.50", "--payment-id", "cli-op-2"]) == cli.EXIT_ERROR
+    finally:
+        conn.execute("GRANT tollgate_operator TO tollgate_gw_operator")
+    assert "tollgate_gw_operator does not have the privileges of tollgate_operator" in capsys.readouterr().err
+
+
+def test_ledger_commands_refuse_a_superuser_login(
+    env: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("TOLLGATE_OPERATOR_DATABASE_URL", env)  # the owner's (superuser) URL
+    assert cli.main(["ledger", "verify"]) == cli.EXIT_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith("tollgate: error: refusing the operator connection: ")
+    assert "is a superuser" in err
+    assert err.count("\n") == 1
+
+
+def test_run_without_the_owners_url_must_be_told_not_to_migrate(
+    monkeypatch: pytest.MonkeyPatch, operator_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for authority in Authority:
+        monkeypatch.setenv(authority.url_variable, operator_url)
+    monkeypatch.delenv("TOLLGATE_DATABASE_URL", raising=False)
+    assert cli.main(["run"]) == cli.EXIT_ERROR
+    assert "tollgate run migrates first, as the owner: set TOLLGATE_DATABASE_URL, or pass --no-migrate" in (
+        capsys.readouterr().err
+    )
+    assert cli.main(["migrate", "status"]) == cli.EXIT_ERROR
+    assert "needs the owner's URL, TOLLGATE_DATABASE_URL" in capsys.readouterr().err

@@ -1,10 +1,11 @@
 """Races on the billing functions: many real connections (one per thread) released together.
 
-Every test opens its worker connections as the application role (``app_url``, a member of tollgate_app
-that may only EXECUTE the functions) unless it says otherwise, releases the threads with a
-``threading.Barrier`` and, where the race is on one account, first parks every call on a lock of that
-account's row (``RowGate``) so that all of them are queued on it at the same moment. Every test ends with
-``billing.verify_ledger()`` empty.
+Every test opens its worker connections as the role that calls its functions in production
+(``metering_url`` for holds and charges, ``operator_url`` for credits, refunds and adjustments; ``api_url``,
+a member of all three run-time roles, where a test mixes them): EXECUTE on the functions only, no table.
+Each releases the threads with a ``threading.Barrier`` and, where the race is on one account, first parks
+every call on a lock of that account's row (``RowGate``) so that all of them are queued on it at the same
+moment. Every test ends with ``billing.verify_ledger()`` empty.
 """
 
 from __future__ import annotations
@@ -63,8 +64,8 @@ def _pinned_clock(conn: psycopg.Connection[Any]) -> None:
     set_clock(conn, NOW)
 
 
-def _racers(connect: Connect, app_url: str, n: int) -> list[psycopg.Connection[Any]]:
-    return open_connections(connect, app_url, n)
+def _racers(connect: Connect, url: str, n: int) -> list[psycopg.Connection[Any]]:
+    return open_connections(connect, url, n)
 
 
 def _gated(
@@ -81,10 +82,10 @@ def _gated(
 # --- many calls, one account ---------------------------------------------------------------------------
 
 
-def test_charges_of_the_whole_balance_exactly_one_wins(conn, connect, app_url):
+def test_charges_of_the_whole_balance_exactly_one_wins(conn, connect, metering_url):
     x = D("7.31250001")
     user = funded_user(conn, "alice", x)
-    conns = _racers(connect, app_url, N)
+    conns = _racers(connect, metering_url, N)
 
     outcomes = _gated(connect, conns, [user], lambda i, c: ledger.charge(c, user, f"charge-{i}", x))
 
@@ -111,11 +112,11 @@ def test_charges_of_the_whole_balance_exactly_one_wins(conn, connect, app_url):
         ("funds", {"daily_limit_usd": D(1000), "monthly_limit_usd": D(1000)}, InsufficientFunds),
     ],
 )
-def test_reserves_never_pass_the_binding_bound(conn, connect, app_url, binding, settings, refusal):
+def test_reserves_never_pass_the_binding_bound(conn, connect, metering_url, binding, settings, refusal):
     user = funded_user(conn, "bob", D(10) if binding == "funds" else D(1000))
     if settings:
         ledger.update_settings(conn, user, **settings)
-    conns = _racers(connect, app_url, N)
+    conns = _racers(connect, metering_url, N)
     hold = D("0.30")
 
     outcomes = _gated(connect, conns, [user], lambda i, c: ledger.reserve(c, user, f"hold-{i}", hold))
@@ -143,8 +144,8 @@ def _ensure(subject: str, i: int, c: psycopg.Connection[Any]) -> uuid.UUID:
     return ledger.ensure_account(c, subject, email=f"{subject}@example.com")
 
 
-def test_first_calls_of_ensure_account_make_one_account(conn, connect, app_url):
-    conns = _racers(connect, app_url, N)
+def test_first_calls_of_ensure_account_make_one_account(conn, connect, metering_url):
+    conns = _racers(connect, metering_url, N)
     for round_ in range(3):
         subject = f"newcomer-{round_}"
         first_call = functools.partial(_ensure, subject)
@@ -175,9 +176,9 @@ def _same_answer(outcomes: list[Outcome], key: Callable[[Any], Any]) -> Any:
     return keys.pop()
 
 
-def test_same_charge_request_from_many_connections(conn, connect, app_url):
+def test_same_charge_request_from_many_connections(conn, connect, metering_url):
     user = funded_user(conn, "carol", 100)
-    conns = _racers(connect, app_url, K)
+    conns = _racers(connect, metering_url, K)
     outcomes = _gated(connect, conns, [user], lambda i, c: ledger.charge(c, user, "req-1", D("1.25")))
     tx = _same_answer(outcomes, lambda r: (r.transaction_id, r.amount_usd, r.balance_after_usd))
     assert tx[1:] == (D("1.25"), D("98.75"))
@@ -186,9 +187,9 @@ def test_same_charge_request_from_many_connections(conn, connect, app_url):
     assert_ledger_ok(conn)
 
 
-def test_same_reserve_request_from_many_connections(conn, connect, app_url):
+def test_same_reserve_request_from_many_connections(conn, connect, metering_url):
     user = funded_user(conn, "dave", 100)
-    conns = _racers(connect, app_url, K)
+    conns = _racers(connect, metering_url, K)
     outcomes = _gated(connect, conns, [user], lambda i, c: ledger.reserve(c, user, "req-1", D("2.5")))
     _same_answer(outcomes, lambda r: (r.reservation_id, r.amount_usd))
     assert count_rows(conn, "reservations", "request_id = 'req-1'") == 1
@@ -196,10 +197,10 @@ def test_same_reserve_request_from_many_connections(conn, connect, app_url):
     assert_ledger_ok(conn)
 
 
-def test_same_settle_from_many_connections(conn, connect, app_url):
+def test_same_settle_from_many_connections(conn, connect, metering_url):
     user = funded_user(conn, "erin", 100)
     ledger.reserve(conn, user, "req-1", D("2.5"))
-    conns = _racers(connect, app_url, K)
+    conns = _racers(connect, metering_url, K)
     outcomes = _gated(connect, conns, [user], lambda i, c: ledger.settle(c, "req-1", D("1.75")))
     _same_answer(outcomes, lambda r: (r.transaction_id, r.charged_usd, r.released_usd))
     assert count_rows(conn, "billing_transactions", "request_id = 'req-1' AND type = 'charge'") == 1
@@ -208,19 +209,19 @@ def test_same_settle_from_many_connections(conn, connect, app_url):
     assert_ledger_ok(conn)
 
 
-def test_same_release_from_many_connections(conn, connect, app_url):
+def test_same_release_from_many_connections(conn, connect, metering_url):
     user = funded_user(conn, "erin", 100)
     ledger.reserve(conn, user, "req-1", D("2.5"))
-    conns = _racers(connect, app_url, K)
+    conns = _racers(connect, metering_url, K)
     outcomes = _gated(connect, conns, [user], lambda i, c: ledger.release(c, "req-1"))
     _same_answer(outcomes, lambda r: (r.status, r.released_usd))
     assert account(conn, user)["held_usd"] == 0
     assert_ledger_ok(conn)
 
 
-def test_same_payment_from_many_connections(conn, connect, app_url):
+def test_same_payment_from_many_connections(conn, connect, operator_url):
     user = ledger.ensure_account(conn, "frank")
-    conns = _racers(connect, app_url, K)
+    conns = _racers(connect, operator_url, K)
     outcomes = _gated(connect, conns, [user], lambda i, c: ledger.top_up(c, user, D("25"), "stripe", "pi_1"))
     _same_answer(outcomes, lambda r: (r.transaction_id, r.balance_after_usd))
     assert count_rows(conn, "billing_transactions", "type = 'topup'") == 1
@@ -228,12 +229,12 @@ def test_same_payment_from_many_connections(conn, connect, app_url):
     assert_ledger_ok(conn)
 
 
-def test_same_refund_from_many_connections(conn, connect, app_url):
+def test_same_refund_from_many_connections(conn, connect, operator_url):
     user = funded_user(conn, "grace", 100)
     charge = ledger.charge(conn, user, "req-1", D("4"))
     assert charge.transaction_id is not None
     tx = charge.transaction_id
-    conns = _racers(connect, app_url, K)
+    conns = _racers(connect, operator_url, K)
     outcomes = _gated(connect, conns, [user], lambda i, c: ledger.refund(c, tx, D("1.5"), "sorry", "refund-1"))
     _same_answer(outcomes, lambda r: (r.transaction_id, r.amount_usd, r.balance_after_usd))
     assert count_rows(conn, "billing_transactions", "type = 'refund'") == 1
@@ -241,9 +242,9 @@ def test_same_refund_from_many_connections(conn, connect, app_url):
     assert_ledger_ok(conn)
 
 
-def test_same_adjustment_from_many_connections(conn, connect, app_url):
+def test_same_adjustment_from_many_connections(conn, connect, operator_url):
     user = funded_user(conn, "heidi", 100)
-    conns = _racers(connect, app_url, K)
+    conns = _racers(connect, operator_url, K)
     outcomes = _gated(
         connect, conns, [user], lambda i, c: ledger.adjust(c, user, D("-3.5"), "fix", "ops@example", "adj-1")
     )
@@ -254,12 +255,12 @@ def test_same_adjustment_from_many_connections(conn, connect, app_url):
 
 
 @pytest.mark.parametrize("with_hold", [True, False], ids=["settles-hold", "direct-charge"])
-def test_same_completion_from_many_connections(conn, connect, app_url, with_hold):
+def test_same_completion_from_many_connections(conn, connect, metering_url, with_hold):
     user = funded_user(conn, "ivan", 100)
     ledger.start_request(conn, "call-1", "search", user)
     if with_hold:
         ledger.reserve(conn, user, "call-1", D("1"))
-    conns = _racers(connect, app_url, K)
+    conns = _racers(connect, metering_url, K)
     outcomes = _gated(
         connect, conns, [user], lambda i, c: ledger.complete_request(c, "call-1", True, D("0.42"), execution_time_ms=7)
     )
@@ -271,9 +272,9 @@ def test_same_completion_from_many_connections(conn, connect, app_url, with_hold
     assert_ledger_ok(conn)
 
 
-def test_same_start_request_from_many_connections(conn, connect, app_url):
+def test_same_start_request_from_many_connections(conn, connect, metering_url):
     user = ledger.ensure_account(conn, "judy")
-    conns = _racers(connect, app_url, K)
+    conns = _racers(connect, metering_url, K)
     outcomes = run_together(conns, lambda i, c: ledger.start_request(c, "call-1", "search", user))
     _same_answer(outcomes, lambda r: r.tracking_id)
     assert count_rows(conn, "cost_tracking") == 1
@@ -302,14 +303,14 @@ CONFLICTING: dict[str, Callable[..., Any]] = {
 
 
 @pytest.mark.parametrize("op", sorted(CONFLICTING))
-def test_same_key_with_different_parameters_one_wins(conn, connect, app_url, op):
+def test_same_key_with_different_parameters_one_wins(conn, connect, api_url, op):
     user = funded_user(conn, "kim", 100)
     ledger.update_settings(conn, user, daily_limit_usd=D(100))
     charge_tx = _setup_charge(conn, user)
     ledger.reserve(conn, user, "held-x", D("5"))
     ledger.start_request(conn, "call-x", "search", user)
     before = count_rows(conn, "billing_transactions")
-    conns = _racers(connect, app_url, K)
+    conns = _racers(connect, api_url, K)
 
     outcomes = _gated(connect, conns, [user], lambda i, c: CONFLICTING[op](c, user, i, charge_tx))
 
@@ -339,9 +340,9 @@ CROSS_USER: dict[str, Callable[..., Any]] = {
 
 
 @pytest.mark.parametrize("op", sorted(CROSS_USER))
-def test_same_key_for_two_users_credits_one(conn, connect, app_url, op):
+def test_same_key_for_two_users_credits_one(conn, connect, api_url, op):
     users = [funded_user(conn, "lena", 50), funded_user(conn, "mike", 50)]
-    conns = _racers(connect, app_url, K)
+    conns = _racers(connect, api_url, K)
 
     outcomes = _gated(connect, conns, users, lambda i, c: CROSS_USER[op](c, users[i % 2]))
 
@@ -366,11 +367,11 @@ def test_same_key_for_two_users_credits_one(conn, connect, app_url, op):
 # --- interleavings -----------------------------------------------------------------------------------------
 
 
-def test_reserve_settle_release_interleavings_keep_holds_and_limits(conn, connect, app_url, db_url):
+def test_reserve_settle_release_interleavings_keep_holds_and_limits(conn, connect, metering_url, db_url):
     user = funded_user(conn, "nina", D(6))
     ledger.update_settings(conn, user, daily_limit_usd=D("4.5"), monthly_limit_usd=D(100))
     threads, rounds = 12, 30
-    conns = open_connections(connect, [app_url, db_url], threads)  # the owner takes part too
+    conns = open_connections(connect, [metering_url, db_url], threads)  # the owner takes part too
     monitor_conn = connect()
     stop = threading.Event()
     breaches: list[str] = []
@@ -425,9 +426,9 @@ def test_reserve_settle_release_interleavings_keep_holds_and_limits(conn, connec
     assert_ledger_ok(conn)
 
 
-def test_small_balance_reserve_and_settle_two_of_ten(conn, connect, app_url):
+def test_small_balance_reserve_and_settle_two_of_ten(conn, connect, metering_url):
     user = funded_user(conn, "olga", D("0.05"))
-    conns = _racers(connect, app_url, 10)
+    conns = _racers(connect, metering_url, 10)
 
     def work(i: int, c: psycopg.Connection[Any]) -> Any:
         ledger.reserve(c, user, f"small-{i}", D("0.02"))
@@ -442,10 +443,10 @@ def test_small_balance_reserve_and_settle_two_of_ten(conn, connect, app_url):
     assert_ledger_ok(conn)
 
 
-def test_settle_and_release_of_one_hold_race_to_one_outcome(conn, connect, app_url):
+def test_settle_and_release_of_one_hold_race_to_one_outcome(conn, connect, metering_url):
     user = funded_user(conn, "rosa", 100)
     ledger.reserve(conn, user, "req-1", D(2))
-    conns = _racers(connect, app_url, K)
+    conns = _racers(connect, metering_url, K)
 
     def work(i: int, c: psycopg.Connection[Any]) -> Any:
         return ledger.settle(c, "req-1", D("1.5")) if i % 2 else ledger.release(c, "req-1")
@@ -465,7 +466,7 @@ def test_settle_and_release_of_one_hold_race_to_one_outcome(conn, connect, app_u
     assert_ledger_ok(conn)
 
 
-def test_expired_holds_reaped_settled_and_released_at_once(conn, connect, app_url, db_url):
+def test_expired_holds_reaped_settled_and_released_at_once(conn, connect, metering_url, db_url):
     """Holds of 3 users expire; sweeps, late settlements (charged in full: the work was done) and releases
     (which find the hold expired) race. Each hold ends settled or expired, holds drop to 0, no deadlock."""
     users = [funded_user(conn, f"late-{k}", 100) for k in range(3)]
@@ -478,7 +479,7 @@ def test_expired_holds_reaped_settled_and_released_at_once(conn, connect, app_ur
     settle_these = set(holds[0::3])
     release_these = set(holds[1::3])
     threads = 12
-    conns = open_connections(connect, [app_url, db_url], threads)
+    conns = open_connections(connect, [metering_url, db_url], threads)
 
     workers = [i for i in range(threads) if i % 3]  # the others sweep
 
@@ -510,10 +511,10 @@ def test_expired_holds_reaped_settled_and_released_at_once(conn, connect, app_ur
 # --- refunds racing ------------------------------------------------------------------------------------------
 
 
-def test_refunds_of_one_charge_never_exceed_it(conn, connect, app_url):
+def test_refunds_of_one_charge_never_exceed_it(conn, connect, operator_url):
     user = funded_user(conn, "pat", 10)
     tx = _setup_charge(conn, user)  # $9
-    conns = _racers(connect, app_url, K)
+    conns = _racers(connect, operator_url, K)
     outcomes = _gated(connect, conns, [user], lambda i, c: ledger.refund(c, tx, D("0.70"), "partial", f"r-{i}"))
     assert_only(outcomes, RefundExceedsCharge)
     assert len(values_of(outcomes)) == 12  # 12 x 0.70 = 8.40 <= 9 < 13 x 0.70
@@ -521,14 +522,14 @@ def test_refunds_of_one_charge_never_exceed_it(conn, connect, app_url):
     assert_ledger_ok(conn)
 
 
-def test_concurrent_refunds_of_different_charges_do_not_deadlock(conn, connect, app_url):
+def test_concurrent_refunds_of_different_charges_do_not_deadlock(conn, connect, operator_url):
     user = funded_user(conn, "quinn", 100)
     txs = []
     for i in range(K):
         charge = ledger.charge(conn, user, f"c-{i}", D("0.25") + D(i) / 100)
         assert charge.transaction_id is not None
         txs.append((charge.transaction_id, charge.amount_usd))
-    conns = _racers(connect, app_url, K)
+    conns = _racers(connect, operator_url, K)
     outcomes = _gated(
         connect, conns, [user], lambda i, c: ledger.refund(c, txs[i][0], txs[i][1], "all of it", f"r-{i}")
     )
@@ -537,7 +538,7 @@ def test_concurrent_refunds_of_different_charges_do_not_deadlock(conn, connect, 
     assert_ledger_ok(conn)
 
 
-def test_mixed_operations_on_four_users_do_not_deadlock(conn, connect, app_url, db_url):
+def test_mixed_operations_on_four_users_do_not_deadlock(conn, connect, api_url, db_url):
     """8 threads, random order, 4 users, real clock: top-ups, charges, adjustments, refunds of any user's charges,
     reserve/settle/release, tracked tool calls and two-user "transfers" (one transaction, adjusting both
     users in user-id order, as a well-behaved caller composes them). No deadlock, no unexpected error,
@@ -547,7 +548,7 @@ def test_mixed_operations_on_four_users_do_not_deadlock(conn, connect, app_url, 
     for user in users:
         ledger.update_settings(conn, user, daily_limit_usd=D(1000), monthly_limit_usd=D(1000))
     threads, ops = 8, 60
-    conns = open_connections(connect, [app_url, db_url], threads)
+    conns = open_connections(connect, [api_url, db_url], threads)
     charges: list[tuple[int, uuid.UUID, Decimal]] = []
     charges_lock = threading.Lock()
 

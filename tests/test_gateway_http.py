@@ -311,7 +311,7 @@ def test_billing_fault_after_the_tool_ran_keeps_the_answer_and_bills_later(
     thread = threading.Thread(target=call)
     thread.start()
     time.sleep(0.5)  # the tool is running; cut every connection the gateway has
-    gdb.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'tollgate_test_app'")
+    gdb.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = 'tollgate_gw_metering'")
     thread.join()
     answer = reply["r"]
     assert answer.status_code == 200, answer.text

@@ -19,9 +19,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from psycopg.conninfo import conninfo_to_dict
 
-from tests.conftest import APP_ROLE, url_for
 from tests.gateway.server import SECRET, start_gateway
 
 pytestmark = pytest.mark.timeout(120)
@@ -68,9 +66,8 @@ def rs_gateway(gateway_db: str, tmp_path_factory: pytest.TempPathFactory, rsa_ke
     )
     key_file = Path(directory) / "public.pem"
     key_file.write_bytes(public)
-    app_url = url_for(gateway_db, str(conninfo_to_dict(gateway_db)["dbname"]), user=APP_ROLE)
     server = start_gateway(
-        app_url,
+        gateway_db,
         Path(directory) / "data",
         TOLLGATE_JWT_SECRET="",
         TOLLGATE_JWT_PUBLIC_KEY_FILE=str(key_file),

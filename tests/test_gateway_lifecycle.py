@@ -1,4 +1,5 @@
-"""Gateways started for one test each: shutdown, configuration switches, the shipped example, reconcile."""
+"""Gateways started for one test each: shutdown, configuration switches, the shipped example, reconcile,
+and the logins a gateway refuses to serve over."""
 
 from __future__ import annotations
 
@@ -20,15 +21,11 @@ from psycopg.conninfo import conninfo_to_dict
 from api import ledger
 from api.jsonio import loads
 from api.spool import PendingCompletion, Spool
-from tests.conftest import APP_ROLE, url_for
+from tests.conftest import API_ROLE, url_for
 from tests.gateway.server import ROOT, start_gateway, tollgate_command
 from tests.helpers import tracking_row
 
 pytestmark = pytest.mark.timeout(180)
-
-
-def app_url(gateway_db: str) -> str:
-    return url_for(gateway_db, str(conninfo_to_dict(gateway_db)["dbname"]), user=APP_ROLE)
 
 
 def funded_token(server: Any, gdb: psycopg.Connection[Any], amount: str = "1") -> tuple[str, uuid.UUID]:
@@ -46,7 +43,7 @@ def balance(gdb: psycopg.Connection[Any], user_id: uuid.UUID) -> Decimal:
 def test_shutdown_lets_in_flight_calls_finish_and_settle(
     gateway_db: str, gdb: psycopg.Connection[Any], tmp_path: Path
 ) -> None:
-    server = start_gateway(app_url(gateway_db), tmp_path)
+    server = start_gateway(gateway_db, tmp_path)
     try:
         token, user_id = funded_token(server, gdb)
         replies: list[httpx.Response] = []
@@ -72,7 +69,7 @@ def test_shutdown_lets_in_flight_calls_finish_and_settle(
 def test_metering_off_serves_without_tracking_or_charging(
     gateway_db: str, gdb: psycopg.Connection[Any], tmp_path: Path
 ) -> None:
-    server = start_gateway(app_url(gateway_db), tmp_path, TOLLGATE_METERING="false")
+    server = start_gateway(gateway_db, tmp_path, TOLLGATE_METERING="false")
     try:
         token, user_id = funded_token(server, gdb)
         before = gdb.execute("SELECT count(*) FROM billing.cost_tracking").fetchone()
@@ -87,7 +84,7 @@ def test_metering_off_serves_without_tracking_or_charging(
 
 
 def test_anonymous_callers_can_be_refused(gateway_db: str, tmp_path: Path) -> None:
-    server = start_gateway(app_url(gateway_db), tmp_path, TOLLGATE_ALLOW_ANONYMOUS="false")
+    server = start_gateway(gateway_db, tmp_path, TOLLGATE_ALLOW_ANONYMOUS="false")
     try:
         with server.client() as client:
             assert client.get("/health").status_code == 200
@@ -104,7 +101,7 @@ def test_the_shipped_example_configuration_end_to_end(
     gateway_db: str, gdb: psycopg.Connection[Any], tmp_path: Path
 ) -> None:
     """What the README's quick start shows: tollgate.toml, the example upstream server, a priced call."""
-    server = start_gateway(app_url(gateway_db), tmp_path, TOLLGATE_TOOLS_CONFIG=str(ROOT / "tollgate.toml"))
+    server = start_gateway(gateway_db, tmp_path, TOLLGATE_TOOLS_CONFIG=str(ROOT / "tollgate.toml"))
     try:
         token, user_id = funded_token(server, gdb)
         with server.client(token) as client:
@@ -181,15 +178,16 @@ def test_ledger_down_before_the_call_runs_nothing(
 ) -> None:
     """The ledger unreachable before a tool runs: 503 over HTTP, an isError result over MCP; nothing ran."""
     dbname = str(conninfo_to_dict(gateway_db)["dbname"])
-    server = start_gateway(app_url(gateway_db), tmp_path, TOLLGATE_POOL_TIMEOUT_SECONDS="1", TOLLGATE_POOL_MIN="0")
+    server = start_gateway(gateway_db, tmp_path, TOLLGATE_POOL_TIMEOUT_SECONDS="1", TOLLGATE_POOL_MIN="0")
     try:
         token, user_id = funded_token(server, gdb)
         with psycopg.connect(pg_server_url, autocommit=True) as admin:
             admin.execute(f'ALTER DATABASE "{dbname}" ALLOW_CONNECTIONS false')
             try:
                 admin.execute(
-                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s AND datname = %s",
-                    (APP_ROLE, dbname),
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE usename LIKE 'tollgate\\_gw\\_%%' AND datname = %s",
+                    (dbname,),
                 )
                 with server.client(token) as client:
                     reply = client.post("/api/tools/priced", json={"text": "x"})
@@ -210,3 +208,55 @@ def test_ledger_down_before_the_call_runs_nothing(
     finally:
         server.stop()
     assert balance(gdb, user_id) == Decimal("0.98")
+
+
+# --- who the gateway logs in as ---------------------------------------------------------------------------
+
+
+def test_the_gateway_logs_in_as_its_three_roles_and_never_as_a_superuser(
+    gateway_db: str, gdb: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """Regression: the gateway used to connect as one role that could call every function (or, embedded and in
+    docker-compose, as a superuser). Each pool is now its own login, and the metering pool cannot credit."""
+    dbname = str(conninfo_to_dict(gateway_db)["dbname"])
+    server = start_gateway(gateway_db, tmp_path, TOLLGATE_POOL_MIN="1")
+    try:
+        token, _ = funded_token(server, gdb)
+        with server.client(token) as client:
+            assert client.post("/api/tools/priced", json={"text": "x"}).status_code == 200
+        sessions = gdb.execute(
+            "SELECT DISTINCT a.application_name, a.usename::text, r.rolsuper FROM pg_stat_activity a"
+            " JOIN pg_roles r ON r.rolname = a.usename WHERE a.datname = %s AND a.application_name LIKE 'tollgate %%'",
+            (dbname,),
+        ).fetchall()
+    finally:
+        server.stop()
+    assert sorted(sessions) == [
+        ("tollgate metering", "tollgate_gw_metering", False),
+        ("tollgate operator", "tollgate_gw_operator", False),
+        ("tollgate payments", "tollgate_gw_payments", False),
+    ]
+    may = gdb.execute(
+        "SELECT has_function_privilege('tollgate_gw_metering', p.oid, 'EXECUTE') FROM pg_proc p"
+        " WHERE p.pronamespace = 'billing'::regnamespace AND p.proname IN ('top_up', 'update_settings') ORDER BY 1"
+    ).fetchall()
+    assert may == [(False,), (False,)]
+
+
+@pytest.mark.parametrize(
+    ("variable", "login", "reason"),
+    [
+        ("TOLLGATE_METERING_DATABASE_URL", None, "is a superuser"),  # the owner's (superuser) URL itself
+        ("TOLLGATE_OPERATOR_DATABASE_URL", API_ROLE, "is also a member of tollgate_metering, tollgate_payments"),
+        ("TOLLGATE_PAYMENTS_DATABASE_URL", "tollgate_gw_metering", "does not have the privileges of tollgate_payments"),
+    ],
+)
+def test_the_gateway_refuses_to_serve_over_a_login_that_is_more_or_other_than_its_authority(
+    gateway_db: str, tmp_path: Path, variable: str, login: str | None, reason: str
+) -> None:
+    dbname = str(conninfo_to_dict(gateway_db)["dbname"])
+    url = gateway_db if login is None else url_for(gateway_db, dbname, user=login)
+    with pytest.raises(RuntimeError, match="the gateway exited") as refused:
+        start_gateway(gateway_db, tmp_path, **{variable: url})
+    assert reason in str(refused.value)
+    assert "refusing the" in str(refused.value)

@@ -160,14 +160,19 @@ def test_revoke_an_unknown_or_malformed_name(db):
         ledger.revoke_api_key(db, "  ")
 
 
-def test_the_app_role_manages_keys_through_the_functions_only(db, connect, app_url):
-    app = connect(app_url)
-    created = ledger.create_api_key(app, "app-made", _digest("k"), "tg_k")
-    assert ledger.authenticate_api_key(app, _digest("k")) is not None
-    assert [k.name for k in ledger.list_api_keys(app)] == ["app-made"]
-    assert ledger.revoke_api_key(app, "app-made").replayed is False
+def test_keys_are_managed_by_the_operator_and_checked_by_metering_through_the_functions_only(
+    db, connect, operator_url, metering_url
+):
+    operator, metering = connect(operator_url), connect(metering_url)
+    created = ledger.create_api_key(operator, "app-made", _digest("k"), "tg_k")
+    assert ledger.authenticate_api_key(metering, _digest("k")) is not None
+    assert [k.name for k in ledger.list_api_keys(operator)] == ["app-made"]
+    assert ledger.revoke_api_key(operator, "app-made").replayed is False
+    for role in (operator, metering):
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            role.execute("SELECT key_hash FROM billing.api_keys")
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
-        app.execute("SELECT key_hash FROM billing.api_keys")
+        ledger.create_api_key(metering, "self-made", _digest("m"), "tg_m")
     owner = db.execute("SELECT tableowner FROM pg_tables WHERE schemaname = 'billing' AND tablename = 'api_keys'")
     assert owner.fetchone() == ("tollgate_owner",)
     assert created.id > 0
@@ -489,8 +494,8 @@ def test_begin_request_refuses_bad_arguments(db, priced):
         ledger.begin_request(db, "req-1", priced, user_id, estimate_usd=0.02)  # type: ignore[arg-type]
 
 
-def test_begin_request_from_the_app_role(connect, app_url, db, priced):
-    app = connect(app_url)
+def test_begin_request_from_the_metering_role(connect, metering_url, db, priced):
+    app = connect(metering_url)
     user_id = h.funded_user(db, 1)
     start = ledger.begin_request(app, "req-1", priced, user_id)
     assert start.reservation_status == "held"
@@ -523,13 +528,15 @@ def test_unbilled_calls_lists_pending_calls_only(db, priced):
     assert ledger.unbilled_calls(db) == []
 
 
-def test_the_analyst_reads_unbilled_calls_and_the_app_role_does_not(db, connect, analyst_url, app_url, priced):
+def test_the_analyst_reads_unbilled_calls_and_the_metering_role_does_not(
+    db, connect, analyst_url, metering_url, priced
+):
     ledger.begin_request(db, "anon-1", priced)
     analyst = connect(analyst_url)
     assert analyst.execute("SELECT request_id, age >= interval '0' FROM billing.unbilled_calls").fetchall() == [
         ("anon-1", True)]
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
-        connect(app_url).execute("SELECT * FROM billing.unbilled_calls")
+        connect(metering_url).execute("SELECT * FROM billing.unbilled_calls")
     ledger.complete_request(db, "anon-1", True, D(0))
 
 
@@ -553,9 +560,9 @@ def test_unbilled_calls_explains_itself(db):
 
 
 @pytest.mark.timeout(120)
-def test_concurrent_begin_requests_hold_no_more_than_the_balance(db, connect, app_url, priced):
+def test_concurrent_begin_requests_hold_no_more_than_the_balance(db, connect, metering_url, priced):
     user_id = h.funded_user(db, D("0.05"))
-    conns = open_connections(connect, app_url, 10)
+    conns = open_connections(connect, metering_url, 10)
     gate = RowGate(connect, [user_id])
     outcomes = run_together(conns, lambda i, c: ledger.begin_request(c, f"call-{i}", priced, user_id), gate=gate)
     assert_no_deadlock(outcomes)
@@ -578,9 +585,9 @@ def test_concurrent_begin_requests_hold_no_more_than_the_balance(db, connect, ap
 
 
 @pytest.mark.timeout(120)
-def test_the_same_request_from_many_connections_holds_once(db, connect, app_url, priced):
+def test_the_same_request_from_many_connections_holds_once(db, connect, metering_url, priced):
     user_id = h.funded_user(db, 1)
-    conns = open_connections(connect, app_url, 10)
+    conns = open_connections(connect, metering_url, 10)
     gate = RowGate(connect, [user_id])
     outcomes = run_together(conns, lambda i, c: ledger.begin_request(c, "call-1", priced, user_id), gate=gate)
     assert_no_deadlock(outcomes)
@@ -600,15 +607,16 @@ def test_the_same_request_from_many_connections_holds_once(db, connect, app_url,
 def test_migration_0004_rolls_back_alone_and_reapplies(db_url, conn):
     from api import migrate
     from tests.conftest import DB_DIR
-    from tests.test_migrations import _snapshot
+    from tests.test_migrations import _migration_ids, _snapshot
 
     before = _snapshot(db_url)
-    # 0005 (payments) depends on 0004, so it goes first and comes back with it.
-    assert migrate.downgrade(db_url, DB_DIR, "0003_owner_role") == ["0005_payments", "0004_gateway"]
+    # The later migrations (0005 payments, 0006 role split, ...) go first and come back with it.
+    later = [m for m in _migration_ids() if m > "0004_gateway"]
+    assert migrate.downgrade(db_url, DB_DIR, "0003_owner_role") == [*later[::-1], "0004_gateway"]
     gone = conn.execute(
         "SELECT to_regclass('billing.api_keys'), to_regprocedure('billing.create_api_key(text, bytea, text, uuid)'),"
         " to_regclass('billing.cost_tracking_completed_by_tool')"
     ).fetchone()
     assert gone == (None, None, None)
-    assert migrate.upgrade(db_url, DB_DIR) == ["0004_gateway", "0005_payments"]
+    assert migrate.upgrade(db_url, DB_DIR) == ["0004_gateway", *later]
     assert _snapshot(db_url) == before

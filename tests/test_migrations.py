@@ -142,41 +142,52 @@ def test_every_function_and_view_file_defines_its_namesake(conn: psycopg.Connect
     assert {p.stem for p in (DB_DIR / "views").glob("*.sql")} - views == set()
 
 
+RUNTIME_ROLES = ("tollgate_metering", "tollgate_payments", "tollgate_operator")
+
+
 def test_grants_follow_the_roles_of_the_design(conn: psycopg.Connection[Any]) -> None:
+    """Who may call what exactly is tests/test_roles.py's matrix; here: the shape every migration leaves."""
     routines = conn.execute(
         """
         SELECT p.oid::regprocedure::text, left(p.proname, 1) = '_',
                has_function_privilege('public', p.oid, 'EXECUTE'),
-               has_function_privilege('tollgate_app', p.oid, 'EXECUTE'),
+               ARRAY(SELECT r FROM unnest(%s::text[]) r WHERE has_function_privilege(r, p.oid, 'EXECUTE')),
+               has_function_privilege('tollgate_app', p.oid, 'EXECUTE')
+                   = has_function_privilege('tollgate_metering', p.oid, 'EXECUTE'),
                has_function_privilege('tollgate_analyst', p.oid, 'EXECUTE')
         FROM pg_proc p
         WHERE p.pronamespace = 'billing'::regnamespace AND p.prokind IN ('f', 'p')
-        """
+        """,
+        (list(RUNTIME_ROLES),),
     ).fetchall()
     assert routines, "schema billing has no function at all"
-    for name, private, public_may, app_may, analyst_may in routines:
+    for name, private, public_may, granted, app_is_metering, analyst_may in routines:
         assert not public_may, f"PUBLIC may execute {name}"
-        assert app_may is not private, f"tollgate_app {'may' if app_may else 'may not'} execute {name}"
-        assert not analyst_may or not private, f"tollgate_analyst may execute {name}"
+        assert bool(granted) is not private, f"{name} is granted to {granted or 'no role'}"
+        assert app_is_metering, f"tollgate_app and tollgate_metering differ on {name}"
+        assert not analyst_may, f"tollgate_analyst may execute {name}"
 
     relations = conn.execute(
         """
         SELECT c.oid::regclass::text, c.relkind IN ('v', 'm'),
-               has_table_privilege('tollgate_app', c.oid, 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE'),
+               ARRAY(SELECT r FROM unnest(%s::text[] || ARRAY['tollgate_app']) r
+                      WHERE has_table_privilege(r, c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE')
+                         OR (c.relkind NOT IN ('v', 'm') AND has_table_privilege(r, c.oid, 'SELECT'))),
                has_table_privilege('tollgate_analyst', c.oid, 'SELECT'),
                has_table_privilege('tollgate_analyst', c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE')
         FROM pg_class c
         WHERE c.relnamespace = 'billing'::regnamespace AND c.relkind IN ('r', 'p', 'v', 'm')
-        """
+        """,
+        (list(RUNTIME_ROLES),),
     ).fetchall()
-    for name, is_view, app_any, analyst_select, analyst_write in relations:
-        assert not app_any, f"tollgate_app has direct access to {name}"
+    for name, is_view, direct, analyst_select, analyst_write in relations:
+        assert direct == [], f"{direct} have direct access to {name}"
         assert analyst_select is is_view, f"tollgate_analyst SELECT on {name}: {analyst_select}"
         assert not analyst_write, f"tollgate_analyst may write {name}"
 
 
 def test_login_roles_get_exactly_their_group_privileges(
-    conn: psycopg.Connection[Any], app_url: str, analyst_url: str
+    conn: psycopg.Connection[Any], metering_url: str, app_url: str, analyst_url: str
 ) -> None:
     views = [
         row[0]
@@ -190,15 +201,17 @@ def test_login_roles_get_exactly_their_group_privileges(
             analyst.execute(f"SELECT * FROM {view} LIMIT 0")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             analyst.execute("SELECT * FROM billing.users")
-    with psycopg.connect(app_url, autocommit=True) as app:
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            app.execute("SELECT * FROM billing.user_billing")
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            app.execute("INSERT INTO billing.users (external_id) VALUES ('intruder')")
+    for url in (metering_url, app_url):
+        with psycopg.connect(url, autocommit=True) as app:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                app.execute("SELECT * FROM billing.user_billing")
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                app.execute("INSERT INTO billing.users (external_id) VALUES ('intruder')")
 
 
 def _code_dir(tmp_path: Path, functions: dict[str, str], views: dict[str, str] | None = None) -> Path:
     """A db directory with the real migrations and the given function and view files."""
+    tmp_path.mkdir(exist_ok=True)
     (tmp_path / "migrations").symlink_to(MIGRATIONS)
     for kind, files in (("functions", functions), ("views", views or {})):
         (tmp_path / kind).mkdir()
@@ -207,30 +220,69 @@ def _code_dir(tmp_path: Path, functions: dict[str, str], views: dict[str, str] |
     return tmp_path
 
 
-def test_upgrade_reapplies_code_and_grants_when_no_migration_is_pending(
+PROBE = "CREATE OR REPLACE FUNCTION billing.zz_probe() RETURNS int\nLANGUAGE sql AS 'SELECT 1';\n"
+
+
+def _may(conn: psycopg.Connection[Any]) -> tuple[Any, ...] | None:
+    return conn.execute(
+        """
+        SELECT has_function_privilege('tollgate_metering', 'billing.zz_probe()', 'EXECUTE'),
+               has_function_privilege('tollgate_operator', 'billing.zz_probe()', 'EXECUTE'),
+               has_function_privilege('tollgate_metering', 'billing._zz_helper()', 'EXECUTE'),
+               has_function_privilege('public', 'billing._zz_helper()', 'EXECUTE'),
+               has_table_privilege('tollgate_analyst', 'billing.zz_view', 'SELECT'),
+               has_table_privilege('tollgate_operator', 'billing.zz_view', 'SELECT')
+        """
+    ).fetchone()
+
+
+def test_upgrade_reapplies_code_and_its_grant_lines_when_no_migration_is_pending(
+    db_url: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    helper = (
+        "CREATE OR REPLACE FUNCTION billing._zz_helper() RETURNS int\n"
+        # A % in a file must not be taken for a query parameter.
+        "LANGUAGE sql AS $$ SELECT 2 % 3 $$;"
+    )
+    view = "CREATE OR REPLACE VIEW billing.zz_view AS SELECT billing.zz_probe() AS one;\n"
+    granted = _code_dir(
+        tmp_path / "granted",
+        functions={
+            "zz_probe.sql": PROBE
+            + "GRANT EXECUTE ON FUNCTION billing.zz_probe() TO tollgate_metering, tollgate_operator;",
+            "_zz_helper.sql": helper,
+        },
+        views={"zz_view.sql": view + "GRANT SELECT ON billing.zz_view TO tollgate_analyst, tollgate_operator;"},
+    )
+    assert migrate.upgrade(db_url, granted) == []
+    assert _may(conn) == (True, True, False, False, True, True)
+    # A grant taken out of a file is gone after the next upgrade (and a function with none is nobody's).
+    narrowed = _code_dir(
+        tmp_path / "narrowed",
+        functions={
+            "zz_probe.sql": PROBE + "GRANT EXECUTE ON FUNCTION billing.zz_probe() TO tollgate_metering;",
+            "_zz_helper.sql": helper,
+        },
+        views={"zz_view.sql": view + "GRANT SELECT ON billing.zz_view TO tollgate_analyst;"},
+    )
+    assert migrate.upgrade(db_url, narrowed) == []
+    assert _may(conn) == (True, False, False, False, True, False)
+
+
+def test_a_helper_granted_to_anyone_fails_the_upgrade(
     db_url: str, conn: psycopg.Connection[Any], tmp_path: Path
 ) -> None:
     db_dir = _code_dir(
         tmp_path,
         functions={
-            "zz_probe.sql": "CREATE OR REPLACE FUNCTION billing.zz_probe() RETURNS int\n"
-            "LANGUAGE sql AS 'SELECT 1';",
-            # A % in a file must not be taken for a query parameter.
             "_zz_helper.sql": "CREATE OR REPLACE FUNCTION billing._zz_helper() RETURNS int\n"
-            "LANGUAGE sql AS $$ SELECT 2 % 3 $$;",
+            "LANGUAGE sql AS 'SELECT 2';\n"
+            "GRANT EXECUTE ON FUNCTION billing._zz_helper() TO tollgate_metering;",
         },
-        views={"zz_view.sql": "CREATE OR REPLACE VIEW billing.zz_view AS SELECT billing.zz_probe() AS one;"},
     )
-    assert migrate.upgrade(db_url, db_dir) == []
-    row = conn.execute(
-        """
-        SELECT has_function_privilege('tollgate_app', 'billing.zz_probe()', 'EXECUTE'),
-               has_function_privilege('tollgate_app', 'billing._zz_helper()', 'EXECUTE'),
-               has_function_privilege('public', 'billing._zz_helper()', 'EXECUTE'),
-               has_table_privilege('tollgate_analyst', 'billing.zz_view', 'SELECT')
-        """
-    ).fetchone()
-    assert row == (True, False, False, True)
+    with pytest.raises(migrate.MigrationError, match=r"_zz_helper\(\) is granted to tollgate_metering"):
+        migrate.upgrade(db_url, db_dir)
+    assert conn.execute("SELECT to_regprocedure('billing._zz_helper()')").fetchone() == (None,)
 
 
 def test_a_failing_code_file_applies_nothing_and_names_the_file(

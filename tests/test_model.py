@@ -301,7 +301,7 @@ def _workload(
 
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_threaded_workload_matches_the_model(conn, connect, app_url):
+def test_threaded_workload_matches_the_model(conn, connect, api_url):
     print(f"TOLLGATE_TEST_SEED={SEED}")
     api_db.configure(conn)
     set_clock(conn, WORKLOAD_NOW)
@@ -309,7 +309,7 @@ def test_threaded_workload_matches_the_model(conn, connect, app_url):
     seed_topups = [
         (user, D(30), ledger.top_up(conn, user, D(30), "seed", f"seed-{user}").transaction_id) for user in users
     ]
-    conns = open_connections(connect, app_url, THREADS)
+    conns = open_connections(connect, api_url, THREADS)  # top-ups, charges, refunds: every run-time role
     charge_pool: list[tuple[int, uuid.UUID, Decimal]] = []
     pool_lock = threading.Lock()
     tag = f"s{SEED}"

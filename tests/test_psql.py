@@ -114,9 +114,9 @@ def test_a_refusal_shows_its_sqlstate_in_verbose_psql_output(psql, db_url, conn)
     assert h.snapshot(conn) == before
 
 
-def test_psql_as_the_application_role(psql, app_url, conn):
-    [user_id] = one_line(run_psql(psql, app_url, "SELECT billing.ensure_account('psql-app');"))
+def test_psql_as_the_metering_role(psql, metering_url, conn):
+    [user_id] = one_line(run_psql(psql, metering_url, "SELECT billing.ensure_account('psql-app');"))
     assert conn.execute("SELECT external_id FROM billing.users WHERE id = %s", (user_id,)).fetchone() == ("psql-app",)
-    result = run_psql(psql, app_url, "\\set VERBOSITY verbose\nSELECT count(*) FROM billing.users;")
+    result = run_psql(psql, metering_url, "\\set VERBOSITY verbose\nSELECT count(*) FROM billing.users;")
     assert result.returncode == 3
     assert "ERROR:  42501: permission denied for table users" in result.stderr, result.stderr

@@ -62,3 +62,5 @@ BEGIN
     balance_after_usd := v_tx.balance_after_usd;
 END;
 $$;
+
+GRANT EXECUTE ON FUNCTION billing.adjust(uuid, numeric, text, text, text) TO tollgate_operator;

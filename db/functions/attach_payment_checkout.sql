@@ -55,3 +55,5 @@ BEGIN
     expires_at := v_intent.expires_at;
 END;
 $$;
+
+GRANT EXECUTE ON FUNCTION billing.attach_payment_checkout(uuid, text, text, timestamp with time zone) TO tollgate_payments;

@@ -16,3 +16,5 @@ AS $$
       FROM billing.api_keys k
      WHERE k.key_hash = p_key_hash
 $$;
+
+GRANT EXECUTE ON FUNCTION billing.authenticate_api_key(bytea) TO tollgate_metering;

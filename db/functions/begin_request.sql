@@ -98,3 +98,5 @@ BEGIN
     available_usd := v_account.balance_usd - v_account.held_usd;
 END;
 $$;
+
+GRANT EXECUTE ON FUNCTION billing.begin_request(text, text, uuid, text, numeric, interval) TO tollgate_metering;

@@ -163,3 +163,5 @@ BEGIN
     balance_after_usd := v_tx.balance_after_usd;
 END;
 $$;
+
+GRANT EXECUTE ON FUNCTION billing.charge(uuid, text, numeric, text, jsonb) TO tollgate_metering;

@@ -26,3 +26,5 @@ BEGIN
     shortfall_usd := greatest(p_cost - available_usd, 0);
 END;
 $$;
+
+GRANT EXECUTE ON FUNCTION billing.check_balance(uuid, numeric) TO tollgate_metering;

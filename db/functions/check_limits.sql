@@ -23,3 +23,5 @@ BEGIN
       FROM billing._limit_status(billing._load_account(p_user_id, v_tz, v_clock, false), p_cost, v_tz);
 END;
 $$;
+
+GRANT EXECUTE ON FUNCTION billing.check_limits(uuid, numeric) TO tollgate_metering;

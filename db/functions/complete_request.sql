@@ -133,3 +133,5 @@ BEGIN
     replayed := false;
 END;
 $$;
+
+GRANT EXECUTE ON FUNCTION billing.complete_request(text, boolean, numeric, jsonb, integer, text, numeric, text) TO tollgate_metering, tollgate_operator;

@@ -58,3 +58,5 @@ BEGIN
     END IF;
 END;
 $$;
+
+GRANT EXECUTE ON FUNCTION billing.configure(text, interval) TO tollgate_operator;

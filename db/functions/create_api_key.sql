@@ -58,3 +58,5 @@ BEGIN
               HINT = 'Generate a new key.';
 END;
 $$;
+
+GRANT EXECUTE ON FUNCTION billing.create_api_key(text, bytea, text, uuid) TO tollgate_operator;

@@ -93,3 +93,5 @@ BEGIN
     created_at := v_intent.created_at;
 END;
 $$;
+
+GRANT EXECUTE ON FUNCTION billing.create_payment_intent(uuid, text, numeric, text, text, interval) TO tollgate_payments;

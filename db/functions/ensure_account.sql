@@ -40,3 +40,5 @@ BEGIN
     RETURN v_user.id;
 END;
 $$;
+
+GRANT EXECUTE ON FUNCTION billing.ensure_account(text, text, text) TO tollgate_metering, tollgate_operator;

@@ -41,3 +41,5 @@ BEGIN
     RETURN greatest(v_configured, coalesce(v_recent, 0));
 END;
 $$;
+
+GRANT EXECUTE ON FUNCTION billing.estimate_price(text) TO tollgate_metering;

@@ -29,3 +29,5 @@ BEGIN
     RETURN v_count;
 END;
 $$;
+
+GRANT EXECUTE ON FUNCTION billing.expire_payment_intents(interval) TO tollgate_payments;

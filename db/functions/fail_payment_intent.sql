@@ -30,3 +30,5 @@ BEGIN
     status := v_intent.status;
 END;
 $$;
+
+GRANT EXECUTE ON FUNCTION billing.fail_payment_intent(uuid, text) TO tollgate_payments;

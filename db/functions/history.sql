@@ -54,3 +54,5 @@ BEGIN
          LIMIT p_limit OFFSET p_offset;
 END;
 $$;
+
+GRANT EXECUTE ON FUNCTION billing.history(uuid, text, timestamp with time zone, timestamp with time zone, integer, integer, bigint) TO tollgate_metering, tollgate_operator;

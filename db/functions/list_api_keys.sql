@@ -13,3 +13,5 @@ AS $$
       FROM billing.api_keys k
      ORDER BY k.id
 $$;
+
+GRANT EXECUTE ON FUNCTION billing.list_api_keys() TO tollgate_operator;

@@ -7,3 +7,5 @@ LANGUAGE sql STABLE
 SECURITY DEFINER
 SET search_path = billing, pg_temp
 AS $$ SELECT * FROM billing.tool_pricing ORDER BY tool_name $$;
+
+GRANT EXECUTE ON FUNCTION billing.list_tool_pricing() TO tollgate_metering, tollgate_operator;

@@ -34,3 +34,5 @@ BEGIN
      LIMIT p_limit;
 END;
 $$;
+
+GRANT EXECUTE ON FUNCTION billing.open_payment_intents(text, interval, interval, integer) TO tollgate_payments;

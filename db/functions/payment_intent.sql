@@ -29,3 +29,5 @@ BEGIN
     END IF;
 END;
 $$;
+
+GRANT EXECUTE ON FUNCTION billing.payment_intent(uuid, uuid) TO tollgate_metering, tollgate_payments, tollgate_operator;

@@ -42,3 +42,5 @@ BEGIN
     RETURN v_reaped;
 END;
 $$;
+
+GRANT EXECUTE ON FUNCTION billing.reap_expired_holds(integer) TO tollgate_metering, tollgate_operator;

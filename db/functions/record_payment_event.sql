@@ -274,3 +274,5 @@ BEGIN
     transaction_id := coalesce(transaction_id, CASE WHEN p_action = 'paid' THEN v_intent.transaction_id END);
 END;
 $$;
+
+GRANT EXECUTE ON FUNCTION billing.record_payment_event(text, text, text, text, uuid, text, text, text, numeric, text, text, text, numeric, text, boolean) TO tollgate_payments;

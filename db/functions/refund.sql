@@ -90,3 +90,5 @@ BEGIN
     refunded_total_usd := v_refunded;
 END;
 $$;
+
+GRANT EXECUTE ON FUNCTION billing.refund(bigint, numeric, text, text) TO tollgate_operator;

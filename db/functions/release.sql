@@ -58,3 +58,5 @@ BEGIN
     END CASE;
 END;
 $$;
+
+GRANT EXECUTE ON FUNCTION billing.release(text) TO tollgate_metering;

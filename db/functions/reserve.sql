@@ -163,3 +163,5 @@ BEGIN
     available_usd := v_account.balance_usd - v_account.held_usd;
 END;
 $$;
+
+GRANT EXECUTE ON FUNCTION billing.reserve(uuid, text, numeric, interval) TO tollgate_metering;

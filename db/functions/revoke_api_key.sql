@@ -29,3 +29,5 @@ BEGIN
     replayed := true;
 END;
 $$;
+
+GRANT EXECUTE ON FUNCTION billing.revoke_api_key(text) TO tollgate_operator;

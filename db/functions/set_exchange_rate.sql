@@ -52,3 +52,5 @@ BEGIN
      WHERE c.uah_rate_from IS DISTINCT FROM e.valid_from;
 END;
 $$;
+
+GRANT EXECUTE ON FUNCTION billing.set_exchange_rate(text, numeric, timestamp with time zone) TO tollgate_operator;

@@ -39,3 +39,5 @@ BEGIN
     RETURN v_row;
 END;
 $$;
+
+GRANT EXECUTE ON FUNCTION billing.set_tool_pricing(text, numeric, numeric, numeric, boolean, text) TO tollgate_operator;

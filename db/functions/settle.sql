@@ -202,3 +202,5 @@ BEGIN
     replayed := false;
 END;
 $$;
+
+GRANT EXECUTE ON FUNCTION billing.settle(text, numeric, text, jsonb) TO tollgate_metering;

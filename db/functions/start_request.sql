@@ -48,3 +48,5 @@ BEGIN
     replayed := true;
 END;
 $$;
+
+GRANT EXECUTE ON FUNCTION billing.start_request(text, text, uuid, text) TO tollgate_metering;

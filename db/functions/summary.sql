@@ -40,3 +40,5 @@ BEGIN
         'last_request_at', to_char(v_account.last_request_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'));
 END;
 $$;
+
+GRANT EXECUTE ON FUNCTION billing.summary(uuid) TO tollgate_metering, tollgate_operator;

@@ -21,3 +21,5 @@ BEGIN
     RETURN v_pricing.base_price_usd + round(p_cost_usd * (1 + v_pricing.markup_percent / 100), 8);
 END;
 $$;
+
+GRANT EXECUTE ON FUNCTION billing.tool_price(text, numeric) TO tollgate_metering;

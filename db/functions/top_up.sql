@@ -103,3 +103,5 @@ BEGIN
     balance_after_usd := v_tx.balance_after_usd;
 END;
 $$;
+
+GRANT EXECUTE ON FUNCTION billing.top_up(uuid, numeric, text, text, text, text, jsonb) TO tollgate_operator;

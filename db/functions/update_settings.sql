@@ -4,8 +4,8 @@
 -- (0 allows no spend) with at most 8 decimals and below 1e12. A daily limit above the monthly one is
 -- accepted (the monthly limit then binds first). Lowering a limit below what is already spent or held
 -- refuses new holds and charges until the window resets; it never touches past charges.
--- Which of these an ordinary user may change is the gateway's decision (limits only); flags and the
--- override are administrator settings.
+-- An operator's function (tollgate_operator): the flags and the override are administrator settings.
+-- A user changes their own limits through billing.update_limits (tollgate_metering), which calls this.
 -- Locks: the user's user_billing row.
 -- Errors: BL006 invalid_amount, BL007 unknown_user.
 CREATE OR REPLACE FUNCTION billing.update_settings(
@@ -41,3 +41,5 @@ BEGIN
          INTO user_id, daily_limit_usd, monthly_limit_usd, is_active, billing_enabled, limit_override;
 END;
 $$;
+
+GRANT EXECUTE ON FUNCTION billing.update_settings(uuid, numeric, numeric, boolean, boolean, boolean) TO tollgate_operator;

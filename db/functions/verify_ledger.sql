@@ -177,3 +177,5 @@ AS $$
              ON c.refund_of = i.transaction_id
      WHERE i.transaction_id IS NOT NULL AND r.clawed <> coalesce(-c.net, 0)
 $$;
+
+GRANT EXECUTE ON FUNCTION billing.verify_ledger() TO tollgate_operator;

@@ -17,3 +17,5 @@ COMMENT ON COLUMN billing.charges_by_day.transactions IS 'Number of ledger rows.
 COMMENT ON COLUMN billing.charges_by_day.users IS 'Distinct users with such rows that day.';
 COMMENT ON COLUMN billing.charges_by_day.amount_usd IS 'Sum of absolute USD amounts (charges and debits counted positive).';
 COMMENT ON COLUMN billing.charges_by_day.amount_uah IS 'Sum of absolute UAH amounts at each row''s recorded rate (NULL where no rate was set).';
+
+GRANT SELECT ON billing.charges_by_day TO tollgate_analyst;

@@ -32,3 +32,5 @@ COMMENT ON COLUMN billing.charges_by_tool.margin_usd IS 'charged_usd minus the m
 COMMENT ON COLUMN billing.charges_by_tool.avg_execution_time_ms IS 'Mean execution time of successful calls.';
 COMMENT ON COLUMN billing.charges_by_tool.first_call_at IS 'First tracked call.';
 COMMENT ON COLUMN billing.charges_by_tool.last_call_at IS 'Newest tracked call.';
+
+GRANT SELECT ON billing.charges_by_tool TO tollgate_analyst;

@@ -43,3 +43,5 @@ COMMENT ON COLUMN billing.payments.payment_ref IS 'Provider''s payment id (Strip
 COMMENT ON COLUMN billing.payments.mismatch IS 'What differed from what was asked, for an operator; NULL when all matched.';
 COMMENT ON COLUMN billing.payments.created_at IS 'When the user started the payment.';
 COMMENT ON COLUMN billing.payments.updated_at IS 'Last change of status.';
+
+GRANT SELECT ON billing.payments TO tollgate_analyst;

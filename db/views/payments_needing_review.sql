@@ -27,3 +27,5 @@ COMMENT ON COLUMN billing.payments_needing_review.status IS 'Status of the flagg
 COMMENT ON COLUMN billing.payments_needing_review.event_id IS 'Provider''s event id of an unknown_intent event.';
 COMMENT ON COLUMN billing.payments_needing_review.detail IS 'What differed, or the event type and why it matched nothing.';
 COMMENT ON COLUMN billing.payments_needing_review.at IS 'When it was flagged or received.';
+
+GRANT SELECT ON billing.payments_needing_review TO tollgate_analyst, tollgate_operator;

@@ -28,3 +28,5 @@ COMMENT ON COLUMN billing.unbilled_calls.age IS 'How long the call has been open
 COMMENT ON COLUMN billing.unbilled_calls.hold_usd IS 'USD held for the call before it ran; NULL when no hold was taken.';
 COMMENT ON COLUMN billing.unbilled_calls.hold_status IS 'Status of that hold: held; expired once its TTL passed (it no longer counts against the balance); released or settled when closed outside complete_request; NULL when none.';
 COMMENT ON COLUMN billing.unbilled_calls.hold_expires_at IS 'When the hold lapses (or lapsed); NULL when none.';
+
+GRANT SELECT ON billing.unbilled_calls TO tollgate_analyst, tollgate_operator;

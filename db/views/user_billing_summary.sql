@@ -50,3 +50,5 @@ COMMENT ON COLUMN billing.user_billing_summary.billing_enabled IS 'False: calls 
 COMMENT ON COLUMN billing.user_billing_summary.limit_override IS 'True: an administrator lets this user exceed the limits.';
 COMMENT ON COLUMN billing.user_billing_summary.last_request_at IS 'Time of the newest charge.';
 COMMENT ON COLUMN billing.user_billing_summary.created_at IS 'When the user was first seen.';
+
+GRANT SELECT ON billing.user_billing_summary TO tollgate_analyst, tollgate_operator;

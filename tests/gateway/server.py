@@ -1,7 +1,9 @@
-"""A real gateway for the end-to-end tests: `tollgate run` in a subprocess, on a loopback port.
+"""A real gateway for the end-to-end tests: `tollgate run --no-migrate` in a subprocess, on a loopback port.
 
-It connects as the application role (EXECUTE on the billing functions only), so every test through
-it also proves that the gateway never touches a table directly.
+It is given the URLs of the three gateway logins (tollgate_gw_metering, tollgate_gw_payments and
+tollgate_gw_operator, made by api.roles.provision_login_roles) and never the owner's, and it checks at
+start that each is exactly its authority; so every test through it also proves the role split: the
+call path works with the metering role's EXECUTE grants alone, nothing touches a table directly.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import httpx
 
 from api.auth import mint_token
+from api.roles import Authority, derive_login_url
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS_CONFIG = ROOT / "tests" / "gateway" / "tools.toml"
@@ -68,14 +71,23 @@ class Gateway:
         return self.process.returncode
 
 
-def start_gateway(database_url: str, data_dir: Path, **env: str) -> Gateway:
+def login_env(owner_url: str) -> dict[str, str]:
+    """TOLLGATE_<AUTHORITY>_DATABASE_URL of the gateway's three logins, on the database of `owner_url`
+    (and through the same host and port: a proxy in front of the server too)."""
+    return {authority.url_variable: derive_login_url(owner_url, authority) for authority in Authority}
+
+
+def start_gateway(owner_url: str, data_dir: Path, **env: str) -> Gateway:
+    """A gateway serving the migrated database of `owner_url` over the three gateway logins (`env` may
+    replace any of their TOLLGATE_*_DATABASE_URL); the owner's URL itself is not passed to it."""
     port = free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir / "gateway.log"
+    inherited = {name: value for name, value in os.environ.items() if not name.endswith("DATABASE_URL")}
     environment = {
-        **os.environ,
+        **inherited,
         "PYTHONPATH": str(ROOT),
-        "TOLLGATE_DATABASE_URL": database_url,
+        **login_env(owner_url),
         "TOLLGATE_DATA_DIR": str(data_dir),
         "TOLLGATE_JWT_SECRET": SECRET,
         "TOLLGATE_TOOLS_CONFIG": str(TOOLS_CONFIG),

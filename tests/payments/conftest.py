@@ -8,11 +8,9 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict
 
 from api import db as api_db
 from api import ledger
-from tests.conftest import APP_ROLE, url_for
 from tests.payments.fakes import FakeFondy, FakeStripe
 
 STRIPE_KEY = "sk_test_tollgate"
@@ -51,14 +49,13 @@ def provider_env(stripe_fake: FakeStripe, fondy_fake: FakeFondy) -> dict[str, st
 def pay_gateway(
     gateway_db: str, stripe_fake: FakeStripe, fondy_fake: FakeFondy, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Any]:
-    """`tollgate run` as the application role with both providers configured (module-scoped)."""
+    """`tollgate run` over the gateway's three logins with both providers configured (module-scoped)."""
     from tests.gateway.server import start_gateway
 
     with api_db.connect(gateway_db) as conn:
         ledger.set_exchange_rate(conn, UAH_PER_USD)
-    app_role_url = url_for(gateway_db, str(conninfo_to_dict(gateway_db)["dbname"]), user=APP_ROLE)
     data_dir = tmp_path_factory.mktemp("pay-gateway")
-    server = start_gateway(app_role_url, data_dir, **provider_env(stripe_fake, fondy_fake))
+    server = start_gateway(gateway_db, data_dir, **provider_env(stripe_fake, fondy_fake))
     try:
         yield server
     finally:

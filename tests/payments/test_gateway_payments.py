@@ -458,15 +458,11 @@ def test_webhook_racing_reconcile_credits_once(pay_gateway, stripe_fake, fondy_f
 
 def test_the_local_sandbox_pays_and_refunds_through_the_gateway(gateway_db, tmp_path, pdb):
     """`python -m tests.payments.sandbox` (README "Payments"): the flow a person tries by hand."""
-    from psycopg.conninfo import conninfo_to_dict
-
-    from tests.conftest import APP_ROLE, url_for
     from tests.gateway.server import start_gateway
     from tests.payments.sandbox import SandboxFondy, SandboxStripe, environment
 
     with SandboxStripe("http://gateway.invalid") as stripe, SandboxFondy("http://gateway.invalid") as fondy:
-        app_url = url_for(gateway_db, str(conninfo_to_dict(gateway_db)["dbname"]), user=APP_ROLE)
-        server = start_gateway(app_url, tmp_path, **environment(stripe.url, fondy.url))
+        server = start_gateway(gateway_db, tmp_path, **environment(stripe.url, fondy.url))
         stripe.gateway = fondy.gateway = server.base_url
         try:
             client = user_client(server)

@@ -30,12 +30,10 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg.conninfo import conninfo_to_dict
 
 from api import db as apidb
 from api import ledger
 from api.spool import Spool
-from tests.conftest import APP_ROLE, url_for
 from tests.gateway.server import start_gateway, tollgate_command
 from tests.reliability.callaudit import Call, Caller, audit, fund_users
 from tests.reliability.faultproxy import KINDS, Fault, FaultProxy
@@ -49,10 +47,6 @@ FUNDING = Decimal("1000")
 def proxy(pg_server_url: str) -> Iterator[FaultProxy]:
     with FaultProxy(pg_server_url) as running:
         yield running
-
-
-def app_role_url(db_url: str) -> str:
-    return url_for(db_url, str(conninfo_to_dict(db_url)["dbname"]), user=APP_ROLE)
 
 
 def reconcile(owner_url: str, data_dir: Path, *, fail_stale: bool = True) -> str:
@@ -82,7 +76,7 @@ def wait_until(condition: Callable[[], bool], timeout: float, what: str) -> None
 def test_gateway_calls_survive_connection_faults(db_url: str, proxy: FaultProxy, tmp_path: Path) -> None:
     rng = random.Random(PARAMS.seed)
     data_dir = tmp_path / "gateway"
-    server = start_gateway(proxy.proxy_url(app_role_url(db_url)), data_dir, TOLLGATE_POOL_TIMEOUT_SECONDS="2")
+    server = start_gateway(proxy.proxy_url(db_url), data_dir, TOLLGATE_POOL_TIMEOUT_SECONDS="2")
     stop = threading.Event()
     callers: list[Caller] = []
     not_taken: list[Fault] = []
@@ -206,7 +200,7 @@ def test_sql_retry_after_an_unknown_commit_is_exactly_once(
                 return ledger.charge(conn, user_id, key, Decimal("0.0003"), "direct call")
             return ledger.top_up(conn, user_id, Decimal("2.5"), "faultpay", key)
 
-        url = proxy.proxy_url(app_role_url(db_url))
+        url = proxy.proxy_url(db_url)
         fault = proxy.arm(
             Fault(kind, application_name="direct-sql", match="COMMIT" if in_transaction else f"billing.{operation}")
         )
@@ -297,7 +291,7 @@ def test_a_retry_after_a_lost_begin_request_answer_runs_the_call(
     more times (more than the gateway's own resends absorb), so the caller gets 503 and retries with the
     same key. Regression: the retry was refused 409 "still running" until the hold expired; now the
     gateway remembers the request id it gave up on and the retry runs the call, charged once."""
-    server = start_gateway(proxy.proxy_url(app_role_url(db_url)), tmp_path / "gateway")
+    server = start_gateway(proxy.proxy_url(db_url), tmp_path / "gateway")
     try:
         with apidb.connect(db_url) as owner:
             ((subject, _),) = fund_users(owner, 1, Decimal("1"), "lostbegin")
@@ -329,7 +323,7 @@ def test_a_retry_after_a_lost_begin_request_answer_runs_the_call(
 def test_a_lost_begin_request_answer_is_resent_by_the_gateway(db_url: str, proxy: FaultProxy, tmp_path: Path) -> None:
     """One lost answer: the gateway sends begin_request again itself, recognises its own pending call
     in the replay and runs it; the caller sees one ordinary charged answer."""
-    server = start_gateway(proxy.proxy_url(app_role_url(db_url)), tmp_path / "gateway")
+    server = start_gateway(proxy.proxy_url(db_url), tmp_path / "gateway")
     try:
         with apidb.connect(db_url) as owner:
             ((subject, _),) = fund_users(owner, 1, Decimal("1"), "resent")

@@ -1,7 +1,7 @@
 """Crash the database under load: nothing acknowledged is lost, nothing is done twice, the ledger stays whole.
 
 A private PostgreSQL server (tests/reliability/killable.py; never the shared test server) gets a migrated
-database, an application login role and 100 funded users. Then, for TOLLGATE_TORTURE_DB_CYCLES cycles,
+database, a login of the run-time roles and 100 funded users. Then, for TOLLGATE_TORTURE_DB_CYCLES cycles,
 16 clients run the mixed workload of tests/reliability/workload.py through the SQL API for
 TOLLGATE_TORTURE_DURATION seconds; at a random moment within that window the postmaster and all its
 processes die by SIGKILL; the server is restarted (crash recovery) and the load goes on to the end of the
@@ -34,6 +34,7 @@ from psycopg import sql
 
 from api import db as apidb
 from api import migrate
+from api.roles import Authority
 from tests.conftest import DB_DIR, _ensure_login_role
 from tests.reliability.killable import KillableServer
 from tests.reliability.params import PARAMS, report
@@ -42,7 +43,7 @@ from tests.reliability.workload import Problem, Workload, summarize
 USERS = 100
 CLIENTS = 16
 DATABASE = "tollgate"
-APP_ROLE = "tollgate_crash_app"
+API_ROLE = "tollgate_crash_api"
 CRASH_RECOVERY_LOG = "database system was not properly shut down; automatic recovery in progress"
 CONVERGE_TIMEOUT = 120.0
 
@@ -59,13 +60,14 @@ def crash_server() -> Iterator[KillableServer]:
 
 @pytest.fixture(scope="module")
 def crash_db(crash_server: KillableServer) -> tuple[str, str]:
-    """(owner URL, application-role URL) of a database on the killable server, migrated by the real code."""
+    """(owner URL, URL of a login of the three run-time roles) of a database on the killable server, migrated by
+    the real code. The workload credits, refunds and adjusts as well as charges: metering, payments and operator."""
     with psycopg.connect(crash_server.url(), autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(DATABASE)))
         owner_url = crash_server.url(DATABASE)
         migrate.upgrade(owner_url, DB_DIR)
-        _ensure_login_role(conn, APP_ROLE, "tollgate_app")
-    return owner_url, crash_server.url(DATABASE, user=APP_ROLE)
+        _ensure_login_role(conn, API_ROLE, *(authority.group_role for authority in Authority))
+    return owner_url, crash_server.url(DATABASE, user=API_ROLE)
 
 
 def _check(workload: Workload, owner_url: str, when: str) -> None:
@@ -78,11 +80,11 @@ def _check(workload: Workload, owner_url: str, when: str) -> None:
 
 
 def test_sigkill_under_load(crash_server: KillableServer, crash_db: tuple[str, str]) -> None:
-    owner_url, app_url = crash_db
+    owner_url, api_url = crash_db
     began = time.monotonic()
     rng = random.Random(PARAMS.seed)
-    workload = Workload(app_url, users=USERS, clients=CLIENTS, seed=PARAMS.seed)
-    with apidb.connect(app_url) as conn:
+    workload = Workload(api_url, users=USERS, clients=CLIENTS, seed=PARAMS.seed)
+    with apidb.connect(api_url) as conn:
         workload.prepare(conn)
     _check(workload, owner_url, "after funding")
 
@@ -153,10 +155,10 @@ def _kinds_for(problems: list[Problem], needle: str) -> set[str]:
     return {p.kind for p in problems if needle in p.key}
 
 
-def test_checker_catches_corruption(db: psycopg.Connection[Any], app_url: str) -> None:
+def test_checker_catches_corruption(db: psycopg.Connection[Any], api_url: str) -> None:
     """On the shared test server: run a little load, then damage the database and see `check` say so."""
-    workload = Workload(app_url, users=10, clients=3, seed=PARAMS.seed)
-    with apidb.connect(app_url) as conn:
+    workload = Workload(api_url, users=10, clients=3, seed=PARAMS.seed)
+    with apidb.connect(api_url) as conn:
         workload.prepare(conn)
     stop = threading.Event()
     workload.start(stop)

@@ -36,12 +36,10 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
 
 from api import db as apidb
 from api import ledger
 from api.spool import Spool
-from tests.conftest import APP_ROLE, url_for
 from tests.gateway.server import Gateway, start_gateway
 from tests.reliability.callaudit import Call, Caller, audit, fund_users
 from tests.reliability.faultproxy import FaultProxy
@@ -54,8 +52,7 @@ HOLD_TTL = dt.timedelta(seconds=3)
 
 
 def start(proxy: FaultProxy, db_url: str, data_dir: Path) -> Gateway:
-    app_url = url_for(db_url, str(conninfo_to_dict(db_url)["dbname"]), user=APP_ROLE)
-    return start_gateway(proxy.proxy_url(app_url), data_dir, TOLLGATE_POOL_TIMEOUT_SECONDS="1")
+    return start_gateway(proxy.proxy_url(db_url), data_dir, TOLLGATE_POOL_TIMEOUT_SECONDS="1")
 
 
 def pending_calls(owner: psycopg.Connection[Any]) -> set[str]:

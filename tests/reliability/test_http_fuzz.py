@@ -23,13 +23,11 @@ import psycopg
 import pytest
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
-from psycopg.conninfo import conninfo_to_dict
 from starlette.routing import Mount, Route
 
-from api import ledger
+from api import ledger, roles
 from api.app import create_app
 from api.config import load_settings
-from tests.conftest import APP_ROLE, url_for
 from tests.reliability.params import PARAMS, report
 
 pytestmark = pytest.mark.timeout(900)
@@ -122,8 +120,8 @@ def caller(gateway: Any, gateway_db: str) -> Any:
 def test_openapi_names_every_served_route(gateway: Any, gateway_db: str) -> None:
     spec = httpx.get(f"{gateway.base_url}/openapi.json", timeout=10).json()
     documented = {(path, method.upper()) for path, ops in spec["paths"].items() for method in ops}
-    database_url = url_for(gateway_db, str(conninfo_to_dict(gateway_db)["dbname"]), user=APP_ROLE)
-    app = create_app(load_settings(gateway.env), database_url)
+    settings = load_settings(gateway.env)
+    app = create_app(settings, roles.login_urls(settings))
     served = _served_routes(app)
     assert served == documented, f"served only: {served - documented}; documented only: {documented - served}"
     expected_paths = {

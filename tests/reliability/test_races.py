@@ -15,7 +15,8 @@ tests/test_concurrency.py fires each idempotent call alone, once, from K connect
   waves move the clock while every charge is already queued on the account's lock ("in flight").
   Totals are exact Decimals, checked per local day and per local month from the ledger itself.
 
-Every worker connection is the application role (``app_url``: EXECUTE only), one per thread.
+Every worker connection is a run-time role (EXECUTE only), one per thread: ``api_url`` (metering, payments and
+operator) for the same-key storms, which top up as well as charge; ``metering_url`` for the limit races.
 """
 
 from __future__ import annotations
@@ -139,9 +140,9 @@ def _one_effect(outcomes: list[Outcome], op: str, answer: Callable[[Any], Any]) 
     return answers.pop()
 
 
-def test_same_keys_from_many_connections_have_one_effect_each(db, connect, app_url):
+def test_same_keys_from_many_connections_have_one_effect_each(db, connect, api_url):
     set_clock(db, NOON)
-    conns = open_connections(connect, app_url, RACERS)
+    conns = open_connections(connect, api_url, RACERS)
     rng = random.Random(PARAMS.seed)
     deadline = time.monotonic() + PARAMS.duration
     rounds = 0
@@ -249,10 +250,10 @@ def _charges_by(db: psycopg.Connection[Any], user: uuid.UUID, tz: str, unit: str
 
 
 @pytest.mark.parametrize("tz_name", ["UTC", "Europe/Kyiv"])
-def test_concurrent_charges_never_pass_a_limit_across_day_and_month_boundaries(db, connect, app_url, tz_name):
+def test_concurrent_charges_never_pass_a_limit_across_day_and_month_boundaries(db, connect, metering_url, tz_name):
     ledger.configure(db, time_zone=tz_name)
-    conns = open_connections(connect, app_url, RACERS)
-    summary_conn = connect(app_url)
+    conns = open_connections(connect, metering_url, RACERS)
+    summary_conn = connect(metering_url)
     api_db.configure(summary_conn)
     started = time.monotonic()
     deadline = started + PARAMS.duration

@@ -32,8 +32,8 @@ share one database; `check` looks only at this workload's users.
 
 Typical use:
 
-    workload = Workload(app_url, users=100, clients=16, seed=7)
-    with api.db.connect(app_url) as conn:
+    workload = Workload(api_url, users=100, clients=16, seed=7)
+    with api.db.connect(api_url) as conn:
         workload.prepare(conn)
     stop = threading.Event()
     workload.start(stop); ...; stop.set(); workload.join()
