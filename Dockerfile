@@ -1,5 +1,8 @@
-# The Tollgate gateway. It needs a PostgreSQL given by TOLLGATE_DATABASE_URL (see docker-compose.yml);
-# the embedded server of a developer checkout is not meant for containers.
+# The Tollgate gateway. It needs a PostgreSQL (see docker-compose.yml); the embedded server of a developer
+# checkout is not meant for containers. The image serves as three non-superuser logins given by
+# TOLLGATE_METERING_DATABASE_URL, TOLLGATE_PAYMENTS_DATABASE_URL and TOLLGATE_OPERATOR_DATABASE_URL, and
+# does not migrate: `tollgate migrate` does, once per upgrade, with the owner's TOLLGATE_DATABASE_URL
+# (docker-compose.yml's `migrate` service), and makes those logins where that role may create roles.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -17,5 +20,6 @@ RUN pip install . \
 USER tollgate
 EXPOSE 8000
 # A plain command, no wrapper: tollgate is PID 1 and gets docker's SIGTERM itself. Other commands
-# run the same way: `docker compose run --rm gateway tollgate migrate status`.
-CMD ["tollgate", "run"]
+# run the same way: `docker compose run --rm gateway tollgate topup …` (as the operator login),
+# `docker compose run --rm migrate tollgate migrate status` (as the owner).
+CMD ["tollgate", "run", "--no-migrate"]
