@@ -126,8 +126,9 @@ def status(settings: Settings) -> str | None:
 
 
 def database_url(settings: Settings) -> str:
-    """The URL the application should use: the configured one, or the embedded `tollgate` database
-    (starting the embedded server if needed)."""
+    """The owner's URL (migrations, `tollgate db psql`, the base of the gateway's login URLs): the
+    configured TOLLGATE_DATABASE_URL, or the embedded `tollgate` database as the server's superuser
+    (starting the server if needed). Nothing serves requests over it (api.roles)."""
     if settings.database_url is not None:
         return settings.database_url
     start(settings)

@@ -103,8 +103,8 @@ def owner_url(settings: Settings) -> str:
     if settings.database_url is None and not settings.embedded:
         configured = ", ".join(sorted(a.url_variable for a in settings.login_urls))
         raise NoDatabaseURL(
-            f"this needs the owner's URL, TOLLGATE_DATABASE_URL, which is not set ({configured} is: the gateway's"
-            " logins cannot migrate or open a SQL shell as the owner)"
+            f"this needs the owner's URL, TOLLGATE_DATABASE_URL, which is not set; only the gateway's logins are"
+            f" ({configured}), and they may not migrate or open a SQL shell as the owner"
         )
     return embedded.database_url(settings)
 

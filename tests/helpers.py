@@ -1,7 +1,7 @@
 """Helpers shared by the function-level tests of the billing SQL API (tests/test_*.py).
 
 Fixtures live in conftest.py; these are plain functions. The ones that read tables directly must be
-given the owner (superuser) connection: the tables are private to the application role.
+given the owner (superuser) connection: the tables are private to every run-time role.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Randomized workloads checked against a plain Python model of the ledger.
 
 * ``test_threaded_workload_matches_the_model``: ~1500 seeded-random operations from 6 threads (each with its
-  own connection, as the application role) on 5 users. Every thread records only what the database
+  own connection, as a login of the three run-time roles) on 5 users. Every thread records only what the database
   acknowledged; at the end the model computed from those acknowledgements must equal user_billing exactly
   (balance = top-ups - charges + refunds + adjustments; held = holds neither settled nor released;
   total_requests = number of charges), the ledger must hold exactly the acknowledged rows, and

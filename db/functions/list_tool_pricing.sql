@@ -1,5 +1,5 @@
 -- billing.list_tool_pricing() -> setof billing.tool_pricing
--- Every priced tool, by name (the table itself is private to the application role).
+-- Every priced tool, by name (the table itself is private to every run-time role).
 -- Locks: none.  Errors: none.
 CREATE OR REPLACE FUNCTION billing.list_tool_pricing()
 RETURNS SETOF billing.tool_pricing
