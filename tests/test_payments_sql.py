@@ -444,16 +444,18 @@ def test_webhook_racing_reconciliation_and_a_second_worker_credit_once(db, conne
 def test_migration_0005_rolls_back_alone_and_reapplies(db_url, conn):
     from api import migrate
     from tests.conftest import DB_DIR
-    from tests.test_migrations import _snapshot
+    from tests.test_migrations import _migration_ids, _snapshot
 
     before = _snapshot(db_url)
-    assert migrate.downgrade(db_url, DB_DIR, "0004_gateway") == ["0005_payments"]
+    # The later migrations (0006 role split, ...) go first and come back with it.
+    later = [m for m in _migration_ids() if m > "0005_payments"]
+    assert migrate.downgrade(db_url, DB_DIR, "0004_gateway") == [*later[::-1], "0005_payments"]
     gone = conn.execute(
         "SELECT to_regclass('billing.payment_intents'), to_regclass('billing.payment_events'),"
         " to_regclass('billing.payments'), to_regprocedure('billing.fail_payment_intent(uuid, text)')"
     ).fetchone()
     assert gone == (None, None, None, None)
-    assert migrate.upgrade(db_url, DB_DIR) == ["0005_payments"]
+    assert migrate.upgrade(db_url, DB_DIR) == ["0005_payments", *later]
     assert _snapshot(db_url) == before
 
 

@@ -565,3 +565,29 @@ def test_the_group_roles_cannot_log_in_or_do_more_than_their_grants(db):
          "tollgate_owner"]
     )
     assert all(row[1:] == (False, False, False, False, False) for row in rows)
+
+
+def test_migration_0006_rolls_back_to_the_single_app_role_and_reapplies(db_url, conn):
+    from api import migrate
+    from tests.conftest import DB_DIR
+    from tests.test_migrations import _migration_ids, _snapshot
+
+    before = _snapshot(db_url)
+    later = [m for m in _migration_ids() if m > "0006_role_split"]
+    assert migrate.downgrade(db_url, DB_DIR, "0005_payments") == [*later[::-1], "0006_role_split"]
+    may = conn.execute(
+        "SELECT r, bool_and(has_function_privilege(r, p.oid, 'EXECUTE')), bool_or(has_function_privilege(r, p.oid,"
+        " 'EXECUTE')) FROM pg_proc p, unnest(ARRAY['tollgate_app', 'tollgate_metering', 'tollgate_payments',"
+        " 'tollgate_operator']) r WHERE p.pronamespace = 'billing'::regnamespace AND left(p.proname, 1) <> '_'"
+        " GROUP BY r ORDER BY r"
+    ).fetchall()
+    # As after 0005: tollgate_app may call every public function; the split roles nothing in this database
+    # (the roles themselves stay: the other databases of this cluster still use them).
+    assert may == [
+        ("tollgate_app", True, True),
+        ("tollgate_metering", False, False),
+        ("tollgate_operator", False, False),
+        ("tollgate_payments", False, False),
+    ]
+    assert migrate.upgrade(db_url, DB_DIR) == ["0006_role_split", *later]
+    assert _snapshot(db_url) == before
