@@ -434,7 +434,8 @@ def cmd_payments(args: argparse.Namespace, settings: Settings) -> int:
             await pool.close()
         print(
             f"payments: {report.checked} checked, {report.events_applied} new event(s) applied "
-            f"({report.credited} credited, {report.reversed} reversed), {report.expired} expired"
+            f"({report.credited} credited, {report.review} to review, {report.reversed} reversed), "
+            f"{report.expired} expired"
         )
         for error in report.errors:
             print(f"  not checked: {error}")

@@ -53,6 +53,7 @@ class ReconcileReport:
     checked: int = 0
     events_applied: int = 0
     credited: int = 0
+    review: int = 0
     reversed: int = 0
     expired: int = 0
     errors: list[str] = dataclasses.field(default_factory=list)
@@ -195,7 +196,8 @@ class Payments:
         facts = provider.parse_webhook(body, headers)
         async with self.pool.connection() as conn:
             result = await aledger.record_payment_event(conn, facts)
-        level = logging.WARNING if "unknown_intent" in result.outcome or "flagged" in result.outcome else logging.INFO
+        steps = result.outcome.split(",")
+        level = logging.WARNING if {"unknown_intent", "review", "unmatched"} & set(steps) else logging.INFO
         log.log(
             level,
             "payment event %s %s: %s%s",
@@ -238,8 +240,10 @@ class Payments:
                 if result.duplicate:
                     continue
                 report.events_applied += 1
-                report.credited += "credited" in result.outcome or "flagged" in result.outcome
-                report.reversed += "reversed" in result.outcome or "reinstated" in result.outcome
+                steps = result.outcome.split(",")
+                report.credited += "credited" in steps
+                report.review += "review" in steps
+                report.reversed += "reversed" in steps or "reinstated" in steps
                 log.info("reconciled %s: %s", intent.intent_id, result.outcome, extra={"detail": result.detail})
         async with self.pool.connection() as conn:
             report.expired = await aledger.expire_payment_intents(conn, grace)
