@@ -470,6 +470,14 @@ async def payment_webhook(gateway: Gateway, request: Request) -> Response:
             "webhook rejected: %s", exc, extra={"provider": provider[:50], "bytes": len(body)}
         )
         raise ApiError(400, "invalid_webhook", f"the delivery was not accepted: {exc}; nothing was stored") from None
+    except ProviderUnavailable as exc:
+        # The provider could not confirm the delivery now: nothing was stored; a 5xx makes it retry.
+        webhook_log.warning("webhook not confirmed: %s", exc, extra={"provider": provider[:50]})
+        error = ApiError(
+            503, "payment_provider_unavailable", f"{exc}; nothing was stored, deliver it again later"
+        )
+        error.headers["Retry-After"] = "60"
+        raise error from None
     return ok(
         received=True,
         outcome=result.outcome,
@@ -640,7 +648,11 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Payment provider webhook (Stripe, Fondy): signature verified over the raw body; each event applied once",
         "none",
         body={"type": "object", "description": "the provider's event, as it signs it"},
-        responses={400: "signature or body not accepted: nothing stored", 404: "no such provider configured"},
+        responses={
+            400: "signature or body not accepted: nothing stored",
+            404: "no such provider configured",
+            503: "the provider could not confirm the delivery now (Fondy's status API): nothing stored, retry",
+        },
         tag="payments",
     ),
     Endpoint(

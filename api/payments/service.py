@@ -188,12 +188,15 @@ class Payments:
     # ---- 2. webhooks ------------------------------------------------------------------------------
 
     async def handle_webhook(self, provider_name: str, body: bytes, headers: Mapping[str, str]) -> PaymentEventResult:
-        """Verify, store and apply one delivery. Raises WebhookRejected (nothing stored) or
-        PaymentsUnavailable (no such provider here)."""
+        """Verify, confirm (where the provider offers it), store and apply one delivery. Raises
+        WebhookRejected (nothing stored), ProviderUnavailable (the provider could not confirm it now:
+        nothing stored, the provider should retry) or PaymentsUnavailable (no such provider here)."""
         provider = self.providers.get(provider_name)
         if provider is None:
             raise PaymentsUnavailable(f"no payment provider {provider_name[:50]!r} is configured here")
-        facts = provider.parse_webhook(body, headers)
+        if len(body) > provider.max_body_bytes:
+            raise WebhookRejected(f"the body is larger than {provider.max_body_bytes} bytes: no provider sends that")
+        facts = await provider.confirm(provider.parse_webhook(body, headers))
         async with self.pool.connection() as conn:
             result = await aledger.record_payment_event(conn, facts)
         steps = result.outcome.split(",")

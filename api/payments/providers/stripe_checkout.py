@@ -35,6 +35,7 @@ import stripe
 from api.jsonio import JSONBodyError, dumps, loads
 from api.ledger import OpenIntent, PaymentFacts
 from api.payments.base import (
+    MAX_EVENT_BYTES,
     Checkout,
     CheckoutRequest,
     CommonSettings,
@@ -91,6 +92,7 @@ def _ref(value: object) -> str | None:
 
 class StripeProvider:
     name = NAME
+    max_body_bytes = MAX_EVENT_BYTES
 
     def __init__(self, api_key: str, webhook_secret: str, common: CommonSettings, api_base: str | None = None) -> None:
         self.common = common
@@ -144,6 +146,8 @@ class StripeProvider:
     # ---- webhooks ---------------------------------------------------------------------------------
 
     def parse_webhook(self, body: bytes, headers: Mapping[str, str]) -> PaymentFacts:
+        if len(body) > self.max_body_bytes:
+            raise WebhookRejected(f"the body is larger than {self.max_body_bytes} bytes: not a Stripe event")
         header = headers.get("stripe-signature")
         tolerance = int(self.common.webhook_tolerance.total_seconds())
         try:
@@ -170,6 +174,11 @@ class StripeProvider:
             raise WebhookRejected("the Stripe event has no data.object")
         event_type = identifier(event.get("type"), "event type", 100)
         return self._facts(identifier(event.get("id"), "event id"), event_type, obj, text)
+
+    async def confirm(self, claimed: PaymentFacts) -> PaymentFacts:
+        """Stripe's event as it is: Stripe signs the whole body (with a timestamp) and sends it server to
+        server, so no payer can relay or rearrange it; the credit rules are the ledger's."""
+        return claimed
 
     def _facts(self, event_id: str, event_type: str, obj: Mapping[str, Any], payload: str) -> PaymentFacts:
         base = PaymentFacts(provider=NAME, event_id=event_id, event_type=event_type, payload=payload)
