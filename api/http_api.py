@@ -182,7 +182,7 @@ def _path_uuid(request: Request, name: str) -> uuid.UUID:
     try:
         return uuid.UUID(request.path_params[name])
     except ValueError:
-        raise ApiError(422, "invalid_parameter", f"{name} must be a user id (UUID)", field=name) from None
+        raise ApiError(422, "invalid_parameter", f"{name} must be a UUID", field=name) from None
 
 
 def _path_int(request: Request, name: str) -> int:
@@ -568,6 +568,29 @@ async def admin_refund(gateway: Gateway, request: Request) -> Response:
     return ok(transaction=asdict(result))
 
 
+CREDIT_PAYMENT_BODY = _object(
+    {
+        "reason": {"type": "string", "minLength": 1, "maxLength": 1000, "description": "why it is credited (audited)"},
+        "amount": {**MONEY_SCHEMA, "description": "amount to credit in currency (default: what was paid)"},
+        "currency": {"type": "string", "enum": ["USD", "UAH"], "description": "default: the paid currency"},
+    },
+    ("reason",),
+)
+
+
+async def admin_credit_payment(gateway: Gateway, request: Request) -> Response:
+    """An administrator credits a payment in review, after looking at it (billing.credit_reviewed_payment)."""
+    admin = require_admin(request)
+    intent_id = _path_uuid(request, "intent_id")
+    body = await read_body(request, CREDIT_PAYMENT_BODY)
+    amount = money(body["amount"], "amount", positive=True) if "amount" in body else None
+    async with gateway.pool.connection() as conn:
+        credit = await aledger.credit_reviewed_payment(
+            conn, intent_id, admin.label, body["reason"], amount, body.get("currency")
+        )
+    return ok(payment=asdict(credit))
+
+
 async def health(gateway: Gateway, request: Request) -> Response:
     try:
         async with gateway.pool.connection(timeout=2.0) as conn:
@@ -678,6 +701,17 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     ),
     Endpoint(
         "POST",
+        "/api/admin/payments/{intent_id}/credit",
+        admin_credit_payment,
+        "Credit a payment in review (paid, not credited: not exactly what was asked), once, audited with the "
+        "reason; amount and currency default to what was paid",
+        "admin",
+        body=CREDIT_PAYMENT_BODY,
+        responses={409: "the payment is not in review, or was credited with other figures"},
+        tag="admin",
+    ),
+    Endpoint(
+        "POST",
         "/api/admin/transactions/{transaction_id}/refund",
         admin_refund,
         "Refund part or all of a charge",
@@ -784,7 +818,7 @@ def build_openapi(version: str) -> dict[str, Any]:
         parameters: list[dict[str, Any]] = []
         for name in re.findall(r"{(\w+)}", endpoint.path):
             schema: dict[str, Any] = {"type": "string"}
-            if name == "user_id":
+            if name in ("user_id", "intent_id"):
                 schema = {"type": "string", "format": "uuid"}
             elif name == "transaction_id":
                 schema = {"type": "integer", "minimum": 1}

@@ -62,6 +62,13 @@ BEGIN
             USING ERRCODE = 'BL012', DETAIL = jsonb_build_object('intent_id', p_intent_id, 'status', v_intent.status)::text;
     END IF;
 
+    IF v_intent.status <> 'review' AND NOT (v_intent.status = 'succeeded' AND v_intent.reviewed_by IS NOT NULL) THEN
+        RAISE EXCEPTION 'Invalid state: payment % is %, not in review: only a payment in review is credited by hand.',
+                p_intent_id, v_intent.status
+            USING ERRCODE = 'BL012', DETAIL = jsonb_build_object('intent_id', p_intent_id, 'status', v_intent.status)::text,
+                  HINT = 'billing.payments_needing_review lists the payments in review.';
+    END IF;
+
     v_currency := coalesce(upper(btrim(p_currency)), v_intent.paid_currency);
     v_amount := coalesce(p_amount, CASE WHEN v_currency = v_intent.paid_currency THEN v_intent.paid_amount END);
     IF v_amount IS NULL THEN
@@ -94,11 +101,6 @@ BEGIN
         amount := v_amount;
         transaction_id := v_tx.id;
         replayed := true;
-    ELSIF v_intent.status <> 'review' THEN
-        RAISE EXCEPTION 'Invalid state: payment % is %, not in review: only a payment in review is credited by hand.',
-                p_intent_id, v_intent.status
-            USING ERRCODE = 'BL012', DETAIL = jsonb_build_object('intent_id', p_intent_id, 'status', v_intent.status)::text,
-                  HINT = 'billing.payments_needing_review lists the payments in review.';
     ELSE
         SELECT * INTO v_topup FROM billing.top_up(
             v_intent.user_id, v_amount, v_intent.provider, v_intent.id::text, v_currency,
