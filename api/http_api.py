@@ -139,6 +139,9 @@ def money(value: Any, field_name: str, *, places: int = 8, signed: bool = False,
         raise ApiError(422, "invalid_amount", f"{field_name} is not a decimal amount", field=field_name) from None
     if not amount.is_finite():
         raise ApiError(422, "invalid_amount", f"{field_name} must be finite", field=field_name)
+    # Decide on magnitude before any arithmetic: abs() or quantize() of 1e999999999 raise decimal errors.
+    if amount.adjusted() >= MAX_MONEY.adjusted():
+        raise ApiError(422, "invalid_amount", f"{field_name} must be below 1e12", field=field_name)
     exponent = amount.as_tuple().exponent
     if isinstance(exponent, int) and exponent < -places and amount != amount.quantize(Decimal(1).scaleb(-places)):
         raise ApiError(

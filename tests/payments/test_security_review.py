@@ -409,3 +409,43 @@ def test_a_json_integer_of_4300_digits_is_a_400_on_every_json_route(pay_gateway,
     assert body(answer)["error"]["code"] in ("invalid_json", "invalid_webhook")
     assert "Traceback" not in answer.text
     assert all_events(pdb) == events
+
+
+# ---- found while looking for the next hole of the same classes --------------------------------------
+
+
+@pytest.mark.parametrize("number", ["1e999999999", "-1e999999999", "1e99999999999999999999"])
+@pytest.mark.parametrize("where", ["topup", "admin_topup", "admin_adjust", "admin_refund", "admin_credit", "settings",
+                                   "stripe"])
+def test_an_amount_with_an_enormous_exponent_is_a_4xx_on_every_money_route(pay_gateway, pdb, where, number):
+    # Before: 1e999999999 is short enough for every limit, parsed to a Decimal, and abs() of it raised
+    # decimal.Overflow in the amount check (500 on every route that takes money); 1e99999999999999999999
+    # made Decimal() raise InvalidOperation inside the JSON parser (500 even on a validly signed webhook).
+    user = user_client(pay_gateway)
+    admin = user_client(pay_gateway, admin=True)
+    target = str(uuid.uuid4())
+    events = all_events(pdb)
+    if where == "topup":
+        answer = user.post("/api/billing/topup", content=f'{{"amount_usd": {number}}}', headers=JSON)
+    elif where == "admin_topup":
+        answer = admin.post("/api/billing/topup", headers=JSON,
+                            content=f'{{"user_id": "{target}", "amount_usd": {number}, "payment_id": "p-1"}}')
+    elif where == "admin_adjust":
+        answer = admin.post(f"/api/admin/users/{target}/adjust", headers=JSON,
+                            content=f'{{"amount_usd": {number}, "reason": "x", "idempotency_key": "k"}}')
+    elif where == "admin_refund":
+        answer = admin.post("/api/admin/transactions/1/refund", headers=JSON,
+                            content=f'{{"amount_usd": {number}, "reason": "x", "idempotency_key": "k"}}')
+    elif where == "admin_credit":
+        answer = admin.post(f"/api/admin/payments/{target}/credit", headers=JSON,
+                            content=f'{{"amount": {number}, "reason": "x"}}')
+    elif where == "settings":
+        answer = user.put("/api/billing/settings", content=f'{{"monthly_limit_usd": {number}}}', headers=JSON)
+    else:
+        charge = f'{{"id": "ch_1", "object": "charge", "amount_refunded": {number}, "currency": "usd"}}'
+        head = f'"id": "evt_{uuid.uuid4().hex}", "object": "event", "type": "charge.refunded"'
+        event = f'{{{head}, "data": {{"object": {charge}}}}}'.encode()
+        answer = deliver(pay_gateway, "stripe", event, {"Stripe-Signature": sign_stripe(event, STRIPE_WEBHOOK_SECRET)})
+    assert 400 <= answer.status_code < 500, (answer.status_code, answer.text[:300])
+    assert "Traceback" not in answer.text
+    assert all_events(pdb) == events
