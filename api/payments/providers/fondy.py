@@ -20,7 +20,10 @@ browser, so every payer holds the signed result of their own order. Hence:
   and must be about that order). The facts recorded -- status, amounts, currencies, payment id,
   reversal -- are the status API's, and so is the stored payload. Fondy unreachable, or its answer not
   verifying: the callback is answered 503 and Fondy retries it (nothing stored, nothing credited);
-  Fondy knows no such order: 400.
+  Fondy knows no such order: 400. Fondy (now Flitt) repeats a callback not answered 200 after 2 s,
+  1 min, 5 min, 10 min, 1 h and 1 day and waits 30 s for an answer, so the status call's timeout
+  (TOLLGATE_PAYMENT_TIMEOUT_SECONDS, 20 s by default) keeps the callback within it; after the last
+  retry, ``tollgate payments reconcile`` asks the same API.
 * The event id is derived from the confirmed state, never from the callback's spelling:
   ``order:<order_id>:<order_status>:<payment_id>:<reversal_amount in minor units>``. The webhook and
   ``tollgate payments reconcile`` (which asks the same API) derive the same id for the same state, so
