@@ -179,6 +179,20 @@ def test_fondy_reversal_is_confirmed_before_it_is_clawed_back(pay_gateway, fondy
     assert balance(client) == D(3)
 
 
+def test_a_signed_fondy_callback_for_an_order_fondy_does_not_know_is_refused_and_stores_nothing(
+    pay_gateway, fondy_fake, pdb
+):
+    # Before: stored as an unknown_intent event (one more row per such callback). After: Fondy is asked,
+    # knows no such order: 400, nothing stored.
+    fields = {"order_id": str(uuid.uuid4()), "merchant_id": fondy_fake.merchant_id, "order_status": "approved",
+              "amount": "500", "currency": "USD", "payment_id": 1}
+    fields["signature"] = fondy_signature(FONDY_PASSWORD, fields)
+    events = all_events(pdb)
+    answer = deliver(pay_gateway, "fondy", json.dumps(fields).encode(), JSON)
+    assert answer.status_code == 400 and "knows no order" in body(answer)["error"]["message"], answer.text
+    assert all_events(pdb) == events
+
+
 def test_one_fondy_payment_state_is_one_event_however_the_callback_is_spelled(
     pay_gateway, stripe_fake, fondy_fake, pdb
 ):
