@@ -603,12 +603,13 @@ def test_migration_0004_rolls_back_alone_and_reapplies(db_url, conn):
     from tests.test_migrations import _snapshot
 
     before = _snapshot(db_url)
-    # 0005 (payments) depends on 0004, so it goes first and comes back with it.
-    assert migrate.downgrade(db_url, DB_DIR, "0003_owner_role") == ["0005_payments", "0004_gateway"]
+    # Later migrations (0005 payments, ...) depend on 0004, so they go first (newest first) and come back.
+    rolled_back = migrate.downgrade(db_url, DB_DIR, "0003_owner_role")
+    assert rolled_back[-2:] == ["0005_payments", "0004_gateway"]
     gone = conn.execute(
         "SELECT to_regclass('billing.api_keys'), to_regprocedure('billing.create_api_key(text, bytea, text, uuid)'),"
         " to_regclass('billing.cost_tracking_completed_by_tool')"
     ).fetchone()
     assert gone == (None, None, None)
-    assert migrate.upgrade(db_url, DB_DIR) == ["0004_gateway", "0005_payments"]
+    assert migrate.upgrade(db_url, DB_DIR) == rolled_back[::-1]
     assert _snapshot(db_url) == before
