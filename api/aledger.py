@@ -278,6 +278,24 @@ async def record_payment_event(conn: AsyncConn, facts: ledger.PaymentFacts) -> l
     return await _one(conn, "record_payment_event", facts.params(), ledger.PaymentEventResult)
 
 
+async def credit_reviewed_payment(
+    conn: AsyncConn,
+    intent_id: uuid.UUID,
+    actor: str,
+    reason: str,
+    amount: Money | None = None,
+    currency: str | None = None,
+) -> ledger.ReviewedCredit:
+    params = {
+        "intent_id": intent_id,
+        "actor": actor,
+        "reason": reason,
+        "amount": _money(amount, "amount"),
+        "currency": currency,
+    }
+    return await _one(conn, "credit_reviewed_payment", params, ledger.ReviewedCredit)
+
+
 async def payment_intent(
     conn: AsyncConn, intent_id: uuid.UUID, user_id: uuid.UUID | None = None
 ) -> ledger.PaymentDetails:

@@ -186,6 +186,8 @@ def _route_label(path: str) -> str:
         return "/api/admin/users/{user_id}/" + path.rsplit("/", 1)[-1][:16]
     if path.startswith("/api/admin/transactions/"):
         return "/api/admin/transactions/{id}/refund"
+    if path.startswith("/api/admin/payments/"):
+        return "/api/admin/payments/{intent_id}/credit"
     if path.startswith("/api/payments/"):
         return "/api/payments/{provider}/webhook"
     if path.startswith("/api/billing/payments/"):

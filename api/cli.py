@@ -430,10 +430,21 @@ def reconcile(settings: Settings, fail_stale_minutes: int | None) -> int:
     return 0 if remaining == 0 else 1
 
 
+def _operator() -> str:
+    """Who runs this command, for the audit trail: cli:<login name>."""
+    import getpass
+
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (KeyError, OSError):
+        return "cli"
+
+
 def cmd_payments(args: argparse.Namespace, settings: Settings) -> int:
     """`tollgate payments reconcile`: ask the providers about open and recent payments, apply what
     they report (crediting a payment whose webhook never came, clawing back refunds), expire the rest.
-    `tollgate payments review`: what an operator must look at (billing.payments_needing_review)."""
+    `tollgate payments review`: what an operator must look at (billing.payments_needing_review).
+    `tollgate payments credit`: credit a payment in review after looking (billing.credit_reviewed_payment)."""
     import asyncio
     import datetime as dt
 
@@ -445,6 +456,22 @@ def cmd_payments(args: argparse.Namespace, settings: Settings) -> int:
         for row in rows:
             print(" ".join(_plain(value) for value in row))
         print(f"{len(rows)} payment(s) need review" if rows else "no payment needs review")
+        return 0
+    if args.action == "credit":
+        with _ledger_connection(settings) as conn:
+            credit = ledger.credit_reviewed_payment(
+                conn, args.intent_id, args.actor or _operator(), args.reason, args.amount, args.currency
+            )
+        _print_fields(
+            intent_id=credit.intent_id,
+            status=credit.status,
+            transaction_id=credit.transaction_id,
+            amount=credit.amount,
+            currency=credit.currency,
+            credited_usd=credit.credited_usd,
+            reversed_usd=credit.reversed_usd,
+            replayed=credit.replayed,
+        )
         return 0
 
     url = roles.login_url(settings, Authority.PAYMENTS)
@@ -471,7 +498,8 @@ def cmd_payments(args: argparse.Namespace, settings: Settings) -> int:
             await pool.close()
         print(
             f"payments: {report.checked} checked, {report.events_applied} new event(s) applied "
-            f"({report.credited} credited, {report.reversed} reversed), {report.expired} expired"
+            f"({report.credited} credited, {report.review} to review, {report.reversed} reversed), "
+            f"{report.expired} expired"
         )
         for error in report.errors:
             print(f"  not checked: {error}")
@@ -611,7 +639,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--grace-minutes", type=int, default=60, metavar="N",
         help="expire open payments N minutes past their expiry that no provider reports paid (60)",
     )
-    payment_actions.add_parser("review", help="payments an operator must look at (mismatches, unknown intents)")
+    payment_actions.add_parser(
+        "review", help="payments an operator must look at (in review, mismatches, unmatched, unknown intents)"
+    )
+    credit = payment_actions.add_parser(
+        "credit", help="credit a payment in review, after looking at it (once; audited with --reason)"
+    )
+    credit.add_argument("intent_id", type=uuid.UUID, help="the payment intent (tollgate payments review lists them)")
+    credit.add_argument("--reason", required=True, help="why it is credited (recorded on the intent and ledger row)")
+    credit.add_argument(
+        "--amount", type=decimal_arg, help="amount to credit in --currency (default: what the provider reported paid)"
+    )
+    credit.add_argument("--currency", choices=["USD", "UAH"], help="currency to credit in (default: the paid one)")
+    credit.add_argument("--actor", help="who credits it, for the audit trail (default: cli:<login name>)")
 
     return parser
 

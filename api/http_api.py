@@ -139,6 +139,9 @@ def money(value: Any, field_name: str, *, places: int = 8, signed: bool = False,
         raise ApiError(422, "invalid_amount", f"{field_name} is not a decimal amount", field=field_name) from None
     if not amount.is_finite():
         raise ApiError(422, "invalid_amount", f"{field_name} must be finite", field=field_name)
+    # Decide on magnitude before any arithmetic: abs() or quantize() of 1e999999999 raise decimal errors.
+    if amount.adjusted() >= MAX_MONEY.adjusted():
+        raise ApiError(422, "invalid_amount", f"{field_name} must be below 1e12", field=field_name)
     exponent = amount.as_tuple().exponent
     if isinstance(exponent, int) and exponent < -places and amount != amount.quantize(Decimal(1).scaleb(-places)):
         raise ApiError(
@@ -182,7 +185,7 @@ def _path_uuid(request: Request, name: str) -> uuid.UUID:
     try:
         return uuid.UUID(request.path_params[name])
     except ValueError:
-        raise ApiError(422, "invalid_parameter", f"{name} must be a user id (UUID)", field=name) from None
+        raise ApiError(422, "invalid_parameter", f"{name} must be a UUID", field=name) from None
 
 
 def _path_int(request: Request, name: str) -> int:
@@ -471,6 +474,14 @@ async def payment_webhook(gateway: Gateway, request: Request) -> Response:
             "webhook rejected: %s", exc, extra={"provider": provider[:50], "bytes": len(body)}
         )
         raise ApiError(400, "invalid_webhook", f"the delivery was not accepted: {exc}; nothing was stored") from None
+    except ProviderUnavailable as exc:
+        # The provider could not confirm the delivery now: nothing was stored; a 5xx makes it retry.
+        webhook_log.warning("webhook not confirmed: %s", exc, extra={"provider": provider[:50]})
+        error = ApiError(
+            503, "payment_provider_unavailable", f"{exc}; nothing was stored, deliver it again later"
+        )
+        error.headers["Retry-After"] = "60"
+        raise error from None
     return ok(
         received=True,
         outcome=result.outcome,
@@ -561,6 +572,29 @@ async def admin_refund(gateway: Gateway, request: Request) -> Response:
     return ok(transaction=asdict(result))
 
 
+CREDIT_PAYMENT_BODY = _object(
+    {
+        "reason": {"type": "string", "minLength": 1, "maxLength": 1000, "description": "why it is credited (audited)"},
+        "amount": {**MONEY_SCHEMA, "description": "amount to credit in currency (default: what was paid)"},
+        "currency": {"type": "string", "enum": ["USD", "UAH"], "description": "default: the paid currency"},
+    },
+    ("reason",),
+)
+
+
+async def admin_credit_payment(gateway: Gateway, request: Request) -> Response:
+    """An administrator credits a payment in review, after looking at it (billing.credit_reviewed_payment)."""
+    admin = require_admin(request)
+    intent_id = _path_uuid(request, "intent_id")
+    body = await read_body(request, CREDIT_PAYMENT_BODY)
+    amount = money(body["amount"], "amount", positive=True) if "amount" in body else None
+    async with gateway.operator_pool.connection() as conn:
+        credit = await aledger.credit_reviewed_payment(
+            conn, intent_id, admin.label, body["reason"], amount, body.get("currency")
+        )
+    return ok(payment=asdict(credit))
+
+
 async def health(gateway: Gateway, request: Request) -> Response:
     """Every pool answers (metering, payments, operator): a login that stopped working is a failure."""
     for authority, pool in gateway.pools.items():
@@ -646,7 +680,11 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Payment provider webhook (Stripe, Fondy): signature verified over the raw body; each event applied once",
         "none",
         body={"type": "object", "description": "the provider's event, as it signs it"},
-        responses={400: "signature or body not accepted: nothing stored", 404: "no such provider configured"},
+        responses={
+            400: "signature or body not accepted: nothing stored",
+            404: "no such provider configured",
+            503: "the provider could not confirm the delivery now (Fondy's status API): nothing stored, retry",
+        },
         tag="payments",
     ),
     Endpoint(
@@ -668,6 +706,17 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Signed, audited correction",
         "admin",
         body=ADJUST_BODY,
+        tag="admin",
+    ),
+    Endpoint(
+        "POST",
+        "/api/admin/payments/{intent_id}/credit",
+        admin_credit_payment,
+        "Credit a payment in review (paid, not credited: not exactly what was asked), once, audited with the "
+        "reason; amount and currency default to what was paid",
+        "admin",
+        body=CREDIT_PAYMENT_BODY,
+        responses={409: "the payment is not in review, or was credited with other figures"},
         tag="admin",
     ),
     Endpoint(
@@ -778,7 +827,7 @@ def build_openapi(version: str) -> dict[str, Any]:
         parameters: list[dict[str, Any]] = []
         for name in re.findall(r"{(\w+)}", endpoint.path):
             schema: dict[str, Any] = {"type": "string"}
-            if name == "user_id":
+            if name in ("user_id", "intent_id"):
                 schema = {"type": "string", "format": "uuid"}
             elif name == "transaction_id":
                 schema = {"type": "integer", "minimum": 1}

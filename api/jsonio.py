@@ -2,8 +2,13 @@
 
 Parsing: numbers with a fraction or exponent become ``Decimal`` straight from their text (never a
 float), NaN/Infinity are refused, and so are duplicate keys (which JSON parsers resolve
-differently, so a body could mean two things). Rendering: ``Decimal`` is written as a JSON number
-with its exact digits, at least two decimals (``10.00``, ``0.0003``), never in exponent form.
+differently, so a body could mean two things) and numbers written with more than
+``MAX_NUMBER_CHARS`` characters or with an exponent beyond ``MAX_EXPONENT`` (no amount, id or count
+needs them; a 4,301-digit integer would otherwise make ``int()`` raise ValueError deep inside the
+parser, and ``1e999999999`` overflow the first Decimal arithmetic on it: 500s instead of 400s).
+
+Rendering: ``Decimal`` is written as a JSON number with its exact digits, at least two decimals
+(``10.00``, ``0.0003``), never in exponent form.
 """
 
 from __future__ import annotations
@@ -15,9 +20,34 @@ from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
+# The longest number text accepted: 1e12 with 8 decimals is 21 characters, a 64-bit id 20.
+MAX_NUMBER_CHARS = 100
+# The largest decimal exponent accepted (a double reaches 1e308): 1e999999999 is short text, but Decimal
+# arithmetic on it overflows (abs() raises decimal.Overflow) and 1e99999999999999999999 cannot even be
+# constructed (decimal.InvalidOperation, not a ValueError): 500s instead of 400s.
+MAX_EXPONENT = 1000
+
 
 class JSONBodyError(ValueError):
     """The text is not acceptable JSON; the message says why."""
+
+
+def _integer(text: str) -> int:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise JSONBodyError(f"a number of {len(text)} characters is not accepted (at most {MAX_NUMBER_CHARS})")
+    return int(text)
+
+
+def _decimal(text: str) -> Decimal:
+    if len(text) > MAX_NUMBER_CHARS:
+        raise JSONBodyError(f"a number of {len(text)} characters is not accepted (at most {MAX_NUMBER_CHARS})")
+    try:
+        value = Decimal(text)
+    except ArithmeticError:  # decimal.InvalidOperation: an exponent beyond what Decimal can hold
+        raise JSONBodyError(f"the number {text[:40]} is out of range") from None
+    if not -MAX_EXPONENT <= value.adjusted() <= MAX_EXPONENT:
+        raise JSONBodyError(f"the number {text[:40]} is out of range (exponent beyond ±{MAX_EXPONENT})")
+    return value
 
 
 def _refuse_constant(name: str) -> Any:
@@ -38,7 +68,8 @@ def loads(data: bytes | str) -> Any:
     try:
         return json.loads(
             data,
-            parse_float=Decimal,
+            parse_float=_decimal,
+            parse_int=_integer,
             parse_constant=_refuse_constant,
             object_pairs_hook=_unique_object,
         )
@@ -50,6 +81,8 @@ def loads(data: bytes | str) -> Any:
         raise JSONBodyError(f"malformed JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise JSONBodyError("JSON nested too deeply") from None
+    except ValueError as exc:  # anything else the parser's conversions refuse: a 400, never a 500
+        raise JSONBodyError(f"unacceptable JSON: {str(exc)[:200]}") from None
 
 
 def format_decimal(value: Decimal) -> str:

@@ -340,7 +340,9 @@ class PaymentFacts:
 
     ``action`` is paid / failed / expired / reversal / ignore; a reversal (or a paid snapshot that also
     reports one) names its bucket (``reversal_key``), kind (refund / chargeback) and the cumulative
-    amount the provider reports reversed. ``payload`` is the raw body as received, stored for audit.
+    amount the provider reports reversed. ``payload`` is what the provider said (at most 64 KiB), stored
+    for audit. ``review_reason``: something the caller found that the ledger cannot check (another
+    merchant, say); a paid payment with one goes to review, uncredited.
     """
 
     provider: str
@@ -358,6 +360,7 @@ class PaymentFacts:
     reversed_amount: Decimal | None = None
     reversal_currency: str | None = None
     reinstated: bool = False
+    review_reason: str | None = None
 
     def params(self) -> dict[str, Any]:
         return {
@@ -376,6 +379,7 @@ class PaymentFacts:
             "reversed_amount": _money(self.reversed_amount, "reversed_amount"),
             "reversal_currency": self.reversal_currency,
             "reinstated": self.reinstated,
+            "review_reason": self.review_reason,
         }
 
 
@@ -393,6 +397,22 @@ class PaymentEventResult:
     credited_usd: Decimal | None
     reversed_usd: Decimal
     duplicate: bool
+
+
+@dataclass(frozen=True)
+class ReviewedCredit:
+    """billing.credit_reviewed_payment: an operator's credit of a payment that was in review."""
+
+    intent_id: uuid.UUID
+    status: str
+    user_id: uuid.UUID
+    transaction_id: int
+    amount: Decimal
+    currency: str
+    credited_usd: Decimal
+    exchange_rate: Decimal | None
+    reversed_usd: Decimal
+    replayed: bool
 
 
 def _money(value: Money | None, field: str) -> Decimal | None:
@@ -790,6 +810,24 @@ def fail_payment_intent(conn: psycopg.Connection[Any], intent_id: uuid.UUID, rea
 
 def record_payment_event(conn: psycopg.Connection[Any], facts: PaymentFacts) -> PaymentEventResult:
     return _one(conn, "record_payment_event", facts.params(), PaymentEventResult)
+
+
+def credit_reviewed_payment(
+    conn: psycopg.Connection[Any],
+    intent_id: uuid.UUID,
+    actor: str,
+    reason: str,
+    amount: Money | None = None,
+    currency: str | None = None,
+) -> ReviewedCredit:
+    params = {
+        "intent_id": intent_id,
+        "actor": actor,
+        "reason": reason,
+        "amount": _money(amount, "amount"),
+        "currency": currency,
+    }
+    return _one(conn, "credit_reviewed_payment", params, ReviewedCredit)
 
 
 def payment_intent(

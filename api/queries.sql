@@ -154,7 +154,11 @@ SELECT * FROM billing.fail_payment_intent(%(intent_id)s, %(reason)s);
 SELECT * FROM billing.record_payment_event(
     %(provider)s, %(event_id)s, %(event_type)s, %(payload)s, %(intent_id)s, %(external_id)s, %(payment_ref)s,
     %(action)s, %(amount)s, %(currency)s, %(reversal_key)s, %(reversal_kind)s, %(reversed_amount)s,
-    %(reversal_currency)s, %(reinstated)s);
+    %(reversal_currency)s, %(reinstated)s, %(review_reason)s);
+
+-- credit_reviewed_payment --
+-- An operator credits a payment in review (once; actor and reason recorded).
+SELECT * FROM billing.credit_reviewed_payment(%(intent_id)s, %(actor)s, %(reason)s, %(amount)s, %(currency)s);
 
 -- payment_intent --
 -- One payment as its owner (or, with user NULL, an operator) sees it.

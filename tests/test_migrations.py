@@ -3,6 +3,7 @@ the grants of DESIGN §4 hold; plpgsql_check finds no error in any function."""
 
 from __future__ import annotations
 
+import itertools
 import re
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -71,9 +72,15 @@ def test_migration_files_are_numbered_without_gaps_each_with_a_rollback() -> Non
     assert rollback - forward == set(), "rollbacks without their migration"
 
     numbers = sorted(int(m.removesuffix(".sql")[:4]) for m in forward)
-    assert numbers == list(range(1, len(numbers) + 1)), (
-        f"migration numbers must run 1, 2, 3… without gaps: {numbers}"
-    )
+    expected = list(range(1, max(numbers, default=0) + 1))
+    assert numbers == expected, f"migration numbers must run 1, 2, 3… without gaps: {numbers}"
+
+
+def test_each_migration_depends_on_the_one_before_it() -> None:
+    ids = _migration_ids()
+    for previous, migration in itertools.pairwise(ids):
+        first_line = (MIGRATIONS / f"{migration}.sql").read_text(encoding="utf-8").splitlines()[0]
+        assert first_line == f"-- depends: {previous}", f"{migration} must start with '-- depends: {previous}'"
 
 
 def test_walk_up_down_to_zero_and_up_again(fresh_db_url: str) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
@@ -20,6 +21,7 @@ from api.errors import (
     InsufficientFunds,
     InvalidAmount,
     InvalidArgument,
+    InvalidState,
     NoExchangeRate,
     UnknownPayment,
     UnknownUser,
@@ -174,16 +176,99 @@ def test_paid_event_credits_once_and_a_replay_is_acknowledged_and_ignored(db):
         ledger.payment_intent(db, i.intent_id, h.new_user(db))  # not another user's to read
 
 
-def test_amount_mismatch_credits_what_was_paid_and_flags_it(db):
+def in_review(db, i: ledger.PaymentIntent, user: uuid.UUID, expected_detail: str) -> None:
+    """The intent is in review with `expected_detail`, nothing was credited, and the view lists it."""
+    details = ledger.payment_intent(db, i.intent_id)
+    assert (details.status, details.credited_usd, details.transaction_id) == ("review", None, None)
+    assert balance(db, user) == 0 and topups(db, user) == []
+    assert db.execute("SELECT reason, detail FROM billing.payments_needing_review WHERE intent_id = %s",
+                      (i.intent_id,)).fetchall() == [("review", expected_detail)]
+
+
+def test_an_amount_other_than_asked_goes_to_review_and_credits_nothing(db):
+    # Issue 12: a mismatch used to be credited as paid (45.50) and flagged; now nothing is credited.
     user = h.new_user(db)
     i = intent(db, user, "50.00")
     result = ledger.record_payment_event(db, paid(i, amount="45.50"))
-    assert result.outcome == "flagged" and result.credited_usd == D("45.50")
-    assert balance(db, user) == D("45.50")
+    assert (result.outcome, result.intent_status, result.credited_usd, result.transaction_id) == (
+        "review", "review", None, None)
+    in_review(db, i, user, "asked 50.00 USD, paid 45.50 USD")
+    # The same payment reported again (reconciliation, a second event type) stays in review.
+    again = ledger.record_payment_event(db, paid(i, amount="45.50"))
+    assert again.outcome == "already_in_review" and balance(db, user) == 0
+
+
+def test_a_usd_intent_paid_in_uah_goes_to_review(db):
+    ledger.set_exchange_rate(db, D("40"))
+    user = h.new_user(db)
+    i = intent(db, user, "10.00", "USD")
+    result = ledger.record_payment_event(db, paid(i, amount="400.00", currency="UAH"))
+    assert (result.outcome, result.credited_usd) == ("review", None)
+    in_review(db, i, user, "asked 10.00 USD, paid 400.00 UAH")
+
+
+def test_a_currency_the_ledger_does_not_keep_goes_to_review(db):
+    user = h.new_user(db)
+    i = intent(db, user, "10.00")
+    result = ledger.record_payment_event(db, paid(i, amount="9.20", currency="EUR"))
+    assert (result.outcome, result.intent_status, result.credited_usd) == ("review", "review", None)
+    in_review(db, i, user, "asked 10.00 USD, paid 9.20 EUR")
+
+
+def test_a_payment_through_another_checkout_goes_to_review_and_the_intents_own_still_credits(db):
+    # Issue 12: another product's paid session naming our intent was credited at its amount_total.
+    user = h.new_user(db)
+    i = intent(db, user, "25.00")
+    foreign = replace(paid(i, payment_ref="pi_foreign"), external_id="cs_payment_link")
+    result = ledger.record_payment_event(db, foreign)
+    assert (result.outcome, result.credited_usd) == ("review", None)
+    in_review(db, i, user, f"paid through checkout cs_payment_link, not the intent's checkout cs_{i.intent_id.hex}")
+    # The customer pays at our own checkout: exactly what was asked, so it is credited after all, and
+    # the note about the other payment stays for an operator.
+    own = ledger.record_payment_event(db, paid(i))
+    assert (own.outcome, own.credited_usd) == ("credited", D(25))
     details = ledger.payment_intent(db, i.intent_id)
-    assert details.mismatch == "asked 50.00 USD, paid 45.50 USD"
-    review = db.execute("SELECT reason, intent_id FROM billing.payments_needing_review").fetchall()
-    assert review == [("mismatch", i.intent_id)]
+    assert details.status == "succeeded" and "cs_payment_link" in (details.mismatch or "")
+    assert db.execute("SELECT reason FROM billing.payments_needing_review WHERE intent_id = %s",
+                      (i.intent_id,)).fetchall() == [("mismatch",)]
+    # Another payment naming the intent after it was credited: stored for review, nothing credited.
+    late = ledger.record_payment_event(db, replace(paid(i, payment_ref="pi_third"), external_id="cs_other"))
+    assert (late.outcome, late.credited_usd) == ("unmatched", None)
+    assert balance(db, user) == D(25)
+    assert ("unmatched", i.intent_id) in db.execute(
+        "SELECT reason, intent_id FROM billing.payments_needing_review").fetchall()
+
+
+def test_a_payment_naming_an_intent_without_a_recorded_checkout_goes_to_review(db):
+    user = h.new_user(db)
+    started = ledger.create_payment_intent(db, user, "stripe", D("8.00"), "USD")  # checkout never attached
+    facts = PaymentFacts(provider="stripe", event_id="evt_cut", event_type="checkout.session.completed",
+                         payload="{}", action="paid", intent_id=started.intent_id, external_id="cs_cut",
+                         payment_ref="pi_cut", amount=D(8), currency="USD")
+    assert ledger.record_payment_event(db, facts).outcome == "review"
+    in_review(db, started, user, "paid through checkout cs_cut, but the intent has no checkout recorded")
+    # Once the checkout is recorded (a retried start), reconciliation's report of it credits it.
+    ledger.attach_payment_checkout(db, started.intent_id, "cs_cut", "https://pay.example/cut")
+    healed = ledger.record_payment_event(db, replace(facts, event_id="reconcile:cs_cut:paid"))
+    assert (healed.outcome, healed.credited_usd) == ("credited", D(8))
+
+
+def test_a_reason_only_the_caller_can_check_sends_the_payment_to_review(db):
+    user = h.new_user(db)
+    i = intent(db, user, "5.00", provider="fondy")
+    facts = replace(paid(i, provider="fondy"), review_reason="merchant 42 is not this gateway's merchant 1396424")
+    assert ledger.record_payment_event(db, facts).outcome == "review"
+    in_review(db, i, user, "merchant 42 is not this gateway's merchant 1396424")
+
+
+def test_a_payment_already_recorded_on_another_intent_is_not_credited_twice(db):
+    user = h.new_user(db)
+    first, second = intent(db, user, "5.00"), intent(db, user, "5.00")
+    ledger.record_payment_event(db, paid(first, payment_ref="pi_shared"))
+    result = ledger.record_payment_event(db, paid(second, payment_ref="pi_shared"))
+    assert result.outcome == "review" and balance(db, user) == D(5)
+    note = ledger.payment_intent(db, second.intent_id).mismatch or ""
+    assert f"already recorded on intent {first.intent_id}" in note
 
 
 def test_uah_payment_is_converted_at_the_stored_rate_and_the_rate_recorded(db):
@@ -195,23 +280,6 @@ def test_uah_payment_is_converted_at_the_stored_rate_and_the_rate_recorded(db):
     [row] = topups(db, user)
     assert (row["currency"], row["amount_uah"], row["exchange_rate"]) == ("UAH", D("1000.00"), D("41.25"))
     assert ledger.payment_intent(db, i.intent_id).exchange_rate == D("41.25")
-
-
-def test_a_usd_intent_paid_in_uah_is_credited_converted_and_flagged(db):
-    ledger.set_exchange_rate(db, D("40"))
-    user = h.new_user(db)
-    i = intent(db, user, "10.00", "USD")
-    result = ledger.record_payment_event(db, paid(i, amount="400.00", currency="UAH"))
-    assert (result.outcome, result.credited_usd) == ("flagged", D(10))
-
-
-def test_a_currency_the_ledger_does_not_keep_is_not_credited_but_put_up_for_review(db):
-    user = h.new_user(db)
-    i = intent(db, user, "10.00")
-    result = ledger.record_payment_event(db, paid(i, amount="9.20", currency="EUR"))
-    assert (result.outcome, result.intent_status, result.credited_usd) == ("flagged", "review", None)
-    assert balance(db, user) == 0
-    assert "EUR cannot be credited automatically" in (ledger.payment_intent(db, i.intent_id).mismatch or "")
 
 
 def test_events_for_unknown_intents_are_stored_and_credit_nothing(db):
@@ -253,8 +321,6 @@ def test_ignored_event_types_are_stored_only(db):
     ],
 )
 def test_malformed_facts_are_refused_and_store_nothing(db, change, error):
-    from dataclasses import replace
-
     user = h.new_user(db)
     i = intent(db, user)
     with h.nothing_written(db), pytest.raises(error):
@@ -494,3 +560,163 @@ def test_a_reversal_that_names_no_payment_takes_nothing(db):
     result = ledger.record_payment_event(db, facts)
     assert result.outcome == "unknown_intent" and result.detail == "the reversal names no payment: nothing taken back"
     assert h.counts(db)["payment_reversals"] == 0
+
+
+# ---- review: an operator credits what was not credited automatically ------------------------------
+
+
+def test_an_operator_credits_a_payment_in_review_once_with_actor_and_reason_recorded(db):
+    user = h.new_user(db)
+    i = intent(db, user, "50.00")
+    ledger.record_payment_event(db, paid(i, amount="40.00"))
+    credit = ledger.credit_reviewed_payment(db, i.intent_id, "user:ops@example.com", "paid 40 of 50, agreed")
+    assert (credit.status, credit.amount, credit.currency, credit.credited_usd, credit.replayed) == (
+        "succeeded", D(40), "USD", D(40), False)
+    assert balance(db, user) == D(40)
+    [row] = topups(db, user)
+    assert (row["payment_provider"], row["payment_id"], row["amount_usd"]) == ("stripe", str(i.intent_id), D(40))
+    assert row["metadata"]["reviewed_by"] == "user:ops@example.com"
+    assert row["metadata"]["review_reason"] == "paid 40 of 50, agreed"
+    assert row["metadata"]["mismatch"] == "asked 50.00 USD, paid 40.00 USD"
+    intent_row = db.execute("SELECT status, reviewed_by, review_reason, reviewed_at IS NOT NULL, mismatch"
+                            " FROM billing.payment_intents WHERE id = %s", (i.intent_id,)).fetchone()
+    assert intent_row == ("succeeded", "user:ops@example.com", "paid 40 of 50, agreed", True, None)
+    assert db.execute("SELECT count(*) FROM billing.payments_needing_review WHERE intent_id = %s",
+                      (i.intent_id,)).fetchone() == (0,)  # looked at
+    # A replay returns the original credit; other figures are a conflict; nothing more is credited.
+    again = ledger.credit_reviewed_payment(db, i.intent_id, "user:other", "again")
+    assert again.replayed and again.transaction_id == credit.transaction_id
+    with pytest.raises(IdempotencyConflict):
+        ledger.credit_reviewed_payment(db, i.intent_id, "user:ops@example.com", "more", D(50))
+    # The provider's later reports of the same payment change nothing.
+    assert ledger.record_payment_event(db, paid(i, amount="40.00")).outcome == "already_credited"
+    assert balance(db, user) == D(40) and len(topups(db, user)) == 1
+
+
+def test_an_operator_converts_a_payment_in_a_currency_the_ledger_does_not_keep(db):
+    ledger.set_exchange_rate(db, D("40"))
+    user = h.new_user(db)
+    i = intent(db, user, "20.00")
+    ledger.record_payment_event(db, paid(i, amount="20.00", currency="EUR"))
+    with pytest.raises(UnsupportedCurrency):
+        ledger.credit_reviewed_payment(db, i.intent_id, "ops", "as paid")  # 20 EUR cannot be credited as is
+    with pytest.raises(InvalidArgument):
+        ledger.credit_reviewed_payment(db, i.intent_id, "ops", "in USD", currency="USD")  # how much?
+    credit = ledger.credit_reviewed_payment(db, i.intent_id, "ops", "20 EUR at 1.08", D("21.60"), "usd")
+    assert (credit.amount, credit.currency, credit.credited_usd) == (D("21.60"), "USD", D("21.60"))
+    # A partial refund in the payment's currency takes back its share of the credit.
+    ref = f"pi_{i.intent_id.hex}"
+    assert ledger.record_payment_event(db, refund(ref, "5.00", "EUR")).reversed_usd == D("5.40")
+    assert ledger.record_payment_event(db, refund(ref, "20.00", "EUR")).reversed_usd == D("16.20")
+    assert balance(db, user) == 0
+
+
+@pytest.mark.parametrize("state", ["pending", "succeeded", "expired"])
+def test_only_a_payment_in_review_is_credited_by_hand(db, state):
+    user = h.new_user(db)
+    i = intent(db, user, "5.00")
+    if state == "succeeded":
+        ledger.record_payment_event(db, paid(i))
+    elif state == "expired":
+        ledger.record_payment_event(db, PaymentFacts(provider="stripe", event_id="evt_e", event_type="x",
+                                                     payload="{}", action="expired", intent_id=i.intent_id))
+    before = balance(db, user)
+    with h.nothing_written(db), pytest.raises(InvalidState) as refused:
+        ledger.credit_reviewed_payment(db, i.intent_id, "ops", "why not", D(5), "USD")
+    assert refused.value.detail["status"] == state
+    assert balance(db, user) == before
+    with pytest.raises(UnknownPayment):
+        ledger.credit_reviewed_payment(db, uuid.uuid4(), "ops", "x")
+    with pytest.raises(InvalidArgument):
+        ledger.credit_reviewed_payment(db, i.intent_id, "ops", " ")  # a reason is required
+
+
+def test_a_reversal_of_a_payment_in_review_claws_nothing_back_until_an_operator_credits_it(db):
+    user = h.funded_user(db, D(3))
+    i = intent(db, user, "10.00")
+    ledger.record_payment_event(db, paid(i, amount="8.00"))
+    ref = f"pi_{i.intent_id.hex}"
+    early = ledger.record_payment_event(db, refund(ref, "8.00"))
+    assert (early.outcome, early.reversed_usd) == ("deferred", D(0))
+    assert balance(db, user) == D(3)  # the user's own money is untouched: this payment was never credited
+    credit = ledger.credit_reviewed_payment(db, i.intent_id, "ops", "late look")
+    assert (credit.credited_usd, credit.reversed_usd) == (D(8), D(8))  # refunded since: taken back with it
+    assert balance(db, user) == D(3)
+
+
+def test_verify_ledger_flags_a_credit_of_other_figures_than_asked_without_review(db):
+    user = h.new_user(db)
+    i = intent(db, user, "10.00")
+    ledger.record_payment_event(db, paid(i))
+    assert ledger.verify_ledger(db) == []
+    db.execute("UPDATE billing.payment_intents SET amount = 9.99 WHERE id = %s", (i.intent_id,))
+    [violation] = ledger.verify_ledger(db)
+    assert violation.invariant == "payments" and "without an operator's review" in violation.detail
+    db.execute("UPDATE billing.payment_intents SET amount = 10 WHERE id = %s", (i.intent_id,))
+    # Clawed back from a payment that was never credited: also flagged.
+    other = intent(db, user, "5.00")
+    ledger.record_payment_event(db, paid(other, amount="4.00"))
+    db.execute("INSERT INTO billing.payment_reversals (provider, payment_ref, reversal_key, kind, currency, amount,"
+               " clawed_usd) VALUES ('stripe', %s, 'refunds', 'refund', 'USD', 1, 1)", (f"pi_{other.intent_id.hex}",))
+    assert [v.invariant for v in ledger.verify_ledger(db)] == ["reversals"]
+    db.execute("DELETE FROM billing.payment_reversals WHERE payment_ref = %s", (f"pi_{other.intent_id.hex}",))
+
+
+def test_a_payload_over_64_kib_is_refused_and_stores_nothing(db):
+    user = h.new_user(db)
+    i = intent(db, user)
+    with h.nothing_written(db), pytest.raises(InvalidArgument):
+        ledger.record_payment_event(db, replace(paid(i), payload="x" * 65537))
+    with h.nothing_written(db), pytest.raises(InvalidArgument):
+        ledger.record_payment_event(db, replace(paid(i), payload="я" * 32769))  # bytes, not characters
+    assert ledger.record_payment_event(db, replace(paid(i), payload="x" * 65536)).outcome == "credited"
+
+
+@pytest.mark.slow
+def test_an_operator_credit_racing_the_intents_own_payment_credits_once(db, connect, db_url):
+    user = h.new_user(db)
+    intents = [intent(db, user, "5.00") for _ in range(10)]
+    for item in intents:  # another product's payment put each in review
+        ledger.record_payment_event(db, replace(paid(item, payment_ref=f"pi_other_{item.intent_id.hex}"),
+                                                external_id="cs_other"))
+    conns = hc.open_connections(connect, db_url, 8)
+
+    def work(n: int, c: Any) -> None:
+        for item in intents:
+            try:
+                if n % 2:
+                    ledger.credit_reviewed_payment(c, item.intent_id, f"ops-{n}", "looked")
+                else:
+                    ledger.record_payment_event(c, paid(item, event_id=f"evt_own_{n}_{item.intent_id}"))
+            except (InvalidState, IdempotencyConflict):
+                pass  # the other path got there first (or another operator, with the same figures: a replay)
+
+    outcomes = hc.run_together(conns, work)
+    hc.assert_only(outcomes)
+    assert len(topups(db, user)) == 10 and balance(db, user) == D(50)
+
+
+def test_migration_0007_labels_credits_made_as_paid_before_it_and_rolls_back_alone(db_url, conn):
+    from api import migrate
+    from tests.conftest import DB_DIR
+    from tests.test_migrations import _snapshot
+
+    before = _snapshot(db_url)
+    # What 0005's record_payment_event did with a mismatch: credit what was paid, flag it. Written before
+    # rolling back, by the current functions (later migrations change what the ledger rows carry).
+    user = ledger.ensure_account(conn, "legacy-user")
+    i = ledger.create_payment_intent(conn, user, "stripe", D(50), "USD")
+    credit = ledger.top_up(conn, user, D(40), "stripe", str(i.intent_id))
+    assert migrate.downgrade(db_url, DB_DIR, "0006_role_split")[-1] == "0007_payment_review"
+    assert conn.execute("SELECT to_regprocedure('billing.credit_reviewed_payment(uuid, text, text, numeric, text)')"
+                        ).fetchone() == (None,)
+    conn.execute(
+        "UPDATE billing.payment_intents SET status = 'succeeded', paid_amount = 40, paid_currency = 'USD',"
+        " transaction_id = %s, credited_usd = 40, mismatch = 'asked 50.00 USD, paid 40.00 USD' WHERE id = %s",
+        (credit.transaction_id, i.intent_id))
+    migrate.upgrade(db_url, DB_DIR)
+    assert conn.execute("SELECT reviewed_by, review_reason FROM billing.payment_intents WHERE id = %s",
+                        (i.intent_id,)).fetchone() == (
+        "migration:0007", "credited as paid before payments went to review: asked 50.00 USD, paid 40.00 USD")
+    assert ledger.verify_ledger(conn) == []
+    assert _snapshot(db_url) == before

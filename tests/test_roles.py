@@ -83,6 +83,7 @@ MATRIX: dict[str, frozenset[str]] = {
         "revoke_api_key": {OP},
         "list_api_keys": {OP},
         "verify_ledger": {OP},
+        "credit_reviewed_payment": {OP},
     }.items()
 }
 

@@ -6,9 +6,13 @@ The flow (README "Payments"):
    (nothing credited), the provider's checkout created, ``billing.attach_payment_checkout``; the answer
    carries the checkout URL.
 2. The provider calls ``POST /api/payments/{provider}/webhook`` → ``service.handle_webhook``: the
-   provider module verifies the signature over the raw body (refused: 400, nothing stored) and reduces
-   the event to ``PaymentFacts``; ``billing.record_payment_event`` stores it raw and applies it in one
-   transaction (credit once, fail, expire, claw back).
+   provider module verifies the signature over the raw body (refused: 400, nothing stored), reduces the
+   event to ``PaymentFacts`` and confirms them where a signed body alone cannot be trusted (Fondy: its
+   order-status API, server to server; unreachable: 503, nothing stored, the provider retries);
+   ``billing.record_payment_event`` stores the facts' payload and applies them in one transaction: it
+   credits only exactly what the intent asked (amount, currency, its recorded checkout), once; anything
+   else goes to review uncredited (``billing.credit_reviewed_payment``: an operator credits it, audited);
+   fail, expire, claw back.
 3. ``tollgate payments reconcile`` → ``service.reconcile``: asks each provider about open and recent
    intents and applies what it reports through the same SQL function, so a webhook that never came is
    made good and one that races it cannot credit twice.

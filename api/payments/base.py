@@ -21,6 +21,13 @@ class ProviderUnavailable(Exception):
     """The provider refused or could not be reached while creating a checkout or reading a payment."""
 
 
+# No provider sends more than this for one event (Stripe events and Fondy callbacks are a few KiB): a
+# bigger delivery is refused (400) before it is verified, and the ledger stores at most this much per event.
+MAX_EVENT_BYTES = 64 * 1024
+# Nor more fields than this in a flat form or JSON callback (Fondy sends about 40).
+MAX_EVENT_FIELDS = 200
+
+
 class ProviderConfigError(ValueError):
     """A provider is partly configured (some of its environment variables set, others missing or bad)."""
 
@@ -68,9 +75,16 @@ class Checkout:
 
 
 class PaymentProvider(Protocol):
-    """One payment provider. Implementations live in api/payments/providers/<name>.py."""
+    """One payment provider. Implementations live in api/payments/providers/<name>.py.
+
+    A webhook delivery is ``parse_webhook`` (verify the signature, reduce the body to the facts it
+    claims), then ``confirm`` (the facts to record: the claim as it is where the provider signs the
+    whole body and sends it server to server, or what the provider's API answers when asked, where a
+    signed body can be relayed or rearranged by the payer)."""
 
     name: str
+    # The largest delivery accepted (larger: 400 before anything is verified or stored).
+    max_body_bytes: int
 
     async def create_checkout(self, request: CheckoutRequest) -> Checkout:
         """Create the provider's checkout for an intent (idempotent per intent id where the provider
@@ -78,8 +92,15 @@ class PaymentProvider(Protocol):
         ...
 
     def parse_webhook(self, body: bytes, headers: Mapping[str, str]) -> PaymentFacts:
-        """Verify a delivery's signature over the raw body, then reduce it to facts. Raises
-        WebhookRejected before looking at the content when the signature does not verify."""
+        """Verify a delivery's signature over the raw body, then reduce it to the facts it claims.
+        Raises WebhookRejected before looking at the content when the signature does not verify."""
+        ...
+
+    async def confirm(self, claimed: PaymentFacts) -> PaymentFacts:
+        """The facts to record for a verified delivery: `claimed` itself, or what the provider's API
+        reports about the same payment (server to server). Raises ProviderUnavailable when the provider
+        cannot confirm now (the webhook is answered 503 so that the provider retries; nothing is stored),
+        WebhookRejected when the provider says the claim is about nothing it knows."""
         ...
 
     async def fetch(self, intent: OpenIntent) -> list[PaymentFacts]:

@@ -53,6 +53,7 @@ class ReconcileReport:
     checked: int = 0
     events_applied: int = 0
     credited: int = 0
+    review: int = 0
     reversed: int = 0
     expired: int = 0
     errors: list[str] = dataclasses.field(default_factory=list)
@@ -187,15 +188,19 @@ class Payments:
     # ---- 2. webhooks ------------------------------------------------------------------------------
 
     async def handle_webhook(self, provider_name: str, body: bytes, headers: Mapping[str, str]) -> PaymentEventResult:
-        """Verify, store and apply one delivery. Raises WebhookRejected (nothing stored) or
-        PaymentsUnavailable (no such provider here)."""
+        """Verify, confirm (where the provider offers it), store and apply one delivery. Raises
+        WebhookRejected (nothing stored), ProviderUnavailable (the provider could not confirm it now:
+        nothing stored, the provider should retry) or PaymentsUnavailable (no such provider here)."""
         provider = self.providers.get(provider_name)
         if provider is None:
             raise PaymentsUnavailable(f"no payment provider {provider_name[:50]!r} is configured here")
-        facts = provider.parse_webhook(body, headers)
+        if len(body) > provider.max_body_bytes:
+            raise WebhookRejected(f"the body is larger than {provider.max_body_bytes} bytes: no provider sends that")
+        facts = await provider.confirm(provider.parse_webhook(body, headers))
         async with self.pool.connection() as conn:
             result = await aledger.record_payment_event(conn, facts)
-        level = logging.WARNING if "unknown_intent" in result.outcome or "flagged" in result.outcome else logging.INFO
+        steps = result.outcome.split(",")
+        level = logging.WARNING if {"unknown_intent", "review", "unmatched"} & set(steps) else logging.INFO
         log.log(
             level,
             "payment event %s %s: %s%s",
@@ -238,8 +243,10 @@ class Payments:
                 if result.duplicate:
                     continue
                 report.events_applied += 1
-                report.credited += "credited" in result.outcome or "flagged" in result.outcome
-                report.reversed += "reversed" in result.outcome or "reinstated" in result.outcome
+                steps = result.outcome.split(",")
+                report.credited += "credited" in steps
+                report.review += "review" in steps
+                report.reversed += "reversed" in steps or "reinstated" in steps
                 log.info("reconciled %s: %s", intent.intent_id, result.outcome, extra={"detail": result.detail})
         async with self.pool.connection() as conn:
             report.expired = await aledger.expire_payment_intents(conn, grace)

@@ -3,7 +3,9 @@
 -- for each reversal bucket of (provider, payment_ref) (billing.payment_reversals), the USD to claw back
 -- is the reported amount converted at the rate recorded on the top-up (a whole-payment reversal takes
 -- back exactly what was credited), 0 once a chargeback is reinstated, and never more in total than
--- the top-up credited. The difference from what was already clawed is written as one 'adjustment'
+-- the top-up credited. When an operator credited another amount or currency than was paid
+-- (billing.credit_reviewed_payment), a partial reversal takes back its share of the credit:
+-- credited_usd * reported / paid. The difference from what was already clawed is written as one 'adjustment'
 -- ledger row referencing the top-up (refund_of): negative to claw back, positive to give back. The
 -- balance may go below zero: calls are then refused (insufficient funds) until it is topped up.
 -- A bucket in another currency than the payment is left alone and the intent is flagged for review.
@@ -25,11 +27,18 @@ DECLARE
     v_target   numeric;
     v_others   numeric;
     v_delta    numeric;
+    v_credit   text;     -- the currency the top-up was credited in (the clawback rows use it)
+    v_as_paid  boolean;  -- the top-up credited what was paid (always, unless an operator chose otherwise)
 BEGIN
     reversed_usd := 0;
     IF p_intent.status <> 'succeeded' OR p_intent.payment_ref IS NULL THEN
         RETURN;
     END IF;
+    SELECT t.currency,
+           t.currency = p_intent.paid_currency
+           AND CASE t.currency WHEN 'UAH' THEN t.amount_uah ELSE t.amount_usd END = p_intent.paid_amount
+      INTO v_credit, v_as_paid
+      FROM billing.billing_transactions t WHERE t.id = p_intent.transaction_id;
     SELECT c.clock_override, c.time_zone INTO v_clock, v_tz FROM billing.config c;
     FOR v_reversal IN
         SELECT * FROM billing.payment_reversals r
@@ -48,6 +57,7 @@ BEGIN
         v_target := CASE
             WHEN v_reversal.reinstated THEN 0
             WHEN v_reversal.amount >= p_intent.paid_amount THEN p_intent.credited_usd
+            WHEN NOT v_as_paid THEN round(p_intent.credited_usd * v_reversal.amount / p_intent.paid_amount, 8)
             WHEN p_intent.paid_currency = 'UAH' THEN round(v_reversal.amount / p_intent.exchange_rate, 8)
             ELSE v_reversal.amount
         END;
@@ -71,9 +81,9 @@ BEGIN
                                'reversal', v_reversal.reversal_key, 'kind', v_reversal.kind,
                                'reported_amount', v_reversal.amount, 'currency', v_reversal.currency,
                                'reinstated', v_reversal.reinstated, 'event_id', p_event_id),
-            p_intent.paid_currency,
-            CASE WHEN p_intent.paid_currency = 'UAH' THEN round(-v_delta * p_intent.exchange_rate, 2) END,
-            CASE WHEN p_intent.paid_currency = 'UAH' THEN p_intent.exchange_rate END,
+            v_credit,
+            CASE WHEN v_credit = 'UAH' THEN round(-v_delta * p_intent.exchange_rate, 2) END,
+            CASE WHEN v_credit = 'UAH' THEN p_intent.exchange_rate END,
             p_intent.provider, p_intent.id::text,
             p_key => format('payment:%s:%s:%s:%s', p_intent.provider, p_intent.id, v_reversal.reversal_key,
                             v_reversal.revision + 1),

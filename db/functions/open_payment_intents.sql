@@ -2,8 +2,9 @@
 --     status, amount, currency, external_id, payment_ref, expires_at, created_at)
 -- The intents reconciliation asks the provider about, oldest first: open ones (created, pending) at
 -- least `min_age` old (younger ones are still being paid), and those created within `lookback` that
--- failed or expired (a late success must still be credited) or succeeded (refunds and chargebacks
--- a missed webhook did not report). `provider` NULL means all providers.
+-- failed or expired (a late success must still be credited), succeeded (refunds and chargebacks
+-- a missed webhook did not report) or in review (the same, for an operator's credit to apply; and a
+-- checkout recorded since is credited when it matches). `provider` NULL means all providers.
 -- Locks: none.  Errors: BL009 invalid_argument.
 CREATE OR REPLACE FUNCTION billing.open_payment_intents(
     p_provider text DEFAULT NULL, p_min_age interval DEFAULT interval '5 minutes',
@@ -29,7 +30,7 @@ BEGIN
       FROM billing.payment_intents i
      WHERE (p_provider IS NULL OR i.provider = p_provider)
        AND ((i.status IN ('created', 'pending') AND i.created_at <= v_now - p_min_age)
-            OR (i.status IN ('failed', 'expired', 'succeeded') AND i.created_at >= v_now - p_lookback))
+            OR (i.status IN ('failed', 'expired', 'succeeded', 'review') AND i.created_at >= v_now - p_lookback))
      ORDER BY i.created_at, i.id
      LIMIT p_limit;
 END;

@@ -14,11 +14,13 @@
 --  tracking          a billed tool call's transaction is the charge of the same request and user
 --  payments          a succeeded payment intent's transaction is the top-up of the same user, provider,
 --                    payment id (the intent id) and credited amount, and a top-up of an intent is that
---                    intent's only credit
+--                    intent's only credit; a payment credited without an operator's review
+--                    (reviewed_by NULL) was credited exactly the amount and currency its intent asked
 --  clawbacks         an adjustment that reverses (refund_of) a transaction reverses a top-up of the same
 --                    user, and the clawbacks of one top-up add up to between minus the top-up and zero
 --  reversals         what billing.payment_reversals says was clawed back from a payment equals the
---                    clawback rows of its top-up
+--                    clawback rows of its top-up, and nothing is clawed back from the payment of an
+--                    intent that is not credited (in review, failed, ...)
 -- It reads the whole ledger: run it from operations or tests, not on the request path.
 -- Locks: none (reads one snapshot).  Errors: none.
 CREATE OR REPLACE FUNCTION billing.verify_ledger()
@@ -176,6 +178,21 @@ AS $$
                   WHERE t.type = 'adjustment' AND t.refund_of IS NOT NULL GROUP BY t.refund_of) c
              ON c.refund_of = i.transaction_id
      WHERE i.transaction_id IS NOT NULL AND r.clawed <> coalesce(-c.net, 0)
+    UNION ALL
+    SELECT 'payments', i.user_id, i.transaction_id,
+           format('payment intent %s asked %s %s but was credited %s %s without an operator''s review',
+                  i.id, i.amount, i.currency, CASE t.currency WHEN 'UAH' THEN t.amount_uah ELSE t.amount_usd END,
+                  t.currency)
+      FROM billing.payment_intents i
+      JOIN billing.billing_transactions t ON t.id = i.transaction_id
+     WHERE i.reviewed_by IS NULL
+       AND (t.currency <> i.currency OR CASE t.currency WHEN 'UAH' THEN t.amount_uah ELSE t.amount_usd END <> i.amount)
+    UNION ALL
+    SELECT 'reversals', i.user_id, NULL,
+           format('payment %s is %s (not credited) but reversals record %s USD clawed back', i.id, i.status, r.clawed_usd)
+      FROM billing.payment_intents i
+      JOIN billing.payment_reversals r ON r.provider = i.provider AND r.payment_ref = i.payment_ref
+     WHERE i.transaction_id IS NULL AND r.clawed_usd <> 0
 $$;
 
 GRANT EXECUTE ON FUNCTION billing.verify_ledger() TO tollgate_operator;

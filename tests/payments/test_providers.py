@@ -162,24 +162,44 @@ def fondy_fields(**changes: Any) -> dict[str, Any]:
     return fields
 
 
-def test_fondy_states_become_facts(fondy_provider):
+def test_a_fondy_callback_is_only_a_prompt_to_ask_the_status_api(fondy_provider):
+    # Fondy signs values, not names: a callback's fields cannot be believed (issue 12); it names the order
+    # to ask about, and recorded as it is it would credit nothing.
     headers = {"content-type": "application/json"}
     fields = fondy_fields()
-    facts = fondy_provider.parse_webhook(json.dumps(fields).encode(), headers)
-    assert (facts.action, facts.amount, facts.currency) == ("paid", Decimal("412.50"), "UAH")
-    assert facts.payment_ref == "8123"
-    assert facts.reversal_key is None and str(facts.intent_id) == fields["order_id"]
+    prompt = fondy_provider.parse_webhook(json.dumps(fields).encode(), headers)
+    assert (prompt.action, prompt.amount, prompt.external_id, str(prompt.intent_id)) == (
+        "ignore", None, fields["order_id"], fields["order_id"])
     wrapped = fondy_provider.parse_webhook(json.dumps({"response": fields}).encode(), headers)
-    assert wrapped.event_id == facts.event_id
-    partial = fondy_provider.parse_webhook(json.dumps(fondy_fields(reversal_amount="1000")).encode(), headers)
+    shouting = fondy_provider.parse_webhook(json.dumps({**fields, "signature": fields["signature"].upper()}).encode(),
+                                            headers)
+    assert wrapped.event_id == shouting.event_id == prompt.event_id
+
+
+def test_fondy_order_states_become_facts_named_by_the_state(fondy_provider):
+    def facts(**changes: Any) -> Any:
+        return fondy_provider._facts(fondy_fields(**changes), "{}")
+
+    approved = facts(order_id="o-1")
+    assert (approved.action, approved.amount, approved.currency) == ("paid", Decimal("412.50"), "UAH")
+    assert (approved.payment_ref, approved.reversal_key, approved.review_reason) == ("8123", None, None)
+    assert approved.event_id == "order:o-1:approved:8123:0"
+    assert facts(order_id="o-1", payment_id="8123").event_id == approved.event_id  # int or text: one state
+    partial = facts(order_id="o-1", reversal_amount="1000")
     assert (partial.action, partial.reversal_key, partial.reversed_amount) == ("paid", "refunds", Decimal(10))
-    reversed_all = fondy_provider.parse_webhook(
-        json.dumps(fondy_fields(order_status="reversed", reversal_amount="41250")).encode(), headers)
+    assert partial.event_id == "order:o-1:approved:8123:1000"
+    reversed_all = facts(order_status="reversed", reversal_amount="41250")
     assert reversed_all.reversed_amount == Decimal("412.50")
-    declined = fondy_provider.parse_webhook(json.dumps(fondy_fields(order_status="declined")).encode(), headers)
-    assert declined.action == "failed"
-    processing = fondy_provider.parse_webhook(json.dumps(fondy_fields(order_status="processing")).encode(), headers)
-    assert processing.action == "ignore"
+    assert facts(order_status="declined").action == "failed"
+    assert facts(order_status="expired").action == "expired"
+    assert facts(order_status="processing").action == "ignore"
+    # Fondy's two amounts disagree, or another merchant: paid, with a reason that sends it to review.
+    short = facts(actual_amount="40000")
+    assert (short.amount, short.review_reason) == (Decimal(400), "Fondy order of 412.50 UAH reports 400.00 UAH paid")
+    other = facts(merchant_id=42)
+    assert other.review_reason == "Fondy merchant 42 is not ours (1396424)"
+    no_actual = facts(actual_amount="", actual_currency="")
+    assert (no_actual.amount, no_actual.currency, no_actual.review_reason) == (Decimal("412.50"), "UAH", None)
 
 
 def test_fondy_bad_callbacks_are_rejected(fondy_provider):
@@ -226,4 +246,4 @@ def test_currencies_the_ledger_would_refuse_are_rejected_when_parsed(stripe_prov
         stripe_provider.parse_webhook(body, {"stripe-signature": sign_stripe(body, SECRET)})
     fields = fondy_fields(actual_currency=bad, currency=bad)
     with pytest.raises(WebhookRejected, match="currency"):
-        fondy_provider.parse_webhook(json.dumps(fields).encode(), {"content-type": "application/json"})
+        fondy_provider._facts(fields, "{}")

@@ -142,6 +142,7 @@ def test_openapi_names_every_served_route(gateway: Any, gateway_db: str) -> None
         "/api/admin/users/{user_id}/billing",
         "/api/admin/users/{user_id}/adjust",
         "/api/admin/transactions/{transaction_id}/refund",
+        "/api/admin/payments/{intent_id}/credit",
     }
     assert {path for path, _ in served} == expected_paths
     # Every route, bar the endless event streams, is fuzzed by tests/test_gateway_fuzz.py.
@@ -321,6 +322,7 @@ def _targets(real: set[str]) -> st.SearchStrategy[tuple[str, str]]:
             ("PUT", f"/api/admin/users/{uuid.uuid4()}/billing"),
             ("POST", f"/api/admin/users/{uuid.uuid4()}/adjust"),
             ("POST", "/api/admin/transactions/1/refund"),
+            ("POST", f"/api/admin/payments/{uuid.uuid4()}/credit"),
         ]
     ]
     # Every route equally likely, even in a short run.

@@ -70,6 +70,7 @@ FUNCTIONS = (
     "configure",
     "create_api_key",
     "create_payment_intent",
+    "credit_reviewed_payment",
     "ensure_account",
     "estimate_price",
     "expire_payment_intents",
@@ -193,11 +194,24 @@ def _seed_world(db: psycopg.Connection[Any]) -> World:
     open_intent = ledger.create_payment_intent(db, poor, "stripe", D(5), "USD", "fz-pay-open")
     ledger.attach_payment_checkout(db, open_intent.intent_id, "cs_fz_open", "https://pay.example/open")
     paid_intent = ledger.create_payment_intent(db, rich, "fondy", D(100), "UAH", "fz-pay-paid")
+    ledger.attach_payment_checkout(db, paid_intent.intent_id, str(paid_intent.intent_id), "https://pay.example/p")
     ledger.record_payment_event(
         db,
         ledger.PaymentFacts(
             provider="fondy", event_id="fz-evt-1", event_type="order.approved", payload="{}", action="paid",
-            intent_id=paid_intent.intent_id, payment_ref="fz-pay-ref", amount=D(100), currency="UAH",
+            intent_id=paid_intent.intent_id, external_id=str(paid_intent.intent_id), payment_ref="fz-pay-ref",
+            amount=D(100), currency="UAH",
+        ),
+    )
+    # Paid with another amount: in review, for credit_reviewed_payment.
+    review_intent = ledger.create_payment_intent(db, poor, "stripe", D(7), "USD", "fz-pay-review")
+    ledger.attach_payment_checkout(db, review_intent.intent_id, "cs_fz_review", "https://pay.example/review")
+    ledger.record_payment_event(
+        db,
+        ledger.PaymentFacts(
+            provider="stripe", event_id="fz-evt-2", event_type="checkout.session.completed", payload="{}",
+            action="paid", intent_id=review_intent.intent_id, external_id="cs_fz_review",
+            payment_ref="fz-pay-review-ref", amount=D(6), currency="USD",
         ),
     )
     return World(
@@ -208,7 +222,7 @@ def _seed_world(db: psycopg.Connection[Any]) -> World:
         key_hashes=[key_hash, bound_hash],
         tools=["priced", "metered", "search"],
         payments=[("stripe", "pi-rich"), ("fondy", "order-1")],
-        intents=[open_intent.intent_id, paid_intent.intent_id],
+        intents=[open_intent.intent_id, paid_intent.intent_id, review_intent.intent_id],
     )
 
 

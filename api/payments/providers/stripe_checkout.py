@@ -7,16 +7,26 @@ Environment (both or neither):
 
 A top-up is one Checkout Session in payment mode: one line item of the amount, our intent id as
 ``client_reference_id`` and in the metadata of the session and of its PaymentIntent, created with the
-intent id as Stripe idempotency key (a retried start returns the same session).
+intent id as Stripe idempotency key (a retried start returns the same session). Its id is recorded on
+the intent (``billing.attach_payment_checkout``).
 
-Reconciliation retrieves the session with its PaymentIntent and latest charge (paid? refunded?) and,
-when the charge is disputed, the payment's disputes.
+Webhooks: the signature (HMAC-SHA256 of a timestamp and the whole body, with the endpoint's secret) is
+verified by the SDK, and a timestamp more than the tolerance in the future is refused too; bodies over
+64 KiB are refused before that. Stripe signs all of the body and sends it server to server, so the
+event is recorded as Stripe states it (``confirm`` adds no round trip). What is credited is decided by
+``billing.record_payment_event``: only a paid session whose id is the checkout recorded on the intent,
+at the intent's amount and currency. Any other paid session naming the intent -- another product of
+the same Stripe account, such as a Payment Link opened with ``?client_reference_id=<intent>``, or a
+session paid for another amount or currency -- is stored and goes to review, uncredited.
+
+Reconciliation retrieves the session recorded on the intent with its PaymentIntent and latest charge
+(paid? refunded?) and, when the charge is disputed, the payment's disputes.
 
 Events acted on (anything else is stored and ignored):
-  checkout.session.completed (payment_status paid), checkout.session.async_payment_succeeded → paid
-  checkout.session.async_payment_failed → failed;  checkout.session.expired → expired
-  charge.refunded → reversal bucket "refunds" = the charge's cumulative amount_refunded
-  charge.dispute.created / updated / funds_withdrawn / closed / funds_reinstated → bucket
+  checkout.session.completed (payment_status paid), checkout.session.async_payment_succeeded -> paid
+  checkout.session.async_payment_failed -> failed;  checkout.session.expired -> expired
+  charge.refunded -> reversal bucket "refunds" = the charge's cumulative amount_refunded
+  charge.dispute.created / updated / funds_withdrawn / closed / funds_reinstated -> bucket
       "dispute:<id>" = the disputed amount; reinstated when the dispute is won (inquiries, status
       warning_*, withdraw no funds and are ignored)
 """
@@ -35,6 +45,7 @@ import stripe
 from api.jsonio import JSONBodyError, dumps, loads
 from api.ledger import OpenIntent, PaymentFacts
 from api.payments.base import (
+    MAX_EVENT_BYTES,
     Checkout,
     CheckoutRequest,
     CommonSettings,
@@ -82,6 +93,14 @@ def _intent_id(value: object) -> uuid.UUID | None:
         return None
 
 
+def _payload(obj: Mapping[str, Any]) -> str:
+    """An object Stripe's API answered, as the payload the ledger stores (at most 64 KiB)."""
+    text = dumps(obj)
+    if len(text.encode()) > MAX_EVENT_BYTES:
+        raise ProviderUnavailable(f"Stripe answered an object larger than {MAX_EVENT_BYTES} bytes")
+    return text
+
+
 def _ref(value: object) -> str | None:
     """A field that is an id, or an expanded object with an id; None when absent."""
     if isinstance(value, Mapping):
@@ -91,6 +110,7 @@ def _ref(value: object) -> str | None:
 
 class StripeProvider:
     name = NAME
+    max_body_bytes = MAX_EVENT_BYTES
 
     def __init__(self, api_key: str, webhook_secret: str, common: CommonSettings, api_base: str | None = None) -> None:
         self.common = common
@@ -144,6 +164,8 @@ class StripeProvider:
     # ---- webhooks ---------------------------------------------------------------------------------
 
     def parse_webhook(self, body: bytes, headers: Mapping[str, str]) -> PaymentFacts:
+        if len(body) > self.max_body_bytes:
+            raise WebhookRejected(f"the body is larger than {self.max_body_bytes} bytes: not a Stripe event")
         header = headers.get("stripe-signature")
         tolerance = int(self.common.webhook_tolerance.total_seconds())
         try:
@@ -170,6 +192,11 @@ class StripeProvider:
             raise WebhookRejected("the Stripe event has no data.object")
         event_type = identifier(event.get("type"), "event type", 100)
         return self._facts(identifier(event.get("id"), "event id"), event_type, obj, text)
+
+    async def confirm(self, claimed: PaymentFacts) -> PaymentFacts:
+        """Stripe's event as it is: Stripe signs the whole body (with a timestamp) and sends it server to
+        server, so no payer can relay or rearrange it; the credit rules are the ledger's."""
+        return claimed
 
     def _facts(self, event_id: str, event_type: str, obj: Mapping[str, Any], payload: str) -> PaymentFacts:
         base = PaymentFacts(provider=NAME, event_id=event_id, event_type=event_type, payload=payload)
@@ -235,14 +262,16 @@ class StripeProvider:
         obj = loads(str(session))
         facts: list[PaymentFacts] = []
         if obj.get("payment_status") == "paid":
-            facts.append(self._facts(f"reconcile:{session.id}:paid", "checkout.session.completed", obj, dumps(obj)))
+            facts.append(self._facts(f"reconcile:{session.id}:paid", "checkout.session.completed", obj, _payload(obj)))
         elif obj.get("status") == "expired":
-            facts.append(self._facts(f"reconcile:{session.id}:expired", "checkout.session.expired", obj, dumps(obj)))
+            facts.append(
+                self._facts(f"reconcile:{session.id}:expired", "checkout.session.expired", obj, _payload(obj))
+            )
         payment = obj.get("payment_intent")
         charge = payment.get("latest_charge") if isinstance(payment, dict) else None
         if isinstance(charge, dict) and charge.get("amount_refunded"):
             event_id = f"reconcile:{charge.get('id')}:refunded:{charge.get('amount_refunded')}"
-            facts.append(self._facts(event_id, "charge.refunded", charge, dumps(charge)))
+            facts.append(self._facts(event_id, "charge.refunded", charge, _payload(charge)))
         if isinstance(charge, dict) and charge.get("disputed") and isinstance(payment, dict):
             facts.extend(await self._disputes(str(payment.get("id"))))
         return facts
@@ -258,5 +287,5 @@ class StripeProvider:
             status = dispute.get("status")
             kind = "charge.dispute.closed" if status in ("won", "lost") else "charge.dispute.updated"
             event_id = f"reconcile:{dispute.get('id')}:{status}:{dispute.get('amount')}"
-            facts.append(self._facts(event_id, kind, dispute, dumps(dispute)))
+            facts.append(self._facts(event_id, kind, dispute, _payload(dispute)))
         return facts
