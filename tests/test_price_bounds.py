@@ -27,6 +27,7 @@ from psycopg.rows import dict_row
 
 from api import ledger
 from api.errors import IdempotencyConflict, InsufficientFunds, InvalidAmount, InvalidArgument
+from api.metering import input_characters
 from tests import helpers as h
 from tests.helpers import at
 
@@ -307,6 +308,13 @@ def test_begin_request_refuses_a_negative_input_size(db):
     assert refused.value.detail["field"] == "input_chars"
     with h.nothing_written(db), pytest.raises(InvalidArgument):
         ledger.estimate_price(db, "search", -5)
+
+
+def test_input_characters_counts_every_string_value_at_any_depth():
+    assert input_characters({}) == 0
+    assert input_characters({"text": "привіт", "n": 12345, "flag": True, "none": None}) == 6
+    assert input_characters({"a": ["xy", {"b": "z", "c": [1, 2.5, "🙂"]}], "longkey": ""}) == 4
+    assert input_characters("abc") == 3
 
 
 # --- the write-off view ---------------------------------------------------------------------------------
