@@ -14,8 +14,8 @@
 -- call never shows up as pending or unbilled. Billing disabled: reserve answers 'not_billed' and that
 -- is passed through (the call is tracked, not charged).
 -- With a user and an estimate of 0 there is nothing to hold, but the account is still read (no lock)
--- and a deactivated account (BL004) or one already below zero or past a limit through overruns
--- (BL001/BL002/BL003) is refused: a new call is never taken for them, whatever its estimate.
+-- and a deactivated account (BL004) or one already below zero (a clawback or a debit) or past a limit
+-- (lowered since) (BL001/BL002/BL003) is refused: a new call is never taken for them, whatever its estimate.
 -- Anonymous and API-key callers (user_id NULL) are tracked, never held.
 -- Result: status is the tracking record's; reservation_status is 'held', 'not_billed', the hold's
 -- current status on a replay ('settled', 'released', 'expired'), or NULL when no hold applies
