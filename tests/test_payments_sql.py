@@ -447,13 +447,14 @@ def test_migration_0005_rolls_back_alone_and_reapplies(db_url, conn):
     from tests.test_migrations import _snapshot
 
     before = _snapshot(db_url)
-    assert migrate.downgrade(db_url, DB_DIR, "0004_gateway") == ["0005_payments"]
+    # 0008 (price bounds) depends on 0005: it goes first and comes back with it.
+    assert migrate.downgrade(db_url, DB_DIR, "0004_gateway") == ["0008_price_bounds", "0005_payments"]
     gone = conn.execute(
         "SELECT to_regclass('billing.payment_intents'), to_regclass('billing.payment_events'),"
         " to_regclass('billing.payments'), to_regprocedure('billing.fail_payment_intent(uuid, text)')"
     ).fetchone()
     assert gone == (None, None, None, None)
-    assert migrate.upgrade(db_url, DB_DIR) == ["0005_payments"]
+    assert migrate.upgrade(db_url, DB_DIR) == ["0005_payments", "0008_price_bounds"]
     assert _snapshot(db_url) == before
 
 
