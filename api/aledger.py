@@ -60,6 +60,7 @@ async def begin_request(
     user_id: uuid.UUID | None,
     client_key: str | None,
     estimate_usd: Money | None = None,
+    input_chars: int | None = None,
 ) -> ledger.RequestStart:
     params = {
         "request_id": request_id,
@@ -68,6 +69,7 @@ async def begin_request(
         "client_key": client_key,
         "estimate_usd": _money(estimate_usd, "estimate_usd"),
         "ttl": None,
+        "input_chars": input_chars,
     }
     return await _one(conn, "begin_request", params, ledger.RequestStart)
 
@@ -226,6 +228,8 @@ async def set_tool_pricing(
     estimate_usd: Money | None = None,
     variable_cost: bool = False,
     description: str | None = None,
+    max_price_usd: Money | None = None,
+    per_input_char_usd: Money | None = None,
 ) -> ledger.ToolPricing:
     params = {
         "tool_name": tool_name,
@@ -234,6 +238,8 @@ async def set_tool_pricing(
         "estimate_usd": _money(estimate_usd, "estimate_usd"),
         "variable_cost": variable_cost,
         "description": description,
+        "max_price_usd": _money(max_price_usd, "max_price_usd"),
+        "per_input_char_usd": _money(per_input_char_usd, "per_input_char_usd"),
     }
     return await _one(conn, "set_tool_pricing", params, ledger.ToolPricing)
 

@@ -430,6 +430,8 @@ async def _load_tools(settings: Settings, gateway: Gateway, stack: contextlib.As
                     estimate_usd=price.estimate_usd,
                     variable_cost=price.variable_cost,
                     description=price.description,
+                    max_price_usd=price.max_price_usd,
+                    per_input_char_usd=price.per_input_char_usd,
                 )
                 log.info("initial price applied", extra={"tool": name, "base_price_usd": str(price.base_price_usd)})
 

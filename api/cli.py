@@ -300,17 +300,32 @@ def cmd_pricing(args: argparse.Namespace, settings: Settings) -> int:
         if args.action == "set":
             rows = [
                 ledger.set_tool_pricing(
-                    conn, args.tool, args.base, args.markup, args.estimate, args.variable, args.description
+                    conn,
+                    args.tool,
+                    args.base,
+                    args.markup,
+                    args.estimate,
+                    args.variable,
+                    args.description,
+                    max_price_usd=args.max_price,
+                    per_input_char_usd=args.per_input_char,
                 )
             ]
         else:
             rows = ledger.list_tool_pricing(conn)
-    print(f"{'tool':<32} {'base_usd':>16} {'markup_%':>10} {'estimate_usd':>16} variable")
+    print(
+        f"{'tool':<32} {'base_usd':>16} {'markup_%':>10} {'estimate_usd':>16} {'max_price_usd':>16} "
+        f"{'per_input_char_usd':>20} variable"
+    )
     for row in rows:
-        estimate = "-" if row.estimate_usd is None else str(row.estimate_usd)
+        base, markup = _plain(row.base_price_usd), _plain(row.markup_percent)
+        estimate, max_price, per_char = (
+            "-" if value is None else _plain(value)
+            for value in (row.estimate_usd, row.max_price_usd, row.per_input_char_usd)
+        )
         print(
-            f"{row.tool_name:<32} {row.base_price_usd!s:>16} {row.markup_percent!s:>10} {estimate:>16} "
-            f"{'yes' if row.variable_cost else 'no'}"
+            f"{row.tool_name:<32} {base:>16} {markup:>10} {estimate:>16} "
+            f"{max_price:>16} {per_char:>20} {'yes' if row.variable_cost else 'no'}"
         )
     return 0
 
@@ -584,7 +599,17 @@ def build_parser() -> argparse.ArgumentParser:
     pricing_set.add_argument("tool")
     pricing_set.add_argument("--base", type=decimal_arg, required=True, help="USD per call")
     pricing_set.add_argument("--markup", type=decimal_arg, default=Decimal(0), help="percent on metered cost")
-    pricing_set.add_argument("--estimate", type=decimal_arg, help="USD held before a call (default: --base)")
+    pricing_set.add_argument(
+        "--estimate", type=decimal_arg, help="USD held before a call, when no bound is declared (default: --base)"
+    )
+    pricing_set.add_argument(
+        "--max-price", type=decimal_arg, help="the most one call is charged (the rest is written off); also its hold"
+    )
+    pricing_set.add_argument(
+        "--per-input-char",
+        type=decimal_arg,
+        help="hold = base + characters of the arguments' strings x this x (1 + markup), at most --max-price",
+    )
     pricing_set.add_argument("--variable", action="store_true", help="cost known only after the call")
     pricing_set.add_argument("--description")
     pricing_actions.add_parser("list", help="list tool prices")

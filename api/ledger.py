@@ -59,10 +59,14 @@ class Reservation:
 
 @dataclass(frozen=True)
 class Settlement:
+    """billing.settle: what was charged (at most the hold plus what the balance and limits cover) and what
+    was written off (``actual - charged``, never charged)."""
+
     transaction_id: int | None
     request_id: str
     status: str
     charged_usd: Decimal
+    written_off_usd: Decimal
     released_usd: Decimal
     balance_after_usd: Decimal
     replayed: bool
@@ -167,9 +171,14 @@ class TrackedRequest:
 
 @dataclass(frozen=True)
 class Completion:
+    """billing.complete_request: ``price_usd`` is the call's price as computed; of it, ``charged_usd`` was
+    charged and ``written_off_usd`` written off (both 0 for callers without a user or billing disabled)."""
+
     request_id: str
     status: str
     price_usd: Decimal | None
+    charged_usd: Decimal
+    written_off_usd: Decimal
     transaction_id: int | None
     billed: bool
     replayed: bool
@@ -200,6 +209,8 @@ class ToolPricing:
     variable_cost: bool
     description: str | None
     updated_at: dt.datetime
+    max_price_usd: Decimal | None
+    per_input_char_usd: Decimal | None
 
 
 @dataclass(frozen=True)
@@ -262,6 +273,23 @@ class UnbilledCall:
     hold_usd: Decimal | None
     hold_status: str | None
     hold_expires_at: dt.datetime | None
+
+
+@dataclass(frozen=True)
+class WrittenOffCall:
+    """A row of billing.written_off_calls: a call charged less than its price, and why."""
+
+    request_id: str
+    written_off_at: dt.datetime
+    user_id: uuid.UUID
+    tool_name: str | None
+    hold_usd: Decimal | None
+    price_usd: Decimal
+    max_price_usd: Decimal | None
+    charged_usd: Decimal
+    written_off_usd: Decimal
+    reason: str
+    transaction_id: int | None
 
 
 @dataclass(frozen=True)
@@ -684,6 +712,8 @@ def set_tool_pricing(
     estimate_usd: Money | None = None,
     variable_cost: bool = False,
     description: str | None = None,
+    max_price_usd: Money | None = None,
+    per_input_char_usd: Money | None = None,
 ) -> ToolPricing:
     params = {
         "tool_name": tool_name,
@@ -692,6 +722,8 @@ def set_tool_pricing(
         "estimate_usd": _money(estimate_usd, "estimate_usd"),
         "variable_cost": variable_cost,
         "description": description,
+        "max_price_usd": _money(max_price_usd, "max_price_usd"),
+        "per_input_char_usd": _money(per_input_char_usd, "per_input_char_usd"),
     }
     return _one(conn, "set_tool_pricing", params, ToolPricing)
 
@@ -719,8 +751,13 @@ def begin_request(
     client_key: str | None = None,
     estimate_usd: Money | None = None,
     ttl: dt.timedelta | None = None,
+    input_chars: int | None = None,
 ) -> RequestStart:
-    """start_request + estimate + reserve in one transaction; a refused hold writes nothing."""
+    """start_request + estimate + reserve in one transaction; a refused hold writes nothing.
+
+    ``input_chars`` is the size of the call's arguments (``api.metering.input_characters``), from which a
+    tool priced per input character estimates its hold.
+    """
     params = {
         "request_id": request_id,
         "tool_name": tool_name,
@@ -728,12 +765,13 @@ def begin_request(
         "client_key": client_key,
         "estimate_usd": _money(estimate_usd, "estimate_usd"),
         "ttl": ttl,
+        "input_chars": input_chars,
     }
     return _one(conn, "begin_request", params, RequestStart)
 
 
-def estimate_price(conn: psycopg.Connection[Any], tool_name: str) -> Decimal:
-    result: Decimal = _value(conn, "estimate_price", {"tool_name": tool_name})
+def estimate_price(conn: psycopg.Connection[Any], tool_name: str, input_chars: int | None = None) -> Decimal:
+    result: Decimal = _value(conn, "estimate_price", {"tool_name": tool_name, "input_chars": input_chars})
     return result
 
 
@@ -766,6 +804,11 @@ def authenticate_api_key(conn: psycopg.Connection[Any], key_hash: bytes) -> ApiK
 def unbilled_calls(conn: psycopg.Connection[Any]) -> list[UnbilledCall]:
     """billing.unbilled_calls, oldest first. A view: needs the owner's or the analyst role's connection."""
     return _rows(conn, "list_unbilled_calls", {}, UnbilledCall)
+
+
+def written_off_calls(conn: psycopg.Connection[Any]) -> list[WrittenOffCall]:
+    """billing.written_off_calls, oldest first. A view: needs the owner's or the analyst role's connection."""
+    return _rows(conn, "list_written_off_calls", {}, WrittenOffCall)
 
 
 def create_payment_intent(

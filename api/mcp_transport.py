@@ -8,11 +8,13 @@ found" to a request with other credentials, so the identity is fixed for the ses
 
 Refusals (funds, limits, inactive account), unknown tools and invalid arguments are MCP tool results
 with ``isError`` and a message that says what to do; every result carries the billing outcome in
-``_meta["tollgate/billing"]``.
+``_meta["tollgate/billing"]`` (amounts as decimal strings; ``written_off_usd`` only when part of the
+price was written off).
 """
 
 from __future__ import annotations
 
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import mcp_types as types
@@ -70,7 +72,7 @@ def build_server(gateway: Gateway) -> Server[Any]:
         result = outcome.result.model_copy()
         meta = dict(result.meta or {})
         billing = outcome.billing_json()
-        meta[BILLING_META] = {k: (str(v) if v is not None and k == "price_usd" else v) for k, v in billing.items()}
+        meta[BILLING_META] = {k: (str(v) if isinstance(v, Decimal) else v) for k, v in billing.items()}
         result.meta = meta
         return result
 

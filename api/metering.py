@@ -15,8 +15,12 @@
 * Metering off (``TOLLGATE_METERING=false``): tools run with no tracking and no charge.
 
 Prices: the database prices every call (``billing.tool_price`` inside ``complete_request``) from the
-costs a tool reports through its ``ToolContext``; the hold is ``billing.estimate_price`` (tool
-pricing, or for variable-cost tools the 95th percentile of recent prices if higher).
+costs a tool reports through its ``ToolContext``. The hold is ``billing.estimate_price``: the tool's
+declared bound (its ``max_price_usd``, or its per-character estimate from the size of the arguments,
+``input_characters``), else its configured estimate, or for variable-cost tools the 95th percentile of
+recent billed prices if higher. The charge never goes past the hold unless the balance and the limits
+cover the excess when the call completes; what they do not cover is written off (never charged) and
+reported as ``written_off_usd`` in the call's billing answer.
 """
 
 from __future__ import annotations
@@ -96,19 +100,51 @@ class AlreadyCompleted(Exception):
 class CallOutcome:
     request_id: str | None
     result: types.CallToolResult
-    # charged | not_charged (no user, price 0, billing disabled, or the call failed) | unmetered |
-    # pending (billing fault: spooled for reconciliation)
+    # charged | not_charged (no user, price 0, billing disabled, the call failed, or nothing of the price
+    # could be covered) | unmetered | pending (billing fault: spooled for reconciliation)
     billing_status: str
-    price_usd: Decimal | None = None
+    price_usd: Decimal | None = None  # the call's price as computed
     transaction_id: int | None = None
+    written_off_usd: Decimal = Decimal(0)  # the part of the price not charged (see billing.written_off_calls)
 
     def billing_json(self) -> dict[str, Any]:
-        return {
+        """The ``billing`` object of the HTTP answer and of ``_meta["tollgate/billing"]``.
+
+        ``written_off_usd`` appears only when part of the price was written off: the caller was then
+        charged ``price_usd - written_off_usd``.
+        """
+        billing: dict[str, Any] = {
             "request_id": self.request_id,
             "status": self.billing_status,
             "price_usd": self.price_usd,
             "transaction_id": self.transaction_id,
         }
+        if self.written_off_usd:
+            billing["written_off_usd"] = self.written_off_usd
+        return billing
+
+
+# Past 2**31 - 1 characters (billing.begin_request takes an integer) the size is only a bound anyway.
+MAX_INPUT_CHARACTERS = 2**31 - 1
+
+
+def input_characters(value: Any) -> int:
+    """The size of a call's arguments as tools priced per input character are estimated from.
+
+    The characters (Unicode code points) of every string value, at any depth: object values and array
+    items are walked; object keys, numbers, booleans and nulls count 0. Capped at ``MAX_INPUT_CHARACTERS``.
+    """
+    total = 0
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item)
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return min(total, MAX_INPUT_CHARACTERS)
 
 
 def _is_transient(exc: Exception) -> bool:
@@ -187,7 +223,9 @@ class Meter:
         # after it must not stop paid-for work from being finished and charged.
         with anyio.CancelScope(shield=True):
             try:
-                start, in_doubt = await self._begin(request_id, tool_name, user_id, identity.client_key)
+                start, in_doubt = await self._begin(
+                    request_id, tool_name, user_id, identity.client_key, input_characters(arguments)
+                )
             except (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout) as exc:
                 log.error("ledger unreachable before %s ran: %s", tool_name, exc, extra={"request_id": request_id})
                 self.metrics.tool_calls.labels(tool_name, transport, "ledger_unavailable").inc()
@@ -227,7 +265,7 @@ class Meter:
             self._abandoned.pop(next(iter(self._abandoned)))
 
     async def _begin(
-        self, request_id: str, tool_name: str, user_id: uuid.UUID | None, client_key: str | None
+        self, request_id: str, tool_name: str, user_id: uuid.UUID | None, client_key: str | None, input_chars: int
     ) -> tuple[RequestStart, bool]:
         """`billing.begin_request`, retried on a lost connection. Returns (its answer, in doubt).
 
@@ -247,7 +285,10 @@ class Meter:
         for attempt in range(1, BEGIN_ATTEMPTS + 1):
             try:
                 async with self.pool.connection() as conn:
-                    return await aledger.begin_request(conn, request_id, tool_name, user_id, client_key), in_doubt
+                    start = await aledger.begin_request(
+                        conn, request_id, tool_name, user_id, client_key, input_chars=input_chars
+                    )
+                    return start, in_doubt
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:
                 in_doubt = True
                 if attempt == BEGIN_ATTEMPTS:
@@ -312,10 +353,11 @@ class Meter:
         self.metrics.tool_calls.labels(tool_name, transport, outcome).inc()
         if done.billed:
             self.metrics.charges.inc()
-            if done.price_usd:
-                self.metrics.charged_usd.inc(float(done.price_usd))
+            self.metrics.charged_usd.inc(float(done.charged_usd))
+        if done.written_off_usd:
+            self.metrics.written_off_usd.labels(tool_name).inc(float(done.written_off_usd))
         status = "charged" if done.billed else "not_charged"
-        return CallOutcome(request_id, result, status, done.price_usd, done.transaction_id)
+        return CallOutcome(request_id, result, status, done.price_usd, done.transaction_id, done.written_off_usd)
 
     async def complete(self, completion: PendingCompletion) -> Any:
         async with self.pool.connection() as conn:

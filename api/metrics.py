@@ -74,6 +74,12 @@ class Metrics:
         self.charged_usd = Counter(
             "tollgate_charged_usd", "USD charged (approximate; see the ledger)", registry=self.registry
         )
+        self.written_off_usd = Counter(
+            "tollgate_written_off_usd",
+            "USD of call prices written off, not charged (approximate; see billing.written_off_calls)",
+            ["tool"],
+            registry=self.registry,
+        )
         self.refusals = Counter(
             "tollgate_refusals", "Calls refused before running, by reason", ["reason"], registry=self.registry
         )

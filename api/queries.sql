@@ -20,7 +20,7 @@ SELECT * FROM billing.check_limits(%(user_id)s, %(cost_usd)s);
 SELECT * FROM billing.reserve(%(user_id)s, %(request_id)s, %(amount_usd)s, %(ttl)s);
 
 -- settle --
--- Turn a hold into a charge of the actual price.
+-- Turn a hold into a charge of the actual price (bounded by the hold, the balance and the limits).
 SELECT * FROM billing.settle(%(request_id)s, %(actual_usd)s, %(description)s, %(metadata)s);
 
 -- release --
@@ -85,7 +85,8 @@ SELECT * FROM billing.set_exchange_rate(%(currency)s, %(per_usd)s, %(valid_from)
 -- set_tool_pricing --
 -- Create or replace a tool's price.
 SELECT * FROM billing.set_tool_pricing(%(tool_name)s, %(base_price_usd)s, %(markup_percent)s, %(estimate_usd)s,
-                                       %(variable_cost)s, %(description)s);
+                                       %(variable_cost)s, %(description)s, %(max_price_usd)s,
+                                       %(per_input_char_usd)s);
 
 -- list_tool_pricing --
 -- Every priced tool.
@@ -102,11 +103,11 @@ SELECT * FROM billing.configure(%(time_zone)s, %(hold_ttl)s);
 -- begin_request --
 -- Pre-flight of a metered call in one round trip: start_request, estimate, reserve.
 SELECT * FROM billing.begin_request(%(request_id)s, %(tool_name)s, %(user_id)s, %(client_key)s, %(estimate_usd)s,
-                                    %(ttl)s);
+                                    %(ttl)s, %(input_chars)s);
 
 -- estimate_price --
--- The amount held before a call of a tool.
-SELECT billing.estimate_price(%(tool_name)s) AS estimate_usd;
+-- The amount held before a call of a tool (of that many input characters, when known).
+SELECT billing.estimate_price(%(tool_name)s, %(input_chars)s) AS estimate_usd;
 
 -- create_api_key --
 -- Register an API key by its SHA-256 digest.
@@ -127,6 +128,10 @@ SELECT * FROM billing.authenticate_api_key(%(key_hash)s);
 -- list_unbilled_calls --
 -- Every column of billing.unbilled_calls, oldest first (owner or analyst connection: it is a view).
 SELECT * FROM billing.unbilled_calls ORDER BY created_at, request_id;
+
+-- list_written_off_calls --
+-- Every column of billing.written_off_calls, oldest first (owner or analyst connection: it is a view).
+SELECT * FROM billing.written_off_calls ORDER BY written_off_at, request_id;
 
 -- user_by_external_id --
 -- An operator lookup (CLI): the summary row of the user with that external subject, if any.

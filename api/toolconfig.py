@@ -18,8 +18,11 @@
     [pricing."lookup_law"]                        # applied only when the tool has no price yet
     base_price_usd = "0.02"                       # money: strings or integers, never TOML floats
     markup_percent = "0"
-    estimate_usd = "0.02"
+    estimate_usd = "0.02"                         # the hold, for a tool declaring no bound below
     variable_cost = false
+    # max_price_usd = "0.16"                      # the most one call is charged; also its hold
+    # per_input_char_usd = "0.0000013"            # hold = base + characters of the arguments' strings
+    #                                             #   x this x (1 + markup), at most max_price_usd
     description = "…"
 
 ``"{python}"`` in a command is this interpreter (``sys.executable``). Relative paths resolve
@@ -51,12 +54,24 @@ MAX_TIMEOUT_SECONDS = 3600
 USD_DECIMALS = 8
 MARKUP_DECIMALS = 4
 MAX_MARKUP_PERCENT = 100_000
+PER_CHAR_DECIMALS = 12  # rates per input character are often below a micro-cent
+MAX_PER_CHAR_USD = Decimal(1_000_000)
 
 _TOP_KEYS = frozenset({"python_modules", "upstream", "pricing"})
 _UPSTREAM_KEYS = frozenset(
     {"name", "command", "url", "env", "cwd", "headers", "prefix", "tools", "timeout_seconds", "connect_timeout_seconds"}
 )
-_PRICING_KEYS = frozenset({"base_price_usd", "markup_percent", "estimate_usd", "variable_cost", "description"})
+_PRICING_KEYS = frozenset(
+    {
+        "base_price_usd",
+        "markup_percent",
+        "estimate_usd",
+        "variable_cost",
+        "description",
+        "max_price_usd",
+        "per_input_char_usd",
+    }
+)
 
 
 class ToolConfigError(ValueError):
@@ -73,6 +88,8 @@ class ToolPricing:
     estimate_usd: Decimal | None = None
     variable_cost: bool = False
     description: str | None = None
+    max_price_usd: Decimal | None = None
+    per_input_char_usd: Decimal | None = None
 
 
 @dataclass(frozen=True)
@@ -310,13 +327,25 @@ def _pricing(where: _Where, name: str, raw: Any) -> ToolPricing:
     description = where.string(raw, "description", f"{key}.description")
     if description is not None and not 0 < len(description) <= 1000:
         where.fail(f"{key}.description", "must be 1 to 1000 characters")
+    estimate = where.money(raw, "estimate_usd", f"{key}.estimate_usd", USD_DECIMALS)
+    max_price = where.money(raw, "max_price_usd", f"{key}.max_price_usd", USD_DECIMALS)
+    if max_price is not None:
+        if max_price == 0 or max_price < base:
+            where.fail(f"{key}.max_price_usd", f"must be more than 0 and at least base_price_usd ({base})")
+        if estimate is not None and estimate > max_price:
+            where.fail(f"{key}.estimate_usd", f"must not be above max_price_usd ({max_price})")
+    per_char = where.money(raw, "per_input_char_usd", f"{key}.per_input_char_usd", PER_CHAR_DECIMALS)
+    if per_char is not None and per_char >= MAX_PER_CHAR_USD:
+        where.fail(f"{key}.per_input_char_usd", f"must be below {MAX_PER_CHAR_USD}")
     return ToolPricing(
         tool_name=name,
         base_price_usd=base,
         markup_percent=markup if markup is not None else Decimal(0),
-        estimate_usd=where.money(raw, "estimate_usd", f"{key}.estimate_usd", USD_DECIMALS),
+        estimate_usd=estimate,
         variable_cost=variable_cost,
         description=description,
+        max_price_usd=max_price,
+        per_input_char_usd=per_char,
     )
 
 

@@ -149,3 +149,20 @@ def test_run_without_the_owners_url_must_be_told_not_to_migrate(
     )
     assert cli.main(["migrate", "status"]) == cli.EXIT_ERROR
     assert "needs the owner's URL, TOLLGATE_DATABASE_URL" in capsys.readouterr().err
+
+
+def test_pricing_set_and_list_show_the_declared_bounds(env: str, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["pricing", "set", "summarize", "--base", "0", "--markup", "20", "--variable"]
+    assert cli.main([*args, "--max-price", "0.16", "--per-input-char", "0.0000013"]) == 0
+    assert cli.main(["pricing", "set", "echo", "--base", "0.0003"]) == 0
+    capsys.readouterr()
+    assert cli.main(["pricing", "list"]) == 0
+    header, echo, summarize = capsys.readouterr().out.splitlines()
+    assert header.split() == ["tool", "base_usd", "markup_%", "estimate_usd", "max_price_usd", "per_input_char_usd",
+                              "variable"]
+    assert echo.split() == ["echo", "0.00030000", "0.0000", "-", "-", "-", "no"]
+    assert summarize.split() == ["summarize", "0.00000000", "20.0000", "-", "0.16000000", "0.000001300000", "yes"]
+    # a maximum below the base price is refused by the database, as a one-line error
+    assert cli.main(["pricing", "set", "echo", "--base", "0.01", "--max-price", "0.005"]) == cli.EXIT_ERROR
+    err = capsys.readouterr().err
+    assert err.startswith("tollgate: error: ") and "max_price_usd" in err and err.count("\n") == 1

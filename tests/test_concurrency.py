@@ -443,6 +443,58 @@ def test_small_balance_reserve_and_settle_two_of_ten(conn, connect, metering_url
     assert_ledger_ok(conn)
 
 
+def test_twenty_variable_cost_calls_on_twenty_cents_never_spend_more_than_twenty_cents(conn, connect, metering_url):
+    """Issue 12, item 5: 20 concurrent `summarize` calls (held at the 0.01 estimate, each priced 0.156 once it
+    ran) on a 0.20 balance with 0.20 day and month limits used to charge 3.12 and leave -2.92. Settlement now
+    charges at most what the balance and the limits cover; the rest is written off, visibly."""
+    user = funded_user(conn, "vera", D("0.20"))
+    ledger.update_settings(conn, user, daily_limit_usd=D("0.20"), monthly_limit_usd=D("0.20"))
+    ledger.set_tool_pricing(conn, "summarize", D(0), D(20), D("0.01"), True)
+    conns = _racers(connect, metering_url, 20)
+    monitor_conn = connect()
+    stop = threading.Event()
+    breaches: list[str] = []
+
+    def monitor() -> None:
+        while not stop.is_set():
+            row = account(monitor_conn, user)
+            if row["balance_usd"] < 0 or row["balance_usd"] - row["held_usd"] < 0:
+                breaches.append(f"balance {row['balance_usd']} with {row['held_usd']} held")
+            if row["day_spent_usd"] + row["held_usd"] > D("0.20") or row["month_spent_usd"] > D("0.20"):
+                breaches.append(f"spent {row['day_spent_usd']} / {row['month_spent_usd']}, held {row['held_usd']}")
+
+    watcher = threading.Thread(target=monitor, daemon=True)
+    watcher.start()
+    try:
+        starts = _gated(connect, conns, [user], lambda i, c: ledger.begin_request(c, f"sum-{i}", "summarize", user))
+        assert_only(starts)
+        assert {s.estimate_usd for s in values_of(starts)} == {D("0.01")}
+        # each call read 65000 tokens: 0.13 of cost, 0.156 with the 20% markup
+        done = _gated(
+            connect, conns, [user], lambda i, c: ledger.complete_request(c, f"sum-{i}", True, D("0.13"))
+        )
+    finally:
+        stop.set()
+        watcher.join(10)
+    assert_only(done)
+    assert not breaches, breaches[:5]
+    row = account(conn, user)
+    assert row["balance_usd"] == 0
+    assert (row["held_usd"], row["day_spent_usd"], row["month_spent_usd"]) == (0, D("0.20"), D("0.20"))
+    completions = values_of(done)
+    assert sum((c.charged_usd for c in completions), D(0)) == D("0.20")
+    for completion in completions:
+        assert completion.price_usd == D("0.156")
+        assert completion.charged_usd + completion.written_off_usd == D("0.156")
+    written_off = conn.execute(
+        "SELECT count(*), sum(written_off_usd), min(tool_name), max(tool_name) FROM billing.written_off_calls"
+        " WHERE user_id = %s",
+        (user,),
+    ).fetchone()
+    assert written_off == (20, D("2.92"), "summarize", "summarize")
+    assert_ledger_ok(conn)
+
+
 def test_settle_and_release_of_one_hold_race_to_one_outcome(conn, connect, metering_url):
     user = funded_user(conn, "rosa", 100)
     ledger.reserve(conn, user, "req-1", D(2))
@@ -467,8 +519,9 @@ def test_settle_and_release_of_one_hold_race_to_one_outcome(conn, connect, meter
 
 
 def test_expired_holds_reaped_settled_and_released_at_once(conn, connect, metering_url, db_url):
-    """Holds of 3 users expire; sweeps, late settlements (charged in full: the work was done) and releases
-    (which find the hold expired) race. Each hold ends settled or expired, holds drop to 0, no deadlock."""
+    """Holds of 3 users expire; sweeps, late settlements (charged in full: the work was done, and the balance
+    covers it even with no hold left) and releases (which find the hold expired) race. Each hold ends settled
+    or expired, holds drop to 0, no deadlock."""
     users = [funded_user(conn, f"late-{k}", 100) for k in range(3)]
     for user in users:
         ledger.update_settings(conn, user, daily_limit_usd=D(1000))
@@ -593,8 +646,9 @@ def test_mixed_operations_on_four_users_do_not_deadlock(conn, connect, api_url, 
                 elif kind == "call":
                     ledger.start_request(c, key, "search", user)
                     done = ledger.complete_request(c, key, rng.random() < 0.8, amount)
-                    if done.billed:
-                        record_charge(done.transaction_id, user, D(done.price_usd or 0))
+                    if done.billed:  # what was charged: the price, or what the balance covered of it
+                        assert done.charged_usd + done.written_off_usd == done.price_usd
+                        record_charge(done.transaction_id, user, done.charged_usd)
                 else:
                     a, b = sorted(rng.sample(users, 2))
                     with c.transaction():

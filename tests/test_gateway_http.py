@@ -251,6 +251,74 @@ def test_ten_concurrent_calls_against_the_daily_limit_two_succeed(gateway: Any, 
     assert_consistent(gdb)
 
 
+def test_twenty_concurrent_variable_cost_calls_spend_at_most_the_balance_and_limits(
+    gateway: Any, gdb: psycopg.Connection[Any]
+) -> None:
+    """Issue 12, item 5: 20 concurrent metered calls, each held at the 0.01 estimate and priced 0.156 once it
+    ran (52000 tokens), on a 0.20 balance with 0.20 day and month limits. They used to spend 3.12 and leave
+    the balance at -2.92; now at most 0.20 is charged and the rest is written off, visibly."""
+    token, user_id = new_user(
+        gateway, gdb, funds="0.20", daily_limit_usd=Decimal("0.20"), monthly_limit_usd=Decimal("0.20")
+    )
+    replies = _concurrently(gateway, token, "metered", {"tokens": 52000}, 20)
+    assert {r.status_code for r in replies} <= {200, 402, 429}, [r.text for r in replies]
+    ran = [body(r)["billing"] for r in replies if r.status_code == 200]
+    assert len(ran) >= 2
+    account = gdb.execute(
+        "SELECT balance_usd, held_usd, day_spent_usd, month_spent_usd FROM billing.user_billing WHERE user_id = %s",
+        (user_id,),
+    ).fetchone()
+    assert account == (0, 0, Decimal("0.20"), Decimal("0.20"))
+    charges = {r["request_id"]: -r["amount_usd"] for r in ledger_rows(gdb, user_id) if r["type"] == "charge"}
+    assert sum(charges.values(), Decimal(0)) == Decimal("0.20")
+    for billing in ran:
+        charged = charges.get(billing["request_id"], Decimal(0))
+        assert billing["price_usd"] == Decimal("0.156")
+        assert billing.get("written_off_usd", Decimal(0)) == Decimal("0.156") - charged
+    written_off = gdb.execute(
+        "SELECT coalesce(sum(written_off_usd), 0), count(*) FILTER (WHERE tool_name <> 'metered')"
+        " FROM billing.written_off_calls WHERE user_id = %s",
+        (user_id,),
+    ).fetchone()
+    assert written_off == (len(ran) * Decimal("0.156") - Decimal("0.20"), 0)
+    assert_consistent(gdb)
+
+
+def test_a_declared_bound_sets_the_hold_and_caps_the_charge(gateway: Any, gdb: psycopg.Connection[Any]) -> None:
+    # by_chars: base 0.001 + 0.000001 a character of its arguments' strings, at most 0.05 (tools.toml)
+    token, user_id = new_user(gateway, gdb, funds="1")
+    with gateway.client(token) as client:
+        exact = client.post("/api/tools/by_chars", json={"text": "x" * 1000})
+        over = client.post("/api/tools/by_chars", json={"text": "x" * 1000, "extra": 100000})
+    assert exact.status_code == 200 and over.status_code == 200, (exact.text, over.text)
+    first, second = body(exact)["billing"], body(over)["billing"]
+    for billing in (first, second):
+        hold = gdb.execute(
+            "SELECT amount_usd FROM billing.reservations WHERE request_id = %s", (billing["request_id"],)
+        ).fetchone()
+        assert hold == (Decimal("0.002"),)
+    assert (first["status"], first["price_usd"], "written_off_usd" in first) == ("charged", Decimal("0.002"), False)
+    # 101000 characters' worth is 0.102: charged the declared maximum, 0.05, the rest written off
+    assert (second["status"], second["price_usd"], second["written_off_usd"]) == (
+        "charged", Decimal("0.102"), Decimal("0.052"))
+    assert balance_of(gdb, user_id) == Decimal("0.948")
+    row = gdb.execute(
+        "SELECT tool_name, price_usd, max_price_usd, charged_usd, written_off_usd, reason"
+        " FROM billing.written_off_calls WHERE request_id = %s",
+        (second["request_id"],),
+    ).fetchone()
+    assert row == ("by_chars", Decimal("0.102"), Decimal("0.05"), Decimal("0.05"), Decimal("0.052"), "max_price")
+    # A balance that covers the hold and little more: the excess beyond it is written off, not charged.
+    poor_token, poor_id = new_user(gateway, gdb, funds="0.003")
+    with gateway.client(poor_token) as client:
+        reply = client.post("/api/tools/by_chars", json={"text": "y" * 1000, "extra": 100000})
+    assert reply.status_code == 200, reply.text
+    billing = body(reply)["billing"]
+    assert (billing["price_usd"], billing["written_off_usd"]) == (Decimal("0.102"), Decimal("0.099"))
+    assert balance_of(gdb, poor_id) == 0
+    assert_consistent(gdb)
+
+
 def test_the_same_idempotency_key_from_ten_connections_runs_once(gateway: Any, gdb: psycopg.Connection[Any]) -> None:
     token, user_id = new_user(gateway, gdb, funds="1")
     key = uuid.uuid4().hex

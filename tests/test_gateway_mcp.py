@@ -93,6 +93,22 @@ async def test_jwt_user_is_charged_exactly_the_price(
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
+async def test_a_write_off_is_reported_in_the_billing_meta(
+    gateway: Any, gdb: psycopg.Connection[Any], transport: str
+) -> None:
+    # by_chars holds 0.001 + 0.000001 a character (0.002 here) and is priced 0.102 with 100000 extra characters
+    headers, user_id = funded(gateway, gdb, "0.003")
+    async with mcp_session(gateway, transport, headers) as session:
+        result = await session.call_tool("by_chars", {"text": "z" * 1000, "extra": 100000})
+    assert not result.is_error, text_of(result)
+    billing = (result.meta or {})["tollgate/billing"]
+    assert billing["status"] == "charged"
+    assert (Decimal(billing["price_usd"]), Decimal(billing["written_off_usd"])) == (Decimal("0.102"), Decimal("0.099"))
+    assert ledger.summary(gdb, user_id)["balance_usd"] == 0
+    assert ledger.verify_ledger(gdb) == []
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_api_key_is_tracked_not_charged(gateway: Any, gdb: psycopg.Connection[Any], transport: str) -> None:
     key = apikeys.generate_key()
     name = f"mcp-key-{uuid.uuid4().hex[:8]}"

@@ -1,6 +1,7 @@
 """The SQL the gateway stands on (migration 0004 and its functions), against a real PostgreSQL database:
 API keys (create, revoke, list, authenticate), billing.estimate_price (configured figure or the 95th
-percentile of recent prices), billing.begin_request (start_request + estimate + reserve in one
+percentile of recent billed prices; tests/test_price_bounds.py has the declared bounds and the rules that
+keep callers from steering it), billing.begin_request (start_request + estimate + reserve in one
 transaction: a refused hold writes nothing), the billing.unbilled_calls view, and races on
 begin_request from several real connections. After every test, billing.verify_ledger() must be empty.
 """
@@ -55,12 +56,26 @@ def _digest(text: str) -> bytes:
 
 
 def _seed_prices(db, tool: str, prices: list[Decimal], prefix: str | None = None) -> None:
-    """Completed anonymous calls of `tool` at these prices, oldest first (tracked, never charged)."""
+    """Completed anonymous calls of `tool` at these prices, oldest first (tracked, never charged: noise
+    that billing.estimate_price must ignore)."""
     prefix = prefix or f"seed-{uuid.uuid4().hex[:8]}"
     for i, price in enumerate(prices):
         request_id = f"{prefix}-{i}"
         ledger.start_request(db, request_id, tool)
         ledger.complete_request(db, request_id, True, D(0), price_usd=price)
+
+
+def _seed_billed(db, tool: str, prices: list[Decimal]) -> None:
+    """Completed, charged calls of `tool` at these prices, oldest first, 5 by each new user (the most
+    billing.estimate_price samples of one user), so every price is a sample."""
+    user_id = None
+    for i, price in enumerate(prices):
+        if i % 5 == 0:
+            user_id = h.funded_user(db, 1000)
+            ledger.update_settings(db, user_id, daily_limit_usd=D(10000), monthly_limit_usd=D(10000))
+        request_id = f"billed-{uuid.uuid4().hex[:12]}"
+        ledger.start_request(db, request_id, tool, user_id)
+        assert ledger.complete_request(db, request_id, True, D(0), price_usd=price).charged_usd == price
 
 
 def _p95_disc(prices: list[Decimal]) -> Decimal:
@@ -213,17 +228,18 @@ def test_estimate_without_history(db):
     assert ledger.estimate_price(db, "unpriced") == D(0)
 
 
-def test_estimate_of_a_variable_cost_tool_is_the_p95_of_recent_prices(db):
+def test_estimate_of_a_variable_cost_tool_is_the_p95_of_recent_billed_prices(db):
     ledger.set_tool_pricing(db, "llm", D("0.001"), markup_percent=D(20), estimate_usd=D("0.002"), variable_cost=True)
-    prices = [D(i) / 1000 + D("0.00000001") for i in range(1, 41)]  # 0.00100001 … 0.04000001
-    _seed_prices(db, "llm", prices[::2] + prices[1::2])  # arrival order does not matter
-    # noise that must be ignored: other tools, failed and pending calls of this one
-    _seed_prices(db, "other", [D(9)] * 3)
+    prices = [D(i) / 1000 + D("0.00000001") for i in range(1, 121)]  # 0.00100001 … 0.12000001
+    _seed_billed(db, "llm", prices[::2] + prices[1::2])  # arrival order does not matter
+    # noise that must be ignored: other tools, failed, pending and unbilled calls of this one
+    _seed_billed(db, "other", [D(9)] * 5)
+    _seed_prices(db, "llm", [D(9)] * 5)
     ledger.start_request(db, "failed-1", "llm")
     ledger.complete_request(db, "failed-1", False, D(0), error="boom")
     ledger.start_request(db, "pending-1", "llm")
     expected = _p95_disc(prices)
-    assert expected == D("0.03800001")
+    assert expected == D("0.11400001")
     with h.nothing_written(db):
         assert ledger.estimate_price(db, "llm") == expected
     # the configured figure wins when it is higher
@@ -232,30 +248,31 @@ def test_estimate_of_a_variable_cost_tool_is_the_p95_of_recent_prices(db):
     ledger.complete_request(db, "pending-1", True, D(0), price_usd=D(0))
 
 
-def test_estimate_of_an_unpriced_tool_uses_only_the_newest_200_calls(db):
-    _seed_prices(db, "at-cost", [D(100)] * 10, prefix="old")  # older than the newest 200
+def test_estimate_of_an_unpriced_tool_uses_only_the_newest_200_samples(db):
+    _seed_billed(db, "at-cost", [D(100)] * 10)  # older than the newest 200
     recent = [D("0.01")] * 189 + [D("0.02")] * 11
-    _seed_prices(db, "at-cost", recent, prefix="new")
+    _seed_billed(db, "at-cost", recent)
     assert _p95_disc(recent) == D("0.02")
     assert ledger.estimate_price(db, "at-cost") == D("0.02")
     # 11 newer calls at 0.01 push the oldest 11 of the window (all 0.01) out: p95 is still 0.02; 11 more
     # push the 0.02s out too
-    _seed_prices(db, "at-cost", [D("0.01")] * 189, prefix="newer")
+    _seed_billed(db, "at-cost", [D("0.01")] * 189)
     assert ledger.estimate_price(db, "at-cost") == D("0.02")
-    _seed_prices(db, "at-cost", [D("0.01")] * 11, prefix="newest")
+    _seed_billed(db, "at-cost", [D("0.01")] * 11)
     assert ledger.estimate_price(db, "at-cost") == D("0.01")
 
 
-def test_estimate_reads_the_partial_index(db):
-    # The statement of billing.estimate_price; with sequential scans off, the plan shows which index serves it.
+def test_estimate_reads_a_bounded_index_only_scan_of_billed_calls(db):
+    # The innermost statement of billing.estimate_price; with sequential scans off, the plan shows the index.
     with db.transaction():
         db.execute("SET LOCAL enable_seqscan = off")
         rows = db.execute(
-            "EXPLAIN SELECT ct.price_usd FROM billing.cost_tracking ct WHERE ct.tool_name = 'x' "
-            "AND ct.status = 'completed' AND ct.price_usd IS NOT NULL ORDER BY ct.id DESC LIMIT 200"
+            "EXPLAIN SELECT ct.id, ct.user_id, ct.price_usd FROM billing.cost_tracking ct"
+            " WHERE ct.tool_name = 'x' AND ct.status = 'completed' AND ct.transaction_id IS NOT NULL"
+            " ORDER BY ct.id DESC LIMIT 1000"
         ).fetchall()
     plan = "\n".join(r[0] for r in rows)
-    assert "cost_tracking_completed_by_tool" in plan
+    assert "Index Only Scan using cost_tracking_billed_by_tool" in plan, plan
 
 
 def test_estimate_refuses_a_bad_tool_name(db):
@@ -445,10 +462,8 @@ def test_a_zero_estimate_holds_nothing_but_still_refuses_a_closed_or_overdrawn_a
     assert (start.estimate_usd, start.reservation_id, start.reservation_status, start.available_usd) == (
         D(0), None, None, D(1))
     assert count_rows(db, "reservations") == 0
-    # overdrawn through an overrun: a call that was already running settles above its hold
-    ledger.start_request(db, "big-1", "unpriced-tool", user_id)
-    ledger.reserve(db, user_id, "big-1", D("0.5"))
-    ledger.complete_request(db, "big-1", True, D(0), price_usd=D("1.5"))
+    # overdrawn by a debit (settlement never takes a balance below zero)
+    ledger.adjust(db, user_id, D("-1.5"), "chargeback", "ops", "debit-1")
     assert h.account_row(db, user_id)["balance_usd"] == D("-0.5")
     ledger.set_tool_pricing(db, "free", D(0))
     with h.nothing_written(db), pytest.raises(InsufficientFunds):
@@ -463,13 +478,14 @@ def test_a_zero_estimate_holds_nothing_but_still_refuses_a_closed_or_overdrawn_a
 def test_begin_request_estimate_from_the_p95_of_a_variable_cost_tool(db):
     h.set_clock(db, NOW)
     ledger.set_tool_pricing(db, "llm", D(0), estimate_usd=D("0.001"), variable_cost=True)
-    prices = [D("0.004")] * 18 + [D("0.03"), D("0.05")]
-    _seed_prices(db, "llm", prices)
+    prices = [D("0.004")] * 90 + [D("0.03")] * 5 + [D("0.05")] * 5
+    _seed_billed(db, "llm", prices)
     user_id = h.funded_user(db, 1)
     start = ledger.begin_request(db, "req-1", "llm", user_id)
     assert start.estimate_usd == _p95_disc(prices) == D("0.03")
     assert h.reservation_row(db, "req-1")["amount_usd"] == D("0.03")
-    ledger.complete_request(db, "req-1", True, D(0), price_usd=D("0.041"))  # an overrun is charged in full
+    done = ledger.complete_request(db, "req-1", True, D(0), price_usd=D("0.041"))  # above the hold, and it fits
+    assert (done.charged_usd, done.written_off_usd) == (D("0.041"), D(0))
     assert h.account_row(db, user_id)["balance_usd"] == D("0.959")
 
 
@@ -615,8 +631,8 @@ def test_migration_0004_rolls_back_alone_and_reapplies(db_url, conn):
     assert migrate.downgrade(db_url, DB_DIR, "0003_owner_role") == [*later[::-1], "0004_gateway"]
     gone = conn.execute(
         "SELECT to_regclass('billing.api_keys'), to_regprocedure('billing.create_api_key(text, bytea, text, uuid)'),"
-        " to_regclass('billing.cost_tracking_completed_by_tool')"
+        " to_regclass('billing.cost_tracking_completed_by_tool'), to_regclass('billing.cost_tracking_billed_by_tool')"
     ).fetchone()
-    assert gone == (None, None, None)
+    assert gone == (None, None, None, None)
     assert migrate.upgrade(db_url, DB_DIR) == ["0004_gateway", *later]
     assert _snapshot(db_url) == before

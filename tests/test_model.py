@@ -8,7 +8,9 @@
   ``verify_ledger()`` must be empty. The seed comes from TOLLGATE_TEST_SEED (printed on failure).
 * ``test_ledger_state_machine``: a Hypothesis RuleBasedStateMachine on one connection that predicts every
   answer and refusal of the SQL API exactly (funds, daily/monthly limits in a configured time zone, flags,
-  hold expiry and lazy reaping, refunds, idempotent replays and conflicts, tracked tool calls) while the
+  hold expiry and lazy reaping, refunds, idempotent replays and conflicts, tracked tool calls, and the
+  settlement rule: a price is charged up to its hold and above it only as far as the available balance and
+  the limit room cover, never past a tool's declared maximum, the rest written off) while the
   test clock (billing.config.clock_override) moves through hold expiries and day/month rollovers; the
   model is compared with the database after every step. Each example runs in its own database cloned
   from the migrated template.
@@ -218,11 +220,15 @@ def _workload(
                 owner, held = acked.open_holds.pop(request)
                 actual = q8(held * rng.choice([D(0), D("0.5"), D(1), D("1.7")]))
                 settlement = ledger.settle(c, request, actual)
-                assert (settlement.replayed, settlement.charged_usd) == (False, actual)
-                assert settlement.released_usd == max(held - actual, D(0))
-                if actual > 0:
-                    charged(owner, actual, settlement.transaction_id)
-                settled[request] = (owner, held, actual)
+                # Above its hold a price is charged only as far as the balance and limits cover it (other
+                # threads move both): whatever was not charged is written off, and the two add up.
+                paid = settlement.charged_usd
+                assert settlement.replayed is False
+                assert D(0) <= paid <= actual and paid + settlement.written_off_usd == actual, settlement
+                assert settlement.released_usd == max(held - paid, D(0))
+                if paid > 0:
+                    charged(owner, paid, settlement.transaction_id)
+                settled[request] = (owner, held, paid)
                 replays.append(
                     Replay(
                         functools.partial(ledger.settle, c, request, actual),
@@ -383,7 +389,8 @@ def test_settle_replay_after_settling_with_billing_disabled(conn):
 # =========================================================================================================
 
 MACHINE_START = dt.datetime(2031, 1, 31, 21, 30, tzinfo=dt.UTC)  # local month ends within hours in each zone
-TOOL_PRICING = {"plain": None, "priced": (D("0.01"), D(50))}  # base price, markup percent
+# base price, markup percent, max_price_usd (the most a call is charged; the rest is written off)
+TOOL_PRICING = {"plain": None, "priced": (D("0.01"), D(50), None), "capped": (D(0), D(20), D("0.3"))}
 HOLD_TTL = dt.timedelta(minutes=15)
 
 money_st = st.one_of(
@@ -416,6 +423,7 @@ class MHold:
     raw: str = "held"  # the stored status: an expired hold stays 'held' until a call on the account reaps it
     settled_with: Decimal | None = None
     charged: Decimal = field(default_factory=Decimal)
+    written_off: Decimal = field(default_factory=Decimal)
     tx: int | None = None
 
 
@@ -463,6 +471,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.charges: dict[int, MCharge] = {}
         self.txs: dict[int, tuple[str, MUser, Decimal]] = {}
         self.acts: list[Act] = []
+        self.write_offs: dict[str, tuple[Decimal, Decimal]] = {}  # request id -> (charged, written off)
         self.seq = 0
 
     def teardown(self) -> None:
@@ -514,6 +523,17 @@ class LedgerMachine(RuleBasedStateMachine):
             return MonthlyLimitExceeded
         return None
 
+    def cover(self, user: MUser, own_hold: Decimal, price: Decimal) -> Decimal:
+        """What billing._settlement_cover charges of `price` for a call holding `own_hold` (0: none or expired):
+        its hold, and above it what is free of the balance and (without the override) of the limit room,
+        other open holds counted; never into a negative balance."""
+        others = self.held(user) - own_hold
+        free = user.balance - others
+        if not user.override:
+            free = min(free, user.daily - self.day_spent(user) - others, user.monthly - self.month_spent(user) - others)
+        bound = max(D(0), min(max(own_hold, free), max(user.balance, D(0))))
+        return min(price, bound)
+
     def record_charge(self, user: MUser, tx: int | None, amount: Decimal, request_id: str) -> None:
         assert tx is not None and tx not in self.txs
         user.balance -= amount
@@ -540,8 +560,9 @@ class LedgerMachine(RuleBasedStateMachine):
         self.tz = zoneinfo.ZoneInfo(tz)
         ledger.configure(self.conn, time_zone=tz)
         self.set_now(MACHINE_START)
-        base, markup = TOOL_PRICING["priced"] or (D(0), D(0))
-        ledger.set_tool_pricing(self.conn, "priced", base, markup)
+        for tool, pricing in TOOL_PRICING.items():
+            if pricing is not None:
+                ledger.set_tool_pricing(self.conn, tool, pricing[0], pricing[1], max_price_usd=pricing[2])
         for k, amount in enumerate(funds):
             user = MUser(ledger.ensure_account(self.conn, f"user-{k}"))
             self.users.append(user)
@@ -685,22 +706,30 @@ class LedgerMachine(RuleBasedStateMachine):
     def _settle_hold(self, hold: MHold, actual: Decimal) -> Any:
         """Settle a held or expired hold; the model follows. Returns the settlement."""
         user = hold.user
+        own = hold.amount if self.effective(hold) == "held" else D(0)
+        charged = self.cover(user, own, actual) if actual > 0 and user.billing else D(0)
+        written_off = actual - charged if actual > 0 and user.billing else D(0)
+        note(f"settle: {'within the hold' if actual <= own else 'over the hold'}, "
+             f"{'part written off' if written_off else 'charged in full'}")
         result = ledger.settle(self.conn, hold.request_id, actual)
         self.touch(user)
-        charged = actual if actual > 0 and user.billing else D(0)
-        assert (result.replayed, result.status, result.charged_usd) == (False, "settled", charged)
+        assert (result.replayed, result.status, result.charged_usd, result.written_off_usd) == (
+            False, "settled", charged, written_off)
         assert result.released_usd == max(hold.amount - charged, D(0))
         hold.status = hold.raw = "settled"
-        hold.settled_with, hold.charged, hold.tx = actual, charged, result.transaction_id
+        hold.settled_with, hold.charged, hold.written_off, hold.tx = actual, charged, written_off, result.transaction_id
         if charged:
             self.record_charge(user, result.transaction_id, charged, hold.request_id)
         else:
             assert result.transaction_id is None
+        if written_off:
+            self.write_offs[hold.request_id] = (charged, written_off)
         assert result.balance_after_usd == user.balance
         return result
 
     @precondition(lambda self: bool(self.holds))
-    @rule(data=st.data(), factor=st.sampled_from([D(0), D("0.5"), D(1), D("1.7"), D(3)]))
+    # 40: a tool that reported far more than its hold, past any balance and limit the machine draws
+    @rule(data=st.data(), factor=st.sampled_from([D(0), D("0.5"), D(1), D("1.7"), D(3), D(40)]))
     def settle(self, data: st.DataObject, factor: Decimal) -> None:
         hold = data.draw(st.sampled_from(sorted(self.holds.values(), key=lambda h: h.request_id)), label="hold")
         actual = q8(hold.amount * factor)
@@ -712,7 +741,8 @@ class LedgerMachine(RuleBasedStateMachine):
         elif state == "settled":
             if actual == hold.settled_with:  # a replay, also when billing was off and nothing was charged
                 result = ledger.settle(self.conn, hold.request_id, actual)
-                assert (result.replayed, result.transaction_id, result.charged_usd) == (True, hold.tx, hold.charged)
+                assert (result.replayed, result.transaction_id, result.charged_usd, result.written_off_usd) == (
+                    True, hold.tx, hold.charged, hold.written_off)
                 assert result.released_usd == max(hold.amount - hold.charged, D(0))
                 self.touch(hold.user)
             else:
@@ -724,7 +754,8 @@ class LedgerMachine(RuleBasedStateMachine):
                 Act(
                     "settle",
                     functools.partial(ledger.settle, self.conn, hold.request_id, actual),
-                    lambda r, t=result.transaction_id, c=hold.charged: (r.transaction_id, r.charged_usd) == (t, c),
+                    lambda r, t=result.transaction_id, c=hold.charged, w=hold.written_off: (
+                        r.transaction_id, r.charged_usd, r.written_off_usd) == (t, c, w),
                     [functools.partial(ledger.settle, self.conn, hold.request_id, actual + CENT)],
                     hold.user,
                 )
@@ -817,24 +848,32 @@ class LedgerMachine(RuleBasedStateMachine):
                 success = False  # a refused hold: the tool does not run
         pricing = TOOL_PRICING[tool]
         price = cost if pricing is None else pricing[0] + q8(cost * (1 + pricing[1] / 100))
+        capped = price if pricing is None or pricing[2] is None else min(price, pricing[2])
+        charged = written_off = D(0)
+        if success and user is not None and user.billing and price > 0:
+            charged = self.cover(user, D(0) if hold is None else hold.amount, capped)
+            written_off = price - charged
         result = ledger.complete_request(self.conn, request, success, cost)
         assert (result.status, result.replayed) == ("completed" if success else "failed", False)
         expected_tx: int | None = None
         if success:
-            assert result.price_usd == price
+            assert (result.price_usd, result.charged_usd, result.written_off_usd) == (price, charged, written_off)
             if user is not None and hold is not None:
-                charged = price if price > 0 and user.billing else D(0)
                 self.touch(user)
                 hold.status = hold.raw = "settled"
-                hold.settled_with, hold.charged, hold.tx = price, charged, result.transaction_id
+                hold.settled_with, hold.charged, hold.tx = capped, charged, result.transaction_id
+                hold.written_off = capped - charged if user.billing and price > 0 else D(0)
                 if charged:
                     self.record_charge(user, result.transaction_id, charged, request)
                     expected_tx = result.transaction_id
             elif user is not None and price > 0:
                 self.touch(user)
-                if user.billing:
-                    self.record_charge(user, result.transaction_id, price, request)
+                if charged:
+                    self.record_charge(user, result.transaction_id, charged, request)
                     expected_tx = result.transaction_id
+            if written_off:
+                self.write_offs[request] = (charged, written_off)
+                note(f"tool call: {'capped at its maximum' if charged == capped else 'bounded by funds or limits'}")
         elif hold is not None:
             if hold.raw == "held":
                 self.touch(user)  # type: ignore[arg-type]
@@ -846,7 +885,8 @@ class LedgerMachine(RuleBasedStateMachine):
             Act(
                 "complete_request",
                 functools.partial(ledger.complete_request, self.conn, request, success, cost),
-                lambda r, t=expected_tx, s=result.status: (r.transaction_id, r.status) == (t, s),
+                lambda r, t=expected_tx, s=result.status, c=charged, w=written_off: (
+                    r.transaction_id, r.status, r.charged_usd, r.written_off_usd) == (t, s, c, w),
                 [
                     functools.partial(ledger.complete_request, self.conn, request, not success, cost),
                     functools.partial(ledger.complete_request, self.conn, request, success, cost + CENT),
@@ -991,7 +1031,10 @@ class LedgerMachine(RuleBasedStateMachine):
             stored = {r["request_id"]: r["status"] for r in cur.fetchall()}
             cur.execute("SELECT id, type, user_id, amount_usd FROM billing.billing_transactions")
             txs = {r["id"]: (r["type"], r["user_id"], r["amount_usd"]) for r in cur.fetchall()}
+            cur.execute("SELECT request_id, charged_usd, written_off_usd FROM billing.write_offs")
+            write_offs = {r["request_id"]: (r["charged_usd"], r["written_off_usd"]) for r in cur.fetchall()}
         assert stored == {h.request_id: h.raw for h in self.holds.values()}
+        assert write_offs == self.write_offs
         assert txs == {tx: (kind, user.id, amount) for tx, (kind, user, amount) in self.txs.items()}
         assert_ledger_ok(self.conn)
 

@@ -402,7 +402,7 @@ def test_settle_below_the_hold_charges_the_actual_price_and_frees_the_rest(db):
     ledger.reserve(db, user_id, "req-1", D(2))
     h.set_clock(db, at(2030, 2, 3, 10, 1))
     result = ledger.settle(db, "req-1", D("0.75"), description="tool x", metadata={"units": 3})
-    assert result == ledger.Settlement(result.transaction_id, "req-1", "settled", D("0.75"), D("1.25"),
+    assert result == ledger.Settlement(result.transaction_id, "req-1", "settled", D("0.75"), D(0), D("1.25"),
                                        D("9.25"), False)
     row = h.reservation_row(db, "req-1")
     assert (row["status"], row["transaction_id"], row["resolved_at"]) == (
@@ -416,30 +416,34 @@ def test_settle_below_the_hold_charges_the_actual_price_and_frees_the_rest(db):
 
     with h.nothing_written(db):
         again = ledger.settle(db, "req-1", D("0.75"))
-    assert again == ledger.Settlement(result.transaction_id, "req-1", "settled", D("0.75"), D("1.25"), D("9.25"), True)
+    assert again == ledger.Settlement(result.transaction_id, "req-1", "settled", D("0.75"), D(0), D("1.25"), D("9.25"),
+                                      True)
     with h.nothing_written(db), pytest.raises(IdempotencyConflict):
         ledger.settle(db, "req-1", D("0.76"))
 
 
-def test_settle_overrun_goes_negative_and_the_next_call_is_refused(db):
+def test_settle_overrun_is_charged_only_as_far_as_the_balance_and_limits_cover_it(db):
+    # The settlement policy (db/README.md, "Overrun"): above the hold, only what is free is charged; the
+    # rest is written off (tests/test_price_bounds.py has the figures of every bound). The balance never
+    # goes below zero through a settlement.
     user_id = h.funded_user(db, 1)
     ledger.reserve(db, user_id, "req-1", D("0.5"))
     result = ledger.settle(db, "req-1", D(3))
-    assert (result.charged_usd, result.released_usd, result.balance_after_usd) == (D(3), D(0), D(-2))
+    assert (result.charged_usd, result.written_off_usd, result.released_usd, result.balance_after_usd) == (
+        D(1), D(2), D(0), D(0))
     account = h.account_row(db, user_id)
-    assert (account["balance_usd"], account["held_usd"], account["total_spent_usd"]) == (D(-2), 0, D(3))
+    assert (account["balance_usd"], account["held_usd"], account["total_spent_usd"]) == (D(0), 0, D(1))
     with h.nothing_written(db), pytest.raises(InsufficientFunds) as refused:
         ledger.reserve(db, user_id, "req-2", D("0.01"))
-    assert refused.value.detail["available_usd"] == D(-2)
-    with h.nothing_written(db), pytest.raises(InsufficientFunds):
-        ledger.charge(db, user_id, "req-3", D("0.01"))
-    ledger.top_up(db, user_id, D("2.01"), "stripe", "pi_back")
+    assert refused.value.detail["available_usd"] == D(0)
+    ledger.top_up(db, user_id, D("0.01"), "stripe", "pi_back")
     assert ledger.reserve(db, user_id, "req-2", D("0.01")).status == "held"
-    # past the daily limit too: charged in full, and the next call is refused by the limit
+    # past the daily limit: charged up to the limit, and the next call is refused by the limit
     rich = h.funded_user(db, 50)
     ledger.reserve(db, rich, "rich-1", D(9))
-    assert ledger.settle(db, "rich-1", D(12)).charged_usd == D(12)
-    assert h.account_row(db, rich)["day_spent_usd"] == D(12)
+    settled = ledger.settle(db, "rich-1", D(12))
+    assert (settled.charged_usd, settled.written_off_usd) == (D(10), D(2))
+    assert h.account_row(db, rich)["day_spent_usd"] == D(10)
     with h.nothing_written(db), pytest.raises(DailyLimitExceeded):
         ledger.charge(db, rich, "rich-2", D("0.00000001"))
 
@@ -483,8 +487,8 @@ def test_settle_with_billing_disabled_frees_the_hold_and_replays(db):
     ledger.reserve(db, user_id, "req-1", D(2))
     ledger.update_settings(db, user_id, billing_enabled=False)
     result = ledger.settle(db, "req-1", D(1))
-    assert (result.transaction_id, result.charged_usd, result.released_usd, result.replayed) == (
-        None, D(0), D(2), False)
+    assert (result.transaction_id, result.charged_usd, result.written_off_usd, result.released_usd,
+            result.replayed) == (None, D(0), D(0), D(2), False)
     assert h.account_row(db, user_id)["balance_usd"] == D(10)
     with h.nothing_written(db):
         again = ledger.settle(db, "req-1", D(1))
@@ -574,13 +578,14 @@ def test_reap_expired_holds_counts_what_it_reaps(db):
             ledger.reap_expired_holds(db, max_accounts=bad)
 
 
-def test_settle_after_expiry_still_charges(db):
+def test_settle_after_expiry_still_charges_what_the_balance_covers(db):
     h.set_clock(db, at(2030, 2, 3, 10))
     user_id = h.funded_user(db, 10)
     ledger.reserve(db, user_id, "req-1", D(2))
     h.set_clock(db, at(2030, 2, 3, 11))
     result = ledger.settle(db, "req-1", D("2.5"))
-    assert (result.status, result.charged_usd, result.balance_after_usd) == ("settled", D("2.5"), D("7.5"))
+    assert (result.status, result.charged_usd, result.written_off_usd, result.balance_after_usd) == (
+        "settled", D("2.5"), D(0), D("7.5"))
     assert h.reservation_row(db, "req-1")["status"] == "settled"
     assert h.account_row(db, user_id)["held_usd"] == 0
 
@@ -718,7 +723,7 @@ def test_complete_request_settles_the_hold_at_the_tool_price(db):
                                    execution_time_ms=42)
     price = D("0.001") + D("0.0123") * D("1.5")
     assert price == D("0.01945")
-    assert done == ledger.Completion("req-1", "completed", price, done.transaction_id, True, False)
+    assert done == ledger.Completion("req-1", "completed", price, price, D(0), done.transaction_id, True, False)
     assert done.transaction_id is not None
     tracked = h.tracking_row(db, "req-1")
     assert (tracked["status"], tracked["total_cost_usd"], tracked["price_usd"], tracked["transaction_id"]) == (
@@ -733,7 +738,7 @@ def test_complete_request_settles_the_hold_at_the_tool_price(db):
 
     with h.nothing_written(db):
         again = ledger.complete_request(db, "req-1", True, D("0.0123"))
-    assert again == ledger.Completion("req-1", "completed", price, done.transaction_id, True, True)
+    assert again == ledger.Completion("req-1", "completed", price, price, D(0), done.transaction_id, True, True)
     for call in (
         lambda: ledger.complete_request(db, "req-1", True, D("0.0124")),
         lambda: ledger.complete_request(db, "req-1", False, D("0.0123")),
@@ -826,13 +831,14 @@ def test_complete_request_with_billing_disabled_tracks_but_does_not_bill(db):
     assert h.account_row(db, user_id)["balance_usd"] == D(1)
 
 
-def test_complete_request_overrun_is_charged_past_the_balance(db):
+def test_complete_request_overrun_is_charged_up_to_the_balance_and_the_rest_written_off(db):
     user_id = h.funded_user(db, D("0.1"))
     ledger.start_request(db, "req-1", "search", user_id)
     ledger.reserve(db, user_id, "req-1", D("0.1"))
     done = ledger.complete_request(db, "req-1", True, D("0.35"))
-    assert (done.price_usd, done.billed) == (D("0.35"), True)
-    assert h.account_row(db, user_id)["balance_usd"] == D("-0.25")
+    assert (done.price_usd, done.charged_usd, done.written_off_usd, done.billed) == (
+        D("0.35"), D("0.1"), D("0.25"), True)
+    assert h.account_row(db, user_id)["balance_usd"] == D(0)
 
 
 def test_complete_request_never_settles_another_users_hold(db):

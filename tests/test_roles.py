@@ -36,8 +36,9 @@ VIEWS = (
     "payments_needing_review",
     "unbilled_calls",
     "user_billing_summary",
+    "written_off_calls",
 )
-OPERATOR_VIEWS = {"payments_needing_review", "unbilled_calls", "user_billing_summary"}
+OPERATOR_VIEWS = {"payments_needing_review", "unbilled_calls", "user_billing_summary", "written_off_calls"}
 
 # Who may EXECUTE each public function of schema billing.
 MATRIX: dict[str, frozenset[str]] = {

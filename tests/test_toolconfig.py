@@ -57,13 +57,34 @@ def test_the_shipped_configuration() -> None:
     assert legal.tools == ("lookup_law", "count_words")
     assert legal.timeout_seconds == 60
     items = config.pricing.items()
-    prices = {name: (p.base_price_usd, p.markup_percent, p.estimate_usd, p.variable_cost) for name, p in items}
-    assert prices == {
-        "lookup_law": (Decimal("0.02"), Decimal(0), None, False),
-        "count_words": (Decimal("0.001"), Decimal(0), None, False),
-        "echo": (Decimal("0.0003"), Decimal(0), None, False),
-        "summarize": (Decimal(0), Decimal(20), Decimal("0.01"), True),
+    prices = {
+        name: (p.base_price_usd, p.markup_percent, p.estimate_usd, p.variable_cost, p.max_price_usd,
+               p.per_input_char_usd)
+        for name, p in items
     }
+    assert prices == {
+        "lookup_law": (Decimal("0.02"), Decimal(0), None, False, None, None),
+        "count_words": (Decimal("0.001"), Decimal(0), None, False, None, None),
+        "echo": (Decimal("0.0003"), Decimal(0), None, False, None, None),
+        # summarize's most expensive text (100000 characters) is priced 0.156: the declared maximum covers it
+        "summarize": (Decimal(0), Decimal(20), None, True, Decimal("0.16"), Decimal("0.0000013")),
+    }
+
+
+def test_declared_price_bounds(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        [pricing.summarize]
+        base_price_usd = "0.001"
+        markup_percent = "20"
+        max_price_usd = "0.16"
+        per_input_char_usd = "0.000000037"
+        """,
+    )
+    price = load_tool_config(path).pricing["summarize"]
+    assert (price.max_price_usd, price.per_input_char_usd, price.estimate_usd) == (
+        Decimal("0.16"), Decimal("0.000000037"), None)
 
 
 def test_a_full_upstream_entry(tmp_path: Path) -> None:
@@ -112,6 +133,16 @@ def test_a_full_upstream_entry(tmp_path: Path) -> None:
         ('[pricing.echo]\nmarkup_percent = "5"\n', r"pricing\.echo\.base_price_usd: required"),
         ('[pricing.echo]\nbase_price_usd = "1"\ncolour = "red"\n', r"pricing\.echo: unknown key 'colour'"),
         ('[pricing.echo]\nbase_price_usd = "1"\nvariable_cost = "yes"\n', r"variable_cost: must be true or false"),
+        ('[pricing.echo]\nbase_price_usd = "1"\nmax_price_usd = "0.5"\n', r"max_price_usd: must be more than 0 and at"),
+        ('[pricing.echo]\nbase_price_usd = "0"\nmax_price_usd = "0"\n', r"max_price_usd: must be more than 0"),
+        ('[pricing.echo]\nbase_price_usd = "0"\nmax_price_usd = 0.5\n', r"max_price_usd: TOML float"),
+        (
+            '[pricing.echo]\nbase_price_usd = "0"\nmax_price_usd = "0.5"\nestimate_usd = "0.6"\n',
+            r"estimate_usd: must not be above max_price_usd",
+        ),
+        ('[pricing.echo]\nbase_price_usd = "0"\nper_input_char_usd = "1e-13"\n', r"has more than 12 decimals"),
+        ('[pricing.echo]\nbase_price_usd = "0"\nper_input_char_usd = "1000000"\n', r"must be below 1000000"),
+        ('[pricing.echo]\nbase_price_usd = "0"\nper_input_char_usd = "-1"\n', r"must be a finite amount"),
         ('[pricing."a b"]\nbase_price_usd = "1"\n', r'pricing\."a b": \'a b\' is not a valid tool name'),
         ('python_module = ["x"]\n', r"unknown key 'python_module'"),
         ('python_modules = "x"\n', r"python_modules: must be an array of strings"),

@@ -1,8 +1,8 @@
 -- billing._record_charge(account, now, request_id, amount_usd, description, metadata) -> billing.billing_transactions
 -- Appends the charge ledger row for a request on a locked account and returns it. It does not check
 -- funds or limits: billing.charge and billing.reserve do that before; billing.settle and
--- billing.complete_request record the charge of work already done (see the overrun policy in
--- db/README.md). Raises a conflict when the request already has a charge (the caller has ruled out
+-- billing.complete_request bound the charge of work already done with billing._settlement_cover first
+-- (see the overrun policy in db/README.md). Raises a conflict when the request already has a charge (the caller has ruled out
 -- its own replay; the DETAIL says whether that charge is the same user's).
 -- The caller applies the row with billing._account_after and saves the account.
 -- Locks: none beyond the caller's.  Errors: BL005 idempotency_conflict.

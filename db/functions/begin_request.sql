@@ -1,16 +1,21 @@
--- billing.begin_request(request_id, tool_name, user_id, client_key, estimate_usd, ttl)
+-- billing.begin_request(request_id, tool_name, user_id, client_key, estimate_usd, ttl, input_chars)
 --     -> (tracking_id, request_id, status, estimate_usd, reservation_id, reservation_status, available_usd, replayed)
 -- The pre-flight half of a metered tool call, in one transaction and one round trip:
 --   1. billing.start_request opens the cost-tracking record (status 'pending');
---   2. the estimate: estimate_usd, or billing.estimate_price(tool_name) when NULL;
+--   2. the estimate: estimate_usd, or billing.estimate_price(tool_name, input_chars) when NULL — the
+--      tool's declared bound (max_price_usd, or the per-character estimator applied to input_chars, the
+--      size of the call's arguments: the gateway counts the characters of every string value in them, at
+--      any depth; keys, numbers, booleans and nulls count 0), else its configured figure or recent prices;
 --   3. with a user and an estimate > 0, billing.reserve holds it (ttl as there).
+-- The hold bounds the charge: billing.complete_request charges above it only what the balance and the
+-- limits cover when the call completes (db/README.md, "Overrun").
 -- A refused hold raises reserve's error (BL001/BL002/BL003/BL004, with its DETAIL), which rolls back the
 -- whole call, the tracking record included: nothing at all is written for a refused call, so a refused
 -- call never shows up as pending or unbilled. Billing disabled: reserve answers 'not_billed' and that
 -- is passed through (the call is tracked, not charged).
 -- With a user and an estimate of 0 there is nothing to hold, but the account is still read (no lock)
--- and a deactivated account (BL004) or one already below zero or past a limit through overruns
--- (BL001/BL002/BL003) is refused: a new call is never taken for them, whatever its estimate.
+-- and a deactivated account (BL004) or one already below zero (a clawback or a debit) or past a limit
+-- (lowered since) (BL001/BL002/BL003) is refused: a new call is never taken for them, whatever its estimate.
 -- Anonymous and API-key callers (user_id NULL) are tracked, never held.
 -- Result: status is the tracking record's; reservation_status is 'held', 'not_billed', the hold's
 -- current status on a replay ('settled', 'released', 'expired'), or NULL when no hold applies
@@ -23,12 +28,12 @@
 -- A replay of a closed call (completed or failed) takes no hold. A replay of a still-pending call that
 -- has no hold (opened by billing.start_request alone, or estimated at 0) proceeds as a first call would.
 -- Locks: the user's user_billing row (through billing.reserve) when a hold is taken or replayed.
--- Errors: BL009 invalid_argument, BL006 invalid_amount (estimate_usd), BL007 unknown_user,
---         BL005 idempotency_conflict, BL004 account_inactive, BL001 insufficient_funds,
+-- Errors: BL009 invalid_argument (also a negative input_chars), BL006 invalid_amount (estimate_usd),
+--         BL007 unknown_user, BL005 idempotency_conflict, BL004 account_inactive, BL001 insufficient_funds,
 --         BL002 daily_limit_exceeded, BL003 monthly_limit_exceeded.
 CREATE OR REPLACE FUNCTION billing.begin_request(
     p_request_id text, p_tool_name text, p_user_id uuid DEFAULT NULL, p_client_key text DEFAULT NULL,
-    p_estimate_usd numeric DEFAULT NULL, p_ttl interval DEFAULT NULL,
+    p_estimate_usd numeric DEFAULT NULL, p_ttl interval DEFAULT NULL, p_input_chars integer DEFAULT NULL,
     OUT tracking_id bigint, OUT request_id text, OUT status text, OUT estimate_usd numeric,
     OUT reservation_id bigint, OUT reservation_status text, OUT available_usd numeric, OUT replayed boolean)
 LANGUAGE plpgsql
@@ -47,6 +52,10 @@ BEGIN
     IF p_ttl IS NOT NULL AND (p_ttl <= interval '0' OR p_ttl > interval '1 day') THEN
         RAISE EXCEPTION 'Invalid argument: ttl must be positive and at most 1 day, not %.', p_ttl
             USING ERRCODE = 'BL009', DETAIL = jsonb_build_object('field', 'ttl', 'value', p_ttl::text)::text;
+    END IF;
+    IF p_input_chars < 0 THEN
+        RAISE EXCEPTION 'Invalid argument: input_chars must not be negative (got %).', p_input_chars
+            USING ERRCODE = 'BL009', DETAIL = jsonb_build_object('field', 'input_chars', 'value', p_input_chars)::text;
     END IF;
 
     SELECT s.tracking_id, s.request_id, s.status, s.replayed
@@ -72,12 +81,12 @@ BEGIN
         END IF;
         IF status <> 'pending' THEN
             -- A closed call: a hold now could never be settled.
-            estimate_usd := coalesce(p_estimate_usd, billing.estimate_price(p_tool_name));
+            estimate_usd := coalesce(p_estimate_usd, billing.estimate_price(p_tool_name, p_input_chars));
             RETURN;
         END IF;
     END IF;
 
-    estimate_usd := coalesce(p_estimate_usd, billing.estimate_price(p_tool_name));
+    estimate_usd := coalesce(p_estimate_usd, billing.estimate_price(p_tool_name, p_input_chars));
     IF p_user_id IS NULL THEN
         RETURN;
     END IF;
@@ -99,4 +108,4 @@ BEGIN
 END;
 $$;
 
-GRANT EXECUTE ON FUNCTION billing.begin_request(text, text, uuid, text, numeric, interval) TO tollgate_metering;
+GRANT EXECUTE ON FUNCTION billing.begin_request(text, text, uuid, text, numeric, interval, integer) TO tollgate_metering;

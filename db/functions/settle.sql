@@ -1,25 +1,28 @@
 -- billing.settle(request_id, actual_usd, description, metadata) -> (transaction_id, request_id, status,
---     charged_usd, released_usd, balance_after_usd, replayed)
--- Converts a hold taken by billing.reserve into a charge of the actual price, which may be lower or
--- higher than the hold, and frees the hold: one 'charge' ledger row (none when the price is 0 or
--- billing is disabled for the user), balance, totals and day/month spend updated, the reservation
--- marked 'settled' — one transaction.
--- Overrun policy: the tool already ran, so the actual price is charged in full even when it is above
--- the hold, above the available balance or past a limit, and even if the hold expired meanwhile. The
--- balance can go below zero only this way (by the overrun of calls already running, never by a new
--- call); the next billing.reserve/charge is then refused until the balance is topped up.
--- Idempotent on request_id: a replay with the same actual price returns the original result
--- (replayed = true; also when billing was disabled and nothing was charged); a different price is a
--- conflict. Settling a released hold is refused, and so is settling a request that was already
--- charged directly with billing.charge (a conflict: one charge per request).
--- Fast path: one statement does the usual case; everything else takes the exact path.
+--     charged_usd, written_off_usd, released_usd, balance_after_usd, replayed)
+-- Converts a hold taken by billing.reserve into a charge of the actual price and frees the hold: one
+-- 'charge' ledger row (none when nothing is charged or billing is disabled for the user), balance,
+-- totals and day/month spend updated, the reservation marked 'settled' — one transaction.
+-- Settlement policy (db/README.md, "Overrun"): the price is charged up to the call's hold, and above the
+-- hold only as far as the available balance (balance - all open holds) and the day/month limit room
+-- (limit - spend - open holds; not with limit_override) cover the excess at this moment, and never into a
+-- negative balance (billing._settlement_cover). A hold that expired before settling no longer counts: only
+-- what is free now is charged. What cannot be charged is written off (billing.write_offs, shown by
+-- billing.written_off_calls): written_off_usd = actual_usd - charged_usd, never charged to the user.
+-- With billing disabled nothing is charged and nothing is written off.
+-- Idempotent on request_id: a replay with the same actual price returns the original result, charged and
+-- written-off figures included (replayed = true; also when billing was disabled and nothing was charged);
+-- a different price is a conflict. Settling a released hold is refused, and so is settling a request that
+-- was already charged directly with billing.charge (a conflict: one charge per request).
+-- Fast path: one statement does the usual case (a price within a hold the balance still covers);
+-- everything else takes the exact path.
 -- Locks: the user's user_billing row (the reservation is only changed under it).
 -- Errors: BL006 invalid_amount, BL009 invalid_argument, BL008 unknown_request, BL005 idempotency_conflict,
 --         BL012 invalid_state.
 CREATE OR REPLACE FUNCTION billing.settle(
     p_request_id text, p_actual_usd numeric, p_description text DEFAULT NULL, p_metadata jsonb DEFAULT NULL,
     OUT transaction_id bigint, OUT request_id text, OUT status text, OUT charged_usd numeric,
-    OUT released_usd numeric, OUT balance_after_usd numeric, OUT replayed boolean)
+    OUT written_off_usd numeric, OUT released_usd numeric, OUT balance_after_usd numeric, OUT replayed boolean)
 LANGUAGE plpgsql
 SECURITY DEFINER
 SET search_path = billing, pg_temp
@@ -35,6 +38,7 @@ DECLARE
     v_hold        numeric;
     v_rate        numeric;
     v_done        boolean;
+    v_cover       record;
 BEGIN
     -- Arguments: a cheap test first; the helpers raise the precise error.
     IF p_actual_usd IS NULL OR p_actual_usd = 'NaN' OR p_actual_usd < 0 OR p_actual_usd >= 1e12
@@ -96,6 +100,10 @@ BEGIN
                -- `done` below finds it no longer held and this update is undone; this keeps held_usd
                -- from going negative on the way.
                AND b.held_usd >= hold.amount_usd
+               -- Settlement policy: a price within the hold, and a hold the balance still covers (a debit
+               -- or a clawback since may have taken it); anything else is bounded on the exact path.
+               AND p_actual_usd <= hold.amount_usd
+               AND b.balance_usd - (b.held_usd - hold.amount_usd) >= p_actual_usd
                AND b.holds_expire_at > billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at)
                AND abs(b.balance_usd - p_actual_usd) < 1e12
                AND b.total_spent_usd + p_actual_usd < 1e12
@@ -127,6 +135,7 @@ BEGIN
             request_id := p_request_id;
             status := 'settled';
             charged_usd := p_actual_usd;
+            written_off_usd := 0;
             released_usd := greatest(v_hold - p_actual_usd, 0);
             replayed := false;
             RETURN;
@@ -169,6 +178,10 @@ BEGIN
         END IF;
         transaction_id := v_tx.id;
         status := 'settled';
+        -- Written off: what this settlement could not charge (billing.complete_request may have widened
+        -- the row to the tool's full price; the part above the price settled here is not settle's).
+        written_off_usd := CASE WHEN EXISTS (SELECT FROM billing.write_offs w WHERE w.request_id = p_request_id)
+                                THEN v_reservation.settled_usd - charged_usd ELSE 0 END;
         released_usd := greatest(v_reservation.amount_usd - charged_usd, 0);
         balance_after_usd := coalesce(v_tx.balance_after_usd, v_account.balance_usd);
         replayed := true;
@@ -181,13 +194,28 @@ BEGIN
                   HINT = 'To charge for it anyway, use billing.charge with a new request_id.';
     END IF;
 
-    -- 'held', or 'expired' (the tool outlived its hold; the work was done, so it is still charged).
+    -- 'held', or 'expired' (the tool outlived its hold: the hold no longer counts, so only what is free
+    -- now can be charged). The call's own hold comes out of held_usd first: what remains are the others.
+    v_hold := 0;
     IF v_reservation.status = 'held' THEN
-        v_account.held_usd := v_account.held_usd - v_reservation.amount_usd;
+        v_hold := v_reservation.amount_usd;
+        v_account.held_usd := v_account.held_usd - v_hold;
     END IF;
+    written_off_usd := 0;
     IF p_actual_usd > 0 AND v_account.billing_enabled THEN
-        v_tx := billing._record_charge(v_account, v_now, p_request_id, p_actual_usd, p_description, p_metadata);
-        v_account := billing._account_after(v_account, v_tx);
+        v_cover := billing._settlement_cover(v_account, v_hold, p_actual_usd);
+        IF v_cover.charge_usd > 0 THEN
+            v_tx := billing._record_charge(v_account, v_now, p_request_id, v_cover.charge_usd, p_description,
+                                           p_metadata);
+            v_account := billing._account_after(v_account, v_tx);
+        END IF;
+        written_off_usd := p_actual_usd - v_cover.charge_usd;
+        IF written_off_usd > 0 THEN
+            PERFORM billing._record_write_off(
+                p_request_id, v_user_id,
+                (SELECT ct.tool_name FROM billing.cost_tracking ct WHERE ct.request_id = p_request_id),
+                p_actual_usd, NULL, v_cover.charge_usd, v_cover.reason, v_tx.id, v_now);
+        END IF;
     END IF;
     UPDATE billing.reservations r
        SET status = 'settled', resolved_at = v_now, settled_usd = p_actual_usd, transaction_id = v_tx.id

@@ -21,6 +21,11 @@
 --  reversals         what billing.payment_reversals says was clawed back from a payment equals the
 --                    clawback rows of its top-up, and nothing is clawed back from the payment of an
 --                    intent that is not credited (in review, failed, ...)
+--  write_offs        a write-off's charged_usd is its ledger charge (same request and user; none when 0)
+--                    and it belongs to a settled hold or a completed tool call of that user and charge
+--                    (priced at the write-off's price); and a settled hold or a billed call charged less
+--                    than its price has a write-off saying why (the settlement policy never charges less
+--                    silently)
 -- It reads the whole ledger: run it from operations or tests, not on the request path.
 -- Locks: none (reads one snapshot).  Errors: none.
 CREATE OR REPLACE FUNCTION billing.verify_ledger()
@@ -193,6 +198,38 @@ AS $$
       FROM billing.payment_intents i
       JOIN billing.payment_reversals r ON r.provider = i.provider AND r.payment_ref = i.payment_ref
      WHERE i.transaction_id IS NULL AND r.clawed_usd <> 0
+    UNION ALL
+    SELECT 'write_offs', w.user_id, w.transaction_id,
+           format('write-off of %s: charged_usd %s but its ledger charge is %s', w.request_id, w.charged_usd,
+                  coalesce((-t.amount_usd)::text, 'none'))
+      FROM billing.write_offs w
+      LEFT JOIN billing.billing_transactions t ON t.type = 'charge' AND t.request_id = w.request_id
+     WHERE t.id IS DISTINCT FROM w.transaction_id OR t.user_id <> w.user_id
+        OR coalesce(-t.amount_usd, 0) <> w.charged_usd
+    UNION ALL
+    SELECT 'write_offs', w.user_id, w.transaction_id,
+           format('write-off of %s belongs to no settled hold or completed call of that user and charge', w.request_id)
+      FROM billing.write_offs w
+     WHERE NOT EXISTS (SELECT FROM billing.reservations r
+                        WHERE r.request_id = w.request_id AND r.user_id = w.user_id AND r.status = 'settled'
+                          AND r.transaction_id IS NOT DISTINCT FROM w.transaction_id)
+       AND NOT EXISTS (SELECT FROM billing.cost_tracking ct
+                        WHERE ct.request_id = w.request_id AND ct.user_id = w.user_id AND ct.status = 'completed'
+                          AND ct.transaction_id IS NOT DISTINCT FROM w.transaction_id AND ct.price_usd = w.price_usd)
+    UNION ALL
+    SELECT 'write_offs', r.user_id, r.transaction_id,
+           format('hold %s settled at %s but charged %s, with no write-off', r.request_id, r.settled_usd, -t.amount_usd)
+      FROM billing.reservations r
+      JOIN billing.billing_transactions t ON t.id = r.transaction_id
+     WHERE r.status = 'settled' AND -t.amount_usd < r.settled_usd
+       AND NOT EXISTS (SELECT FROM billing.write_offs w WHERE w.request_id = r.request_id)
+    UNION ALL
+    SELECT 'write_offs', ct.user_id, ct.transaction_id,
+           format('tool call %s priced %s but charged %s, with no write-off', ct.request_id, ct.price_usd, -t.amount_usd)
+      FROM billing.cost_tracking ct
+      JOIN billing.billing_transactions t ON t.id = ct.transaction_id
+     WHERE -t.amount_usd < ct.price_usd
+       AND NOT EXISTS (SELECT FROM billing.write_offs w WHERE w.request_id = ct.request_id)
 $$;
 
 GRANT EXECUTE ON FUNCTION billing.verify_ledger() TO tollgate_operator;

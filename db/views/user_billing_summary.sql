@@ -34,7 +34,7 @@ COMMENT ON COLUMN billing.user_billing_summary.user_id IS 'Tollgate user id (uui
 COMMENT ON COLUMN billing.user_billing_summary.external_id IS 'The identity provider''s subject (JWT sub).';
 COMMENT ON COLUMN billing.user_billing_summary.email IS 'E-mail from the identity provider, if known.';
 COMMENT ON COLUMN billing.user_billing_summary.name IS 'Display name from the identity provider, if known.';
-COMMENT ON COLUMN billing.user_billing_summary.balance_usd IS 'Balance in USD, the currency of record (8 decimals; may be negative only by overrun of calls already running).';
+COMMENT ON COLUMN billing.user_billing_summary.balance_usd IS 'Balance in USD, the currency of record (8 decimals; negative only after a clawback of a refunded or disputed payment, or an administrator''s debit: settlement never takes it below zero).';
 COMMENT ON COLUMN billing.user_billing_summary.balance_uah IS 'Sum of the ledger''s UAH amounts, each at the rate recorded on its transaction (display only).';
 COMMENT ON COLUMN billing.user_billing_summary.held_usd IS 'USD held by open reservations of calls in flight.';
 COMMENT ON COLUMN billing.user_billing_summary.available_usd IS 'balance_usd - held_usd: what new calls may use.';

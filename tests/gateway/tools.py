@@ -1,4 +1,4 @@
-"""Python tools of the test gateway (tests/gateway/tools.toml): fixed price, metered, failing, slow."""
+"""Python tools of the test gateway (tests/gateway/tools.toml): fixed price, metered, bounded, failing, slow."""
 
 from __future__ import annotations
 
@@ -46,6 +46,25 @@ def register(registry: ToolRegistry) -> None:
         tokens = int(arguments["tokens"])
         ctx.report_cost("test-llm", Decimal(tokens) * Decimal("0.000002"), units=tokens, unit="tokens")
         return {"tokens": tokens}
+
+    @registry.function(
+        "by_chars",
+        description="Reports $0.000001 per character of its text, plus `extra` characters' worth (priced with a"
+        " per-character hold and a maximum price)",
+        input_schema={
+            "type": "object",
+            "properties": {
+                "text": {"type": "string", "maxLength": 100000},
+                "extra": {"type": "integer", "minimum": 0, "maximum": 10000000},
+            },
+            "required": ["text"],
+            "additionalProperties": False,
+        },
+    )
+    async def by_chars(arguments: dict[str, Any], ctx: ToolContext) -> dict[str, Any]:
+        characters = len(arguments["text"]) + int(arguments.get("extra", 0))
+        ctx.report_cost("test-chars", Decimal(characters) * Decimal("0.000001"), units=characters, unit="characters")
+        return {"characters": characters}
 
     @registry.function("broken", description="Always fails (priced, never charged)")
     async def broken(arguments: dict[str, Any], ctx: ToolContext) -> str:

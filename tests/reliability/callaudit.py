@@ -7,11 +7,14 @@ each `Call` records every answer it got. `audit()` then holds every call id to t
 * at most one charge per request id, ever;
 * no tracking row left pending, no hold left held;
 * a call the gateway answered as run and billed (200 charged / pending) ends charged exactly once, at
-  the tool's price (and at the transaction the answer named); one answered as a tool error, or only
-  ever refused / unavailable before running, is not charged and its hold is closed;
+  the tool's price less what was written off for it (billing.write_offs: a price the hold, the balance
+  and the limits did not cover; the write-off and the charge add up to the price), at the transaction
+  the answer named, and a "charged" answer reports the same written_off_usd; one answered as a tool
+  error, or only ever refused / unavailable before running, is not charged and its hold is closed;
 * a call whose answer was lost (the gateway was killed) may end either way, but consistently:
   completed = charged once at its price, failed = not charged;
-* per user: balance = funding - the charges, no open holds; `billing.verify_ledger()` is empty.
+* per user: balance = funding - the charges, never below zero, no open holds; `billing.verify_ledger()`
+  is empty.
 
 Every violation is returned as a line of text, so a test asserts the list is empty and shows them all.
 """
@@ -65,6 +68,7 @@ class Call:
     succeeds: bool
     answers: list[str] = field(default_factory=list)  # one per attempt, see Caller.attempt
     transaction_id: int | None = None  # named by a "charged" answer
+    written_off_usd: Decimal | None = None  # reported by a "charged" answer (0 when it reports none)
 
     @property
     def ran(self) -> bool:
@@ -148,6 +152,7 @@ class Caller(threading.Thread):
             answer = str(body["billing"]["status"])
             if answer == "charged":
                 call.transaction_id = body["billing"]["transaction_id"]
+                call.written_off_usd = body["billing"].get("written_off_usd", Decimal(0))
         elif reply.status_code == 502 and body.get("error", {}).get("code") == "tool_error":
             answer = "tool_error"
         elif reply.status_code == 503:
@@ -202,6 +207,14 @@ def audit(conn: psycopg.Connection[Any], calls: list[Call], funding: dict[uuid.U
                 "SELECT request_id, status, user_id FROM billing.reservations WHERE request_id = ANY(%s)", (keys,)
             )
         }
+        written_off = {
+            row["request_id"]: row
+            for row in cur.execute(
+                "SELECT request_id, user_id, price_usd, charged_usd, written_off_usd, transaction_id"
+                " FROM billing.write_offs WHERE request_id = ANY(%s)",
+                (keys,),
+            )
+        }
         charges: dict[str, list[dict[str, Any]]] = {}
         for row in cur.execute(
             "SELECT id, request_id, amount_usd, user_id FROM billing.billing_transactions"
@@ -215,6 +228,8 @@ def audit(conn: psycopg.Connection[Any], calls: list[Call], funding: dict[uuid.U
         track = tracking.get(call.key)
         hold = holds.get(call.key)
         rows = charges.get(call.key, [])
+        write_off = written_off.get(call.key)
+        lost_usd = Decimal(0) if write_off is None else write_off["written_off_usd"]
         if len(rows) > 1:
             violations.append(f"{where}: charged {len(rows)} times")
         if hold is not None and hold["status"] == "held":
@@ -231,14 +246,24 @@ def audit(conn: psycopg.Connection[Any], calls: list[Call], funding: dict[uuid.U
             continue
         completed = track["status"] == "completed"
         charged = bool(rows)
+        if write_off is not None and (
+            not completed
+            or write_off["user_id"] != call.user_id
+            or write_off["price_usd"] != call.price
+            or write_off["transaction_id"] != (rows[0]["id"] if rows else None)
+        ):
+            violations.append(f"{where}: written off {write_off}, but the call is {track['status']} at {call.price}")
         if completed:
             if not call.succeeds:
                 violations.append(f"{where}: a failing tool's call was completed as a success")
-            if call.price > 0 and len(rows) != 1:
+            if call.price - lost_usd > 0 and len(rows) != 1:
                 violations.append(f"{where}: completed at {call.price} but charged {len(rows)} times")
             for row in rows:
-                if row["amount_usd"] != -call.price:
-                    violations.append(f"{where}: charged {row['amount_usd']}, expected {-call.price}")
+                if row["amount_usd"] != lost_usd - call.price:
+                    violations.append(
+                        f"{where}: charged {row['amount_usd']}, expected {lost_usd - call.price}"
+                        f" (price {call.price}, written off {lost_usd})"
+                    )
                 if track["transaction_id"] != row["id"]:
                     violations.append(f"{where}: tracking points at {track['transaction_id']}, charge is {row['id']}")
                 if row["user_id"] != call.user_id:
@@ -258,6 +283,8 @@ def audit(conn: psycopg.Connection[Any], calls: list[Call], funding: dict[uuid.U
             violations.append(f"{where}: never answered as run (refused or unavailable), yet completed")
         if call.transaction_id is not None and (not rows or rows[0]["id"] != call.transaction_id):
             violations.append(f"{where}: answered with transaction {call.transaction_id}, ledger has {rows}")
+        if call.written_off_usd is not None and call.written_off_usd != lost_usd:
+            violations.append(f"{where}: answered with {call.written_off_usd} written off, ledger has {lost_usd}")
         outcomes["charged" if charged else "not_charged"] += 1
         for row in rows:
             charged_by_user[call.user_id] = charged_by_user.get(call.user_id, Decimal(0)) - row["amount_usd"]
@@ -266,6 +293,8 @@ def audit(conn: psycopg.Connection[Any], calls: list[Call], funding: dict[uuid.U
         expected = funded - charged_by_user.get(user_id, Decimal(0))
         if summary["balance_usd"] != expected:
             violations.append(f"user {user_id}: balance {summary['balance_usd']}, funding - charges = {expected}")
+        if summary["balance_usd"] < 0:
+            violations.append(f"user {user_id}: balance {summary['balance_usd']} below zero")
         if summary["held_usd"] != 0:
             violations.append(f"user {user_id}: {summary['held_usd']} still held")
     # Nothing else moved these users' money: every charge row of theirs belongs to one of our calls.

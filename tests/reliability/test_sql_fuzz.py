@@ -129,7 +129,7 @@ CAST_ERRORS = {
 
 LEAKS = re.compile(
     r"PL/pgSQL|SQL statement|SQL function|\bline \d+\b|relation \"|column \"|violates|duplicate key|syntax error"
-    r"|\b(user_billing|billing_transactions|cost_tracking|tool_pricing|exchange_rates|api_keys)\b"
+    r"|\b(user_billing|billing_transactions|cost_tracking|tool_pricing|exchange_rates|api_keys|write_offs)\b"
     r"|\bbilling\.(users|reservations|config)\b|stack depth|internal error",
     re.IGNORECASE,
 )
@@ -175,6 +175,9 @@ def _seed_world(db: psycopg.Connection[Any]) -> World:
     ledger.update_settings(db, unbilled, billing_enabled=False)
     ledger.set_tool_pricing(db, "priced", D("0.02"))
     ledger.set_tool_pricing(db, "metered", D(0), D(50), D("0.01"), True)
+    ledger.set_tool_pricing(
+        db, "bounded", D("0.001"), D(20), None, True, max_price_usd=D("0.16"), per_input_char_usd=D("0.0000013")
+    )
     charged = ledger.charge(db, rich, "fz-charged", D(2), "seed", {"k": "v"})
     ledger.reserve(db, rich, "fz-held", D(1))
     ledger.reserve(db, rich, "fz-settled", D(1))
@@ -182,6 +185,9 @@ def _seed_world(db: psycopg.Connection[Any]) -> World:
     ledger.reserve(db, rich, "fz-released", D(1))
     ledger.release(db, "fz-released")
     ledger.start_request(db, "fz-pending", "metered", rich)
+    ledger.begin_request(db, "fz-bounded-held", "bounded", rich, input_chars=2000)
+    ledger.reserve(db, poor, "fz-written-off", D("0.4"))
+    assert ledger.settle(db, "fz-written-off", D(2)).written_off_usd == D("1.5")  # 0.5 was left
     ledger.begin_request(db, "fz-call-held", "priced", rich)
     ledger.begin_request(db, "fz-done", "priced", rich)
     ledger.complete_request(db, "fz-done", True, D("0.001"))
@@ -216,11 +222,14 @@ def _seed_world(db: psycopg.Connection[Any]) -> World:
     )
     return World(
         users=[rich, poor, inactive, unbilled],
-        request_ids=["fz-charged", "fz-held", "fz-settled", "fz-released", "fz-pending", "fz-call-held", "fz-done"],
+        request_ids=[
+            "fz-charged", "fz-held", "fz-settled", "fz-released", "fz-pending", "fz-call-held", "fz-done",
+            "fz-bounded-held", "fz-written-off",
+        ],
         transaction_ids=[charged.transaction_id, topup.transaction_id, refund.transaction_id],
         key_names=["fz-key", "fz-bound"],
         key_hashes=[key_hash, bound_hash],
-        tools=["priced", "metered", "search"],
+        tools=["priced", "metered", "bounded", "search"],
         payments=[("stripe", "pi-rich"), ("fondy", "order-1")],
         intents=[open_intent.intent_id, paid_intent.intent_id, review_intent.intent_id],
     )
@@ -582,22 +591,35 @@ def test_generated_arguments_succeed_or_are_refused_cleanly(db, db_url, function
 
 def test_settling_an_overrun_past_the_largest_total_is_refused(db, metering_url):
     """Found by the fuzzing: settle(…, 999999999999.99999999) passed the argument check (< 1e12) and then
-    overflowed total_spent_usd (numeric(20,8)) with a 22003 naming the column's precision."""
+    overflowed total_spent_usd (numeric(20,8)) with a 22003 naming the column's precision. Since settlement
+    charges at most what the balance covers, such a price is charged what is left and the rest written off;
+    the total spent can still overflow when it is near its largest, and that is refused with BL006."""
     user = ledger.ensure_account(db, "overrun")
     ledger.top_up(db, user, D(1000), "stripe", "pi-overrun")
+    ledger.update_settings(db, user, daily_limit_usd=D(10000), monthly_limit_usd=D(10000))
     ledger.reserve(db, user, "overrun-1", D(1))
     ledger.charge(db, user, "overrun-0", D(2))
     app = psycopg.connect(metering_url, autocommit=True)
+    api_db.configure(app)
     try:
+        settled = ledger.settle(app, "overrun-1", D("999999999999.99999999"))
+        assert (settled.charged_usd, settled.written_off_usd, settled.balance_after_usd) == (
+            D(998), D("999999999001.99999999"), D(0))
+        # near the largest total kept: a settlement that would pass it is refused and writes nothing
+        big = ledger.ensure_account(db, "overrun-big")
+        ledger.top_up(db, big, D("999999999999.99999999"), "stripe", "pi-big")
+        ledger.update_settings(db, big, limit_override=True)
+        ledger.charge(db, big, "big-0", D("999999999995"))  # total spent: 5 short of the largest
+        ledger.top_up(db, big, D(10), "stripe", "pi-big-2")
+        ledger.reserve(db, big, "big-1", D(5))
         before = _fingerprint(db)
         with pytest.raises(psycopg.Error) as refused:
-            app.execute("SELECT * FROM billing.settle('overrun-1', 999999999999.99999999)")
+            app.execute("SELECT * FROM billing.settle('big-1', 9)")
         assert refused.value.diag.sqlstate == "BL006"
         assert _fingerprint(db) == before
-        settled = ledger.settle(app, "overrun-1", D("0.5"))
+        assert ledger.settle(app, "big-1", D(4)).charged_usd == D(4)
     finally:
         app.close()
-    assert (settled.charged_usd, settled.replayed) == (D("0.5"), False)
 
 
 @pytest.mark.parametrize("blank", ["", "   "])

@@ -5,7 +5,8 @@ the gateway does) from `clients` threads, each with one psycopg connection of it
 accounts it creates and funds in `prepare`. Each client draws operations at random (seeded per client):
 
     reserve   a hold under a fresh request id
-    settle    one of the client's own open holds, at a price below, at or above the hold (or 0)
+    settle    one of the client's own open holds, at a price below, at or above the hold (or 0); above the
+              hold it is charged only as far as the balance and limits cover it, the rest written off
     release   one of the client's own open holds
     charge    a direct charge under a fresh request id
     top_up    a credit under a fresh (provider, payment_id)
@@ -25,8 +26,10 @@ connection — is recorded in `anomalies`; a correct ledger produces none.
 `check(conn)` (a connection that may read the billing tables: the owner or a superuser) compares the
 database with the log: every acknowledged success present exactly once under its key with its user,
 amount and transaction id; nothing under a key whose call was refused or never acknowledged; every hold
-in the state its last acknowledged operation left it; balances and held amounts equal to what the
-acknowledged operations add up to; and `billing.verify_ledger()` empty. Call it only while no client is
+in the state its last acknowledged operation left it; every write-off (billing.write_offs) one that an
+acknowledged settlement reported, with its figures; balances and held amounts equal to what the
+acknowledged operations add up to, and no balance below zero (nothing here debits an account, and a
+settlement never takes one below zero); and `billing.verify_ledger()` empty. Call it only while no client is
 running (after `run`/`join` returned). Keys carry a random run id, so several workloads (or runs) can
 share one database; `check` looks only at this workload's users.
 
@@ -87,6 +90,7 @@ class Ack:
     status: str | None = None  # reserve/settle/release/charge status
     transaction_id: int | None = None  # the ledger row the answer names
     refund_of: int | None = None
+    charged_usd: Money | None = None  # settle: what was charged of the price (the rest was written off)
     replayed: bool = False
     attempts: int = 1
     in_doubt: bool = False  # a try was running when the connection broke
@@ -375,8 +379,10 @@ class Workload:
             roll = rng.random()
             if roll < 0.1:
                 actual = Decimal(0)
-            elif roll < 0.2:  # overrun: the tool cost more than the hold (charged in full)
+            elif roll < 0.2:  # overrun: the tool cost more than the hold (charged as far as it is covered)
                 actual = _usd(rng, hold.amount_usd, hold.amount_usd * Decimal("1.5"))
+            elif roll < 0.25:  # far past the hold: more than a poor or limited user has left
+                actual = _usd(rng, hold.amount_usd, Decimal("0.5"))
             else:
                 actual = _usd(rng, Decimal(0), hold.amount_usd)
             return _Op(
@@ -472,10 +478,21 @@ class Workload:
             client.anomalies.append(f"reserve {op.key}: status {status}, expected held")
         if op.kind == "charge" and (status != "charged" or result.amount_usd != op.amount_usd):
             client.anomalies.append(f"charge {op.key}: {status} {result.amount_usd}, expected charged {op.amount_usd}")
-        if op.kind == "settle" and (status != "settled" or result.charged_usd != op.amount_usd):
-            client.anomalies.append(f"settle {op.key}: {status} {result.charged_usd}, expected settled {op.amount_usd}")
-        if op.kind == "settle" and (transaction_id is None) != (op.amount_usd == 0):
-            client.anomalies.append(f"settle {op.key}: transaction {transaction_id} for a price of {op.amount_usd}")
+        charged_usd = None
+        if op.kind == "settle":
+            charged_usd = result.charged_usd
+            hold_usd = op.hold.amount_usd if op.hold is not None else Decimal(0)
+            # Charged up to the price, at least what the hold covers (nothing here debits an account, so a
+            # hold is always backed), and the rest written off.
+            if status != "settled" or not min(op.amount_usd, hold_usd) <= charged_usd <= op.amount_usd:
+                client.anomalies.append(f"settle {op.key}: {status} {charged_usd} for a price of {op.amount_usd}")
+            if charged_usd + result.written_off_usd != op.amount_usd:
+                client.anomalies.append(
+                    f"settle {op.key}: charged {charged_usd} + written off {result.written_off_usd}"
+                    f" is not the price {op.amount_usd}"
+                )
+            if (transaction_id is None) != (charged_usd == 0):
+                client.anomalies.append(f"settle {op.key}: transaction {transaction_id} for a charge of {charged_usd}")
         if op.kind == "release" and status != "released":
             client.anomalies.append(f"release {op.key}: status {status}, expected released")
         if op.kind in ("top_up", "refund") and result.amount_usd != op.amount_usd:
@@ -490,6 +507,7 @@ class Workload:
             status=status,
             transaction_id=transaction_id,
             refund_of=_refund_of(op),
+            charged_usd=charged_usd,
             replayed=replayed,
             attempts=attempts,
             in_doubt=in_doubt,
@@ -516,8 +534,10 @@ class Workload:
         stats.committed += 1
         if op.kind == "reserve" and ack.status == "held":
             client.holds.append(_Hold(op.key, op.user_id, op.amount_usd))
-        elif op.kind in ("charge", "settle") and ack.transaction_id is not None:
+        elif op.kind == "charge" and ack.transaction_id is not None:
             client.charges.append(_Charged(ack.transaction_id, op.user_id, op.amount_usd))
+        elif op.kind == "settle" and ack.transaction_id is not None and ack.charged_usd is not None:
+            client.charges.append(_Charged(ack.transaction_id, op.user_id, ack.charged_usd))
         elif op.kind == "refund" and op.charged is not None:
             op.charged.refunded_usd += op.amount_usd
             if op.charged.refunded_usd >= op.charged.amount_usd:
@@ -525,12 +545,15 @@ class Workload:
 
     # --- the checker -------------------------------------------------------------------------------
 
-    def expected(self) -> tuple[dict[tuple[str, str], _Entry], dict[str, _HoldState], set[tuple[str, str]]]:
+    def expected(
+        self,
+    ) -> tuple[dict[tuple[str, str], _Entry], dict[str, _HoldState], set[tuple[str, str]], dict[str, _WriteOff]]:
         """What the database must hold, from the log: ledger rows by (type, key), holds by request id,
-        and the keys whose calls were refused (nothing may exist under them)."""
+        the keys whose calls were refused (nothing may exist under them), and write-offs by request id."""
         entries: dict[tuple[str, str], _Entry] = {}
         holds: dict[str, _HoldState] = {}
         refused: set[tuple[str, str]] = set()
+        write_offs: dict[str, _WriteOff] = {}
         for ack in self.log:
             if ack.refused is not None:
                 if ack.kind in ("reserve", "charge", "refund"):
@@ -543,8 +566,11 @@ class Workload:
                 hold = holds.get(ack.key)
                 if hold is not None:
                     hold.status, hold.settled_usd, hold.transaction_id = "settled", ack.amount_usd, ack.transaction_id
+                charged = ack.charged_usd if ack.charged_usd is not None else ack.amount_usd
                 if ack.transaction_id is not None:
-                    entries[("charge", ack.key)] = _Entry(ack.user_id, -ack.amount_usd, ack.transaction_id, None)
+                    entries[("charge", ack.key)] = _Entry(ack.user_id, -charged, ack.transaction_id, None)
+                if charged < ack.amount_usd:
+                    write_offs[ack.key] = _WriteOff(ack.user_id, ack.amount_usd, charged, ack.transaction_id)
             elif ack.kind == "release":
                 hold = holds.get(ack.key)
                 if hold is not None:
@@ -557,7 +583,7 @@ class Workload:
                 )
             elif ack.kind == "refund":
                 entries[("refund", ack.key)] = _Entry(ack.user_id, ack.amount_usd, ack.transaction_id, ack.refund_of)
-        return entries, holds, refused
+        return entries, holds, refused, write_offs
 
     def check(self, conn: psycopg.Connection[Any], *, verify_ledger: bool = True) -> list[Problem]:
         """Every difference between the database and the acknowledged operations (empty: all is well),
@@ -568,7 +594,7 @@ class Workload:
         """
         if self._threads:
             raise RuntimeError("check() while clients are running")
-        entries, holds, refused = self.expected()
+        entries, holds, refused, write_offs = self.expected()
         problems: list[Problem] = []
         users = list(self.user_ids)
 
@@ -651,6 +677,20 @@ class Workload:
                     Problem("lost", f"reservation {request_id}", "acknowledged as held but not in the database")
                 )
 
+        found_write_offs = {
+            request_id: _WriteOff(user_id, price, charged, tx_id)
+            for request_id, user_id, price, charged, tx_id in conn.execute(
+                """SELECT request_id, user_id, price_usd, charged_usd, transaction_id
+                     FROM billing.write_offs WHERE user_id = ANY(%s)""",
+                (users,),
+            )
+        }
+        for request_id in sorted(set(found_write_offs) | set(write_offs)):
+            got_w, want_w = found_write_offs.get(request_id), write_offs.get(request_id)
+            if got_w != want_w:
+                kind = "phantom" if want_w is None else "lost" if got_w is None else "mismatch"
+                problems.append(Problem(kind, f"write-off {request_id}", f"database {got_w}, acknowledged {want_w}"))
+
         balances: dict[uuid.UUID, Money] = {user_id: Decimal(0) for user_id in users}
         for entry in entries.values():
             balances[entry.user_id] += entry.amount_usd
@@ -664,6 +704,8 @@ class Workload:
         if len(accounts) != len(users):
             problems.append(Problem("lost", "accounts", f"{len(accounts)} of {len(users)} accounts found"))
         for user_id, balance, held_usd in accounts:
+            if balance < 0:
+                problems.append(Problem("balance", str(user_id), f"balance {balance} below zero"))
             if balance != balances[user_id]:
                 problems.append(
                     Problem(
@@ -692,6 +734,14 @@ class _Entry:
     amount_usd: Money  # signed, as in the ledger
     transaction_id: int | None
     refund_of: int | None
+
+
+@dataclass(frozen=True)
+class _WriteOff:
+    user_id: uuid.UUID
+    price_usd: Money
+    charged_usd: Money
+    transaction_id: int | None
 
 
 @dataclass
