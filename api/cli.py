@@ -173,6 +173,13 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
         print("tollgate: token needs the HS secret; with a public key, tokens come from your identity provider",
               file=sys.stderr)
         return 2
+    if args.hours < 1 or args.hours * 3600 > gateway.jwt_max_lifetime_seconds:
+        print(
+            f"tollgate: --hours must be from 1 to {gateway.jwt_max_lifetime_seconds // 3600}: the gateway refuses "
+            "tokens that live longer (TOLLGATE_JWT_MAX_LIFETIME_SECONDS)",
+            file=sys.stderr,
+        )
+        return 2
     key = load_jwt_key(gateway, settings.data_dir)
     token = mint_token(
         key,
@@ -462,7 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     token = commands.add_parser("token", help="mint a development JWT signed with the local secret")
     token.add_argument("--user", required=True, help="the subject (sub); an e-mail address is also put in `email`")
     token.add_argument("--admin", action="store_true", help="include the admin scope")
-    token.add_argument("--hours", type=int, default=24, help="lifetime in hours (default 24)")
+    token.add_argument(
+        "--hours", type=int, default=24, help="lifetime in hours (default 24; capped, see README)"
+    )
     token.set_defaults(handler=cmd_token)
     run.set_defaults(handler=cmd_run)
 
