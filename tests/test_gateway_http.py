@@ -5,6 +5,7 @@ Every money assertion compares exact Decimals read back from the ledger.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -259,6 +260,27 @@ def gateway_subject(gdb: psycopg.Connection[Any], user_id: uuid.UUID) -> str:
     row = gdb.execute("SELECT external_id FROM billing.users WHERE id = %s", (user_id,)).fetchone()
     assert row is not None
     return str(row[0])
+
+
+@pytest.mark.parametrize("query", ["\u0000", "a\u0000b", "\ud800", "x\udfff"])
+def test_a_tool_error_echoing_nul_or_a_lone_surrogate_fails_the_call_cleanly(
+    gateway: Any, gdb: psycopg.Connection[Any], query: str
+) -> None:
+    """The tool's error text reaches billing.complete_request; with U+0000 (PostgreSQL text cannot hold
+    it) or a lone surrogate (not UTF-8) the completion failed: a 500, and the call left pending, held."""
+    token, user_id = new_user(gateway, gdb, funds="1")
+    raw = '{"query": ' + json.dumps(query) + "}"  # json.dumps escapes both as \\u0000 / \\ud800
+    with gateway.client(token) as client:
+        reply = client.post("/api/tools/finder", content=raw, headers={"content-type": "application/json"})
+    assert reply.status_code == 502, reply.text
+    assert body(reply)["error"]["code"] == "tool_error"
+    request_id = body(reply)["billing"]["request_id"]
+    row = tracking_row(gdb, request_id)
+    assert row["status"] == "failed"
+    assert "nothing found for" in row["error"]
+    assert balance_of(gdb, user_id) == Decimal("1")
+    assert ledger.unbilled_calls(gdb) == [] or all(c.request_id != request_id for c in ledger.unbilled_calls(gdb))
+    assert_consistent(gdb)
 
 
 def test_ten_concurrent_calls_on_five_cents_two_succeed(gateway: Any, gdb: psycopg.Connection[Any]) -> None:
