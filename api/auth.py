@@ -2,7 +2,10 @@
 
 * ``Authorization: Bearer <JWT>`` -> a billed user. The algorithms are pinned by configuration (never
   taken from the token's header), ``exp`` and ``sub`` are required, ``iss``/``aud`` are checked when
-  configured, with a small leeway. ``sub`` maps to a ``billing.users`` row created on first sight.
+  configured, with a small leeway. ``exp``/``iat``/``nbf`` must be numbers and ``exp`` at most
+  ``TOLLGATE_JWT_MAX_LIFETIME_SECONDS`` ahead. ``sub`` is the identity, used verbatim; it maps to a
+  ``billing.users`` row created on first sight. ``email`` and ``name`` are informational, stored as
+  sent. Nothing is normalised: a claim with control characters, or too long, is refused (401).
 * ``Authorization: Bearer tg_...`` or ``X-API-Key: tg_...`` -> a known client (``client_key`` = the
   key's name), tracked, not charged; or, when the key is bound to a user, charged to that user.
   Keys are stored as SHA-256 digests; the row is found by digest and the digest compared with
@@ -18,9 +21,11 @@ else, which is how "identity fixed per session" is enforced.
 from __future__ import annotations
 
 import hmac
+import math
 import os
 import secrets
 import time
+import unicodedata
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -177,11 +182,31 @@ def _scopes(claims: dict[str, Any]) -> list[str]:
     return scopes
 
 
+def _has_forbidden_characters(value: str) -> bool:
+    """Control characters (U+0000 among them, which PostgreSQL text cannot hold) or lone surrogates."""
+    return any(unicodedata.category(char) in ("Cc", "Cs") for char in value)
+
+
 def _claim_text(claims: dict[str, Any], name: str, limit: int) -> str | None:
+    """An informational claim (email, name) exactly as sent: absent, null or "" is None; anything that is
+    not a string of at most `limit` characters without control characters is refused, never trimmed."""
     value = claims.get(name)
-    if isinstance(value, str) and value.strip():
-        return value.strip()[:limit]
-    return None
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > limit or _has_forbidden_characters(value):
+        raise InvalidCredentials(
+            "invalid_claim",
+            f"the token's {name} claim must be a string of at most {limit} characters without control characters",
+        )
+    return value
+
+
+def _numeric_claim(claims: dict[str, Any], name: str) -> None:
+    """exp, iat and nbf are JSON numbers (RFC 7519 NumericDate); PyJWT would also take a digit string."""
+    value = claims.get(name)
+    if name in claims and (isinstance(value, bool) or not isinstance(value, int | float) or value != value):
+        code = "invalid_expiry" if name == "exp" else "invalid_claim"
+        raise InvalidCredentials(code, f"the token's {name} claim must be a number of seconds (NumericDate)")
 
 
 _JWT_REASONS: tuple[tuple[type[jwt.PyJWTError], str, str], ...] = (
@@ -203,6 +228,7 @@ class JWTVerifier:
         self._settings = settings
         self._key = key
         self._algorithms = list(settings.jwt_algorithms)
+        self._leeway = settings.jwt_leeway_seconds
         required = ["exp", "sub"]
         if settings.jwt_issuer:
             required.append("iss")
@@ -235,11 +261,27 @@ class JWTVerifier:
                 if isinstance(exc, error_type):
                     raise InvalidCredentials(code, f"{message}: {exc}") from None
             raise InvalidCredentials("invalid_token", f"the token was refused: {exc}") from None
-        subject = claims.get("sub")
-        if not isinstance(subject, str) or not subject.strip() or len(subject) > 255:
-            raise InvalidCredentials("invalid_subject", "the token's sub must be a non-empty string of at most 255")
-        scopes = _scopes(claims)
+        for name in ("exp", "iat", "nbf"):
+            _numeric_claim(claims, name)
         exp = claims["exp"]
+        if not math.isfinite(exp) or exp > time.time() + self._settings.jwt_max_lifetime_seconds + self._leeway:
+            raise InvalidCredentials(
+                "token_lifetime_too_long",
+                f"the token expires more than {self._settings.jwt_max_lifetime_seconds} seconds from now; "
+                "this gateway accepts shorter-lived tokens (TOLLGATE_JWT_MAX_LIFETIME_SECONDS)",
+            )
+        subject = claims.get("sub")
+        if (
+            not isinstance(subject, str)
+            or not subject.strip()
+            or len(subject) > 255
+            or _has_forbidden_characters(subject)
+        ):
+            raise InvalidCredentials(
+                "invalid_subject",
+                "the token's sub must be a non-blank string of at most 255 characters without control characters",
+            )
+        scopes = _scopes(claims)
         identity = Identity(
             kind="user",
             subject=subject,
@@ -248,7 +290,7 @@ class JWTVerifier:
             name=_claim_text(claims, "name", 200),
             admin=self._settings.admin_scope in scopes,
         )
-        return identity, scopes, int(exp) if isinstance(exp, int | float) else 0
+        return identity, scopes, int(exp)
 
 
 class Accounts:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import replace
 from decimal import Decimal, InvalidOperation
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -202,6 +203,13 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
         print("tollgate: token needs the HS secret; with a public key, tokens come from your identity provider",
               file=sys.stderr)
         return 2
+    if args.hours < 1 or args.hours * 3600 > gateway.jwt_max_lifetime_seconds:
+        print(
+            f"tollgate: --hours must be from 1 to {gateway.jwt_max_lifetime_seconds // 3600}: the gateway refuses "
+            "tokens that live longer (TOLLGATE_JWT_MAX_LIFETIME_SECONDS)",
+            file=sys.stderr,
+        )
+        return 2
     key = load_jwt_key(gateway, settings.data_dir)
     token = mint_token(
         key,
@@ -377,18 +385,40 @@ def cmd_apikey(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_ledger(args: argparse.Namespace, settings: Settings) -> int:
+    from api import anchors
+
     if args.action == "reconcile":
         return reconcile(settings, args.fail_stale_minutes)
+    anchored = None
+    if args.action == "verify" and args.anchors is not None:
+        try:
+            anchored = anchors.parse_anchor(Path(args.anchors).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise UsageError(f"cannot read the anchor file {args.anchors}: {exc}") from None
+        except anchors.AnchorFileError as exc:
+            raise UsageError(f"{args.anchors}: {exc}") from None
     with _ledger_connection(settings) as conn:
         if args.action == "reap":
             print(f"expired holds reaped: {ledger.reap_expired_holds(conn)}")
             return 0
+        if args.action == "anchor":
+            heads = ledger.ledger_heads(conn)
+            taken = conn.execute("SELECT now()").fetchone()
+            assert taken is not None
+            sys.stdout.write(anchors.format_anchor(heads, taken[0]))
+            return 0
         violations = ledger.verify_ledger(conn)
+        broken = [] if anchored is None else ledger.verify_anchors(conn, anchored)
     for violation in violations:
         print(f"{violation.invariant}: user {violation.user_id} transaction {violation.transaction_id}: "
               f"{violation.detail}")
+    for anchor in broken:
+        print(f"anchor: user {anchor.user_id} version {anchor.version}: {anchor.problem} since it was anchored")
     print("ledger OK: every invariant holds" if not violations else f"{len(violations)} invariant violation(s)")
-    return 0 if not violations else 1
+    if anchored is not None:
+        held = f"anchors OK: all {len(anchored)} hold"
+        print(held if not broken else f"{len(broken)} of {len(anchored)} anchors broken")
+    return 0 if not violations and not broken else 1
 
 
 def reconcile(settings: Settings, fail_stale_minutes: int | None) -> int:
@@ -547,7 +577,9 @@ def build_parser() -> argparse.ArgumentParser:
     token = commands.add_parser("token", help="mint a development JWT signed with the local secret")
     token.add_argument("--user", required=True, help="the subject (sub); an e-mail address is also put in `email`")
     token.add_argument("--admin", action="store_true", help="include the admin scope")
-    token.add_argument("--hours", type=int, default=24, help="lifetime in hours (default 24)")
+    token.add_argument(
+        "--hours", type=int, default=24, help="lifetime in hours (default 24; capped, see README)"
+    )
     token.set_defaults(handler=cmd_token)
     run.set_defaults(handler=cmd_run)
 
@@ -634,7 +666,13 @@ def build_parser() -> argparse.ArgumentParser:
     ledger_parser = commands.add_parser("ledger", help="check the ledger's invariants, reap expired holds")
     ledger_parser.set_defaults(handler=cmd_ledger)
     ledger_actions = ledger_parser.add_subparsers(dest="action", required=True, metavar="ACTION")
-    ledger_actions.add_parser("verify", help="list invariant violations (exit 1 if any)")
+    verify_parser = ledger_actions.add_parser("verify", help="list invariant violations (exit 1 if any)")
+    verify_parser.add_argument(
+        "--anchors", metavar="FILE", help="also check the heads anchored in FILE (`tollgate ledger anchor`)"
+    )
+    ledger_actions.add_parser(
+        "anchor", help="print every account's hash-chain head, to keep elsewhere (verify --anchors checks it)"
+    )
     ledger_actions.add_parser("reap", help="expire holds past their expiry")
     reconcile_parser = ledger_actions.add_parser(
         "reconcile", help="bill spooled completions (calls that ran while the ledger was unreachable); list the rest"

@@ -40,6 +40,8 @@ class GatewaySettings:
     jwt_issuer: str | None = None
     jwt_audience: str | None = None
     jwt_leeway_seconds: int = 30
+    # A token whose exp lies further ahead than this is refused: no everlasting tokens (exp = 1e20).
+    jwt_max_lifetime_seconds: int = 86400
     # A JWT whose `scope` (space separated) or `scopes`/`scp` (list) holds this is an administrator.
     admin_scope: str = "tollgate:admin"
     allow_anonymous: bool = True
@@ -231,6 +233,7 @@ def _load_gateway(env: Mapping[str, str]) -> GatewaySettings:
         jwt_issuer=_get(env, "TOLLGATE_JWT_ISSUER"),
         jwt_audience=_get(env, "TOLLGATE_JWT_AUDIENCE"),
         jwt_leeway_seconds=_get_int(env, "TOLLGATE_JWT_LEEWAY_SECONDS", 30, minimum=0),
+        jwt_max_lifetime_seconds=_get_int(env, "TOLLGATE_JWT_MAX_LIFETIME_SECONDS", 86400, minimum=60),
         admin_scope=_get(env, "TOLLGATE_ADMIN_SCOPE") or "tollgate:admin",
         allow_anonymous=_get_bool(env, "TOLLGATE_ALLOW_ANONYMOUS", True),
         metering=_get_bool(env, "TOLLGATE_METERING", True),

@@ -11,6 +11,7 @@ schema (unknown fields refused), and capped in size (``TOLLGATE_MAX_BODY_BYTES``
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 import re
 import uuid
@@ -203,6 +204,16 @@ def idempotency_key(request: Request) -> str | None:
     return key
 
 
+def scoped_request_id(principal: str, key: str) -> str:
+    """The request id of a tool call sent with ``Idempotency-Key: key`` by ``principal`` (``Identity.label``:
+    ``user:<sub>``, ``key:<name>``). Keys belong to the principal that sent them, as Stripe scopes them
+    per account: the same key from two principals names two calls, so nobody can squat another's key
+    or learn what it was used for. Derived, not stored: ``idem-`` + 40 hex of SHA-256 over
+    ``principal + "\n" + key`` (neither contains a newline), so an operator can find a call from the key."""
+    digest = hashlib.sha256(f"{principal}\n{key}".encode()).hexdigest()[:40]
+    return f"idem-{digest}"
+
+
 # ---- authentication requirements ------------------------------------------------------------------
 
 
@@ -256,7 +267,8 @@ async def call_tool(gateway: Gateway, request: Request) -> Response:
         arguments = {}
     if not isinstance(arguments, dict):
         raise ApiError(422, "invalid_arguments", "the body must be the tool's arguments as a JSON object")
-    request_id = idempotency_key(request)
+    key = idempotency_key(request)
+    request_id = None if key is None else scoped_request_id(identity.label, key)
     outcome = await gateway.call_tool(identity, name, arguments, transport="http", request_id=request_id)
     result = outcome.result.model_dump(mode="json", by_alias=True, exclude_none=True)
     result.pop("resultType", None)
@@ -638,7 +650,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "/api/tools/{name}",
         call_tool,
         "Call a tool (metered: tracked, pre-flight checked and charged). Body: the tool's arguments. "
-        "Optional Idempotency-Key header: a replay is not run or charged again.",
+        "Optional Idempotency-Key header, scoped to the caller: a replay is not run or charged again.",
         "key_or_jwt",
         body={"type": "object", "description": "the tool's arguments (see its input schema)"},
         responses={402: "insufficient funds", 429: "spend limit reached", 502: "the tool failed (not charged)"},

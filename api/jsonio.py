@@ -102,7 +102,7 @@ def _encode(value: Any, out: list[str]) -> None:
     elif value is False:
         out.append("false")
     elif isinstance(value, str):
-        out.append(json.dumps(value, ensure_ascii=False))
+        out.append(_string(value))
     elif isinstance(value, int):
         out.append(str(value))
     elif isinstance(value, Decimal):
@@ -116,7 +116,7 @@ def _encode(value: Any, out: list[str]) -> None:
             if not first:
                 out.append(",")
             first = False
-            out.append(json.dumps(str(key), ensure_ascii=False))
+            out.append(_string(str(key)))
             out.append(":")
             _encode(item, out)
         out.append("}")
@@ -135,6 +135,17 @@ def _encode(value: Any, out: list[str]) -> None:
         out.append(f'"{value}"')
     else:
         raise TypeError(f"cannot render {type(value).__name__} as JSON")
+
+
+def _string(value: str) -> str:
+    """A JSON string. Lone surrogates (from a "\\ud800" escape in some input, echoed back) have no UTF-8
+    form: such a string is written with ASCII escapes, so the answer can always be encoded."""
+    text = json.dumps(value, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value, ensure_ascii=True)
+    return text
 
 
 def dumps(value: Any) -> str:

@@ -193,6 +193,20 @@ class Violation:
 
 
 @dataclass(frozen=True)
+class LedgerHead:
+    user_id: uuid.UUID
+    version: int
+    ledger_head: str  # SHA-256, hex
+
+
+@dataclass(frozen=True)
+class BrokenAnchor:
+    user_id: uuid.UUID
+    version: int
+    problem: str  # missing | rewritten
+
+
+@dataclass(frozen=True)
 class ExchangeRate:
     id: int
     currency: str
@@ -690,6 +704,19 @@ def complete_request(
 
 def verify_ledger(conn: psycopg.Connection[Any]) -> list[Violation]:
     return _rows(conn, "verify_ledger", {}, Violation)
+
+
+def ledger_heads(conn: psycopg.Connection[Any]) -> list[LedgerHead]:
+    return _rows(conn, "ledger_heads", {}, LedgerHead)
+
+
+def verify_anchors(conn: psycopg.Connection[Any], anchors: list[LedgerHead]) -> list[BrokenAnchor]:
+    params = {
+        "user_ids": [anchor.user_id for anchor in anchors],
+        "versions": [anchor.version for anchor in anchors],
+        "hashes": [bytes.fromhex(anchor.ledger_head) for anchor in anchors],
+    }
+    return _rows(conn, "verify_anchors", params, BrokenAnchor)
 
 
 def reap_expired_holds(conn: psycopg.Connection[Any], max_accounts: int = 1000) -> int:

@@ -331,7 +331,7 @@ class Meter:
             total_cost_usd=ctx.total_cost_usd,
             cost_breakdown=[item.as_json() for item in ctx.costs],
             execution_time_ms=int((time.perf_counter() - started) * 1000),
-            error=None if error is None else error[:4000],
+            error=None if error is None else storable_text(error[:4000]),
             description=f"{tool_name} call",
         )
         try:
@@ -381,6 +381,14 @@ class Meter:
                 report.remaining,
                 len(report.rejected),
             )
+
+
+def storable_text(text: str) -> str:
+    """A tool's error text as the ledger can store it. Tools echo their input, which may hold U+0000
+    (PostgreSQL text cannot) or lone surrogates (not UTF-8): the completion of such a call failed, a
+    500 that left the call pending with its hold. Each such character becomes U+FFFD; this is
+    diagnostic text, never an identity or an amount."""
+    return "".join("\ufffd" if char == "\x00" or "\ud800" <= char <= "\udfff" else char for char in text)
 
 
 def _without_upstream_meta(result: types.CallToolResult) -> types.CallToolResult:

@@ -74,6 +74,14 @@ SELECT * FROM billing.complete_request(%(request_id)s, %(success)s, %(total_cost
 -- Every row that breaks a ledger invariant.
 SELECT * FROM billing.verify_ledger();
 
+-- ledger_heads --
+-- The head (newest version and hash) of every account's hash chain, to anchor elsewhere.
+SELECT * FROM billing.ledger_heads();
+
+-- verify_anchors --
+-- The anchored heads that no longer hold (row missing or rewritten).
+SELECT * FROM billing.verify_anchors(%(user_ids)s, %(versions)s, %(hashes)s);
+
 -- reap_expired_holds --
 -- Expire lapsed holds (operator sweep).
 SELECT billing.reap_expired_holds(%(max_accounts)s) AS reaped;

@@ -166,3 +166,18 @@ def test_pricing_set_and_list_show_the_declared_bounds(env: str, capsys: pytest.
     assert cli.main(["pricing", "set", "echo", "--base", "0.01", "--max-price", "0.005"]) == cli.EXIT_ERROR
     err = capsys.readouterr().err
     assert err.startswith("tollgate: error: ") and "max_price_usd" in err and err.count("\n") == 1
+
+
+def test_token_lifetime_is_capped_like_the_gateway_caps_it(
+    monkeypatch: pytest.MonkeyPatch, tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import jwt
+
+    monkeypatch.setenv("TOLLGATE_DATA_DIR", str(tmp_path))
+    monkeypatch.setenv("TOLLGATE_JWT_SECRET", "s" * 40)
+    assert cli.main(["token", "--user", "ada", "--hours", "48"]) == cli.EXIT_ERROR
+    assert "--hours must be from 1 to 24" in capsys.readouterr().err
+    monkeypatch.setenv("TOLLGATE_JWT_MAX_LIFETIME_SECONDS", str(72 * 3600))
+    assert cli.main(["token", "--user", "ada", "--hours", "48"]) == 0
+    claims = jwt.decode(capsys.readouterr().out.strip(), "s" * 40, algorithms=["HS256"])
+    assert claims["exp"] - claims["iat"] == 48 * 3600

@@ -5,6 +5,7 @@ Every money assertion compares exact Decimals read back from the ledger.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -16,6 +17,7 @@ import psycopg
 import pytest
 
 from api import apikeys, ledger
+from api.http_api import scoped_request_id
 from api.jsonio import loads
 from tests.helpers import ledger_rows, tracking_row
 
@@ -220,6 +222,65 @@ def test_idempotency_key_replay_is_not_run_or_charged_again(gateway: Any, gdb: p
     assert other_tool.status_code == 409
     assert body(other_tool)["error"]["code"] == "idempotency_conflict"
     assert balance_of(gdb, user_id) == Decimal("0.98")
+
+
+def test_idempotency_keys_belong_to_the_principal_that_sent_them(
+    gateway: Any, gdb: psycopg.Connection[Any]
+) -> None:
+    """Keys were one global namespace: another user's key answered 409 naming the tool it was used for,
+    and a predictable key could be squatted. Now each principal has its own, as Stripe scopes keys."""
+    alice, alice_id = new_user(gateway, gdb, funds="1")
+    mallory, mallory_id = new_user(gateway, gdb, funds="1")
+    api_key = apikeys.generate_key()
+    key_name = f"bot-{uuid.uuid4().hex[:8]}"
+    ledger.create_api_key(gdb, key_name, apikeys.hash_key(api_key), apikeys.key_prefix(api_key))
+    key = "order-42"  # predictable: the same string from three principals
+    with gateway.client(mallory) as client:
+        squat = client.post("/api/tools/micro", headers={"Idempotency-Key": key})
+    with gateway.client(alice) as client:
+        first = client.post("/api/tools/priced", json={"text": "a"}, headers={"Idempotency-Key": key})
+        replay = client.post("/api/tools/priced", json={"text": "a"}, headers={"Idempotency-Key": key})
+    with httpx.Client(base_url=gateway.base_url, headers={"X-API-Key": api_key}) as client:
+        by_key = client.post("/api/tools/priced", json={"text": "a"}, headers={"Idempotency-Key": key})
+    assert squat.status_code == 200, squat.text
+    assert first.status_code == 200, first.text  # not 409 "already completed" by mallory's micro call
+    assert "micro" not in first.text
+    assert replay.status_code == 409 and body(replay)["error"]["code"] == "already_completed"
+    assert body(replay)["error"]["request_id"] == body(first)["billing"]["request_id"]
+    assert by_key.status_code == 200, by_key.text
+    request_ids = {body(r)["billing"]["request_id"] for r in (squat, first, by_key)}
+    assert len(request_ids) == 3 and key not in request_ids
+    assert body(first)["billing"]["request_id"] == scoped_request_id(f"user:{gateway_subject(gdb, alice_id)}", key)
+    assert balance_of(gdb, alice_id) == Decimal("0.98")
+    assert balance_of(gdb, mallory_id) == Decimal("0.9997")
+    assert_consistent(gdb)
+
+
+def gateway_subject(gdb: psycopg.Connection[Any], user_id: uuid.UUID) -> str:
+    row = gdb.execute("SELECT external_id FROM billing.users WHERE id = %s", (user_id,)).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+@pytest.mark.parametrize("query", ["\u0000", "a\u0000b", "\ud800", "x\udfff"])
+def test_a_tool_error_echoing_nul_or_a_lone_surrogate_fails_the_call_cleanly(
+    gateway: Any, gdb: psycopg.Connection[Any], query: str
+) -> None:
+    """The tool's error text reaches billing.complete_request; with U+0000 (PostgreSQL text cannot hold
+    it) or a lone surrogate (not UTF-8) the completion failed: a 500, and the call left pending, held."""
+    token, user_id = new_user(gateway, gdb, funds="1")
+    raw = '{"query": ' + json.dumps(query) + "}"  # json.dumps escapes both as \\u0000 / \\ud800
+    with gateway.client(token) as client:
+        reply = client.post("/api/tools/finder", content=raw, headers={"content-type": "application/json"})
+    assert reply.status_code == 502, reply.text
+    assert body(reply)["error"]["code"] == "tool_error"
+    request_id = body(reply)["billing"]["request_id"]
+    row = tracking_row(gdb, request_id)
+    assert row["status"] == "failed"
+    assert "nothing found for" in row["error"]
+    assert balance_of(gdb, user_id) == Decimal("1")
+    assert ledger.unbilled_calls(gdb) == [] or all(c.request_id != request_id for c in ledger.unbilled_calls(gdb))
+    assert_consistent(gdb)
 
 
 def test_ten_concurrent_calls_on_five_cents_two_succeed(gateway: Any, gdb: psycopg.Connection[Any]) -> None:

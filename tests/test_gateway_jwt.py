@@ -163,3 +163,71 @@ def test_wrong_issuer_or_audience(rs_gateway: Any, rsa_key: rsa.RSAPrivateKey) -
     other_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     forged = jwt.encode(claims(iss=ISSUER, aud=AUDIENCE), other_key, algorithm="RS256")
     assert refused(rs_gateway.base_url, forged)["code"] == "invalid_signature"
+
+
+# --- identity quirks (issue 12, item 8) -------------------------------------------------------------
+
+
+def test_an_expiry_centuries_away_is_refused(gateway: Any) -> None:
+    """exp = 1e20 was accepted: a token that never expires. Lifetimes are capped (24 h by default)."""
+    token = jwt.encode(claims(exp=1e20), SECRET, algorithm="HS256")
+    assert refused(gateway.base_url, token)["code"] == "token_lifetime_too_long"
+
+
+def test_an_expiry_past_the_lifetime_cap_is_refused(gateway: Any) -> None:
+    now = int(time.time())
+    assert refused(gateway.base_url, jwt.encode(claims(exp=now + 25 * 3600), SECRET, algorithm="HS256"))[
+        "code"
+    ] == "token_lifetime_too_long"
+    accepted(gateway.base_url, jwt.encode(claims(exp=now + 23 * 3600), SECRET, algorithm="HS256"))
+
+
+@pytest.mark.parametrize("exp", ["2000000000", "soon", True, [1], {"at": 1}])
+def test_an_expiry_that_is_not_a_number_is_refused(gateway: Any, exp: Any) -> None:
+    """A numeric string was accepted (PyJWT reads int("2000000000")): exp must be a JSON number.
+    (PyJWT itself reads true as 1, long expired.)"""
+    token = jwt.encode(claims(exp=exp), SECRET, algorithm="HS256")
+    assert refused(gateway.base_url, token)["code"] in ("invalid_expiry", "malformed_token", "token_expired")
+
+
+@pytest.mark.parametrize("claim", ["iat", "nbf"])
+def test_issued_at_and_not_before_must_be_numbers(gateway: Any, claim: str) -> None:
+    token = jwt.encode(claims(**{claim: str(int(time.time()) - 10)}), SECRET, algorithm="HS256")
+    assert refused(gateway.base_url, token)["code"] in ("invalid_claim", "invalid_token")
+
+
+@pytest.mark.parametrize(
+    ("claim", "value", "code"),
+    [
+        ("sub", "alice\x00", "invalid_subject"),
+        ("sub", "\x00", "invalid_subject"),
+        ("sub", "bob\x07", "invalid_subject"),
+        ("sub", "\ud800", "invalid_subject"),
+        ("email", "a@example.com\x00", "invalid_claim"),
+        ("name", "Ada\x00Lovelace", "invalid_claim"),
+        ("email", "x" * 321, "invalid_claim"),
+        ("name", "n" * 201, "invalid_claim"),
+        ("email", 42, "invalid_claim"),
+    ],
+)
+def test_identity_claims_with_control_characters_are_refused_not_500(
+    gateway: Any, claim: str, value: Any, code: str
+) -> None:
+    """U+0000 in sub/email/name was a 500 (PostgreSQL text cannot hold NUL); over-long claims were cut."""
+    token = jwt.encode(claims(**{claim: value}), SECRET, algorithm="HS256")
+    error = refused(gateway.base_url, token)
+    assert error["code"] == code
+    assert claim in error["message"]
+
+
+def test_identity_claims_are_kept_as_given(gateway: Any, gdb: Any) -> None:
+    """sub is the identity, used verbatim; email and name are informational and stored as sent."""
+    subject = f"  spaced-{uuid.uuid4().hex[:6]} "
+    token = jwt.encode(claims(sub=subject, email="ada@example.com", name="Ada Lovelace"), SECRET, algorithm="HS256")
+    accepted(gateway.base_url, token)
+    row = gdb.execute("SELECT email, name FROM billing.users WHERE external_id = %s", (subject,)).fetchone()
+    assert row == ("ada@example.com", "Ada Lovelace")
+
+
+def test_null_email_and_name_count_as_absent(gateway: Any) -> None:
+    accepted(gateway.base_url, jwt.encode(claims(email=None, name=None) | {"email": None}, SECRET, algorithm="HS256"))

@@ -255,3 +255,39 @@ async def test_hostile_mcp_requests_are_4xx(gateway: Any) -> None:
             reply = await http.post(f"/messages/{query}", json={"jsonrpc": "2.0", "id": 1, "method": "ping"})
             assert 400 <= reply.status_code < 500, (query, reply.status_code)
         assert (await http.delete("/mcp", headers=accept)).status_code < 500
+
+
+@pytest.mark.parametrize("query", ["\\u0000", "x\\ud800"])
+async def test_an_mcp_tool_error_echoing_nul_or_a_lone_surrogate_fails_the_call_cleanly(
+    gateway: Any, gdb: psycopg.Connection[Any], query: str
+) -> None:
+    """Raw JSON-RPC (the SDK's client would not send a lone surrogate): the failed call is closed as
+    failed, its hold released, and the client gets an isError result, not a broken session."""
+    headers, user_id = funded(gateway, gdb, "1")
+    accept = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json", **headers}
+    init = {
+        "jsonrpc": "2.0",
+        "id": 0,
+        "method": "initialize",
+        "params": {"protocolVersion": "2025-06-18", "capabilities": {}, "clientInfo": {"name": "t", "version": "1"}},
+    }
+    async with httpx2.AsyncClient(base_url=gateway.base_url, timeout=30) as http:
+        opened = await http.post("/mcp", json=init, headers=accept)
+        session = {**accept, "mcp-session-id": opened.headers["mcp-session-id"], "mcp-protocol-version": "2025-06-18"}
+        await http.post("/mcp", json={"jsonrpc": "2.0", "method": "notifications/initialized"}, headers=session)
+        raw = '{"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "finder", "arguments": '
+        raw += '{"query": "' + query + '"}}}'
+        reply = await http.post("/mcp", content=raw.encode(), headers=session)
+    rows = gdb.execute(
+        "SELECT status, error FROM billing.cost_tracking WHERE user_id = %s AND tool_name = 'finder'", (user_id,)
+    ).fetchall()
+    if "ud800" in query:  # the SDK's JSON parser refuses a lone surrogate: a parse error, nothing run
+        assert reply.status_code == 400 and "Parse error" in reply.text, reply.text
+        assert rows == []
+    else:  # before: a JSON-RPC error naming PostgreSQL's NUL refusal, and the call left pending, held
+        assert reply.status_code == 200, reply.text
+        assert '"isError":true' in reply.text.replace(" ", "")
+        assert "nothing found for" in reply.text and "PostgreSQL" not in reply.text
+        assert [status for status, _ in rows] == ["failed"]
+    assert ledger.summary(gdb, user_id)["held_usd"] == 0
+    assert ledger.summary(gdb, user_id)["balance_usd"] == Decimal("1")

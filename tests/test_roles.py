@@ -85,6 +85,8 @@ MATRIX: dict[str, frozenset[str]] = {
         "list_api_keys": {OP},
         "verify_ledger": {OP},
         "credit_reviewed_payment": {OP},
+        "ledger_heads": {OP},
+        "verify_anchors": {OP},
     }.items()
 }
 

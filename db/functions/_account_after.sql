@@ -1,7 +1,7 @@
 -- billing._account_after(account, transaction) -> billing.user_billing
--- The in-memory account after a ledger row written by billing._append_ledger: balances and version
--- follow the row; a charge also adds to the totals, the request count and the day/month spend of the
--- windows the account is in (refunds do not lower spend: spend counters are gross, see db/README.md).
+-- The in-memory account after a ledger row written by billing._append_ledger: balances, version and
+-- the chain's head (ledger_head) follow the row; a charge also adds to the totals, the request count and
+-- the day/month spend of the windows the account is in (refunds do not lower spend: spend counters are gross, see db/README.md).
 -- The one place where counters follow the ledger; billing.verify_ledger checks the same rules.
 -- Locks: none.  Errors: none.
 CREATE OR REPLACE FUNCTION billing._account_after(p_account billing.user_billing, p_tx billing.billing_transactions)
@@ -14,6 +14,7 @@ BEGIN
     v_account.balance_usd := p_tx.balance_after_usd;
     v_account.balance_uah := v_account.balance_uah + coalesce(p_tx.amount_uah, 0);
     v_account.version := p_tx.version;
+    v_account.ledger_head := p_tx.entry_hash;
     IF p_tx.type = 'charge' THEN
         v_account.total_spent_usd := v_account.total_spent_usd - p_tx.amount_usd;
         v_account.total_spent_uah := v_account.total_spent_uah - coalesce(p_tx.amount_uah, 0);

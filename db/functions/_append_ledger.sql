@@ -54,11 +54,15 @@ BEGIN
     INSERT INTO billing.billing_transactions AS t (
         user_id, version, type, currency, amount_usd, amount_uah, exchange_rate,
         balance_before_usd, balance_after_usd, request_id, payment_provider, payment_id,
-        idempotency_key, refund_of, actor, description, metadata, created_at)
+        idempotency_key, refund_of, actor, description, metadata, created_at, entry_hash)
     VALUES (
         p_account.user_id, p_account.version + 1, p_type, p_currency, p_amount_usd, v_uah, v_rate,
         p_account.balance_usd, p_account.balance_usd + p_amount_usd, p_request_id, p_provider, p_payment_id,
-        p_key, p_refund_of, p_actor, p_description, coalesce(p_metadata, '{}'::jsonb), p_now)
+        p_key, p_refund_of, p_actor, p_description, coalesce(p_metadata, '{}'::jsonb), p_now,
+        billing._entry_hash(
+            p_account.ledger_head, p_account.user_id, p_account.version + 1, p_type, p_currency, p_amount_usd,
+            v_uah, v_rate, p_account.balance_usd, p_account.balance_usd + p_amount_usd, p_request_id, p_provider,
+            p_payment_id, p_key, p_refund_of, p_actor, p_description, coalesce(p_metadata, '{}'::jsonb), p_now))
     ON CONFLICT DO NOTHING
     RETURNING t.* INTO v_row;
     RETURN v_row;

@@ -1,6 +1,6 @@
 -- billing._save_account(account)
 -- Writes back the counters of a user_billing row that the caller locked with billing._load_account and
--- changed in memory (balances, holds, totals, day/month windows, version, last request). Settings
+-- changed in memory (balances, holds, totals, day/month windows, version and ledger head, last request). Settings
 -- (limits, flags) are not touched: billing.update_settings owns them. updated_at becomes the effective
 -- time the caller acted at (set by billing._load_account).
 -- Locks: the user_billing row (already held by the caller).  Errors: none.
@@ -21,6 +21,7 @@ AS $$
            month_spent_usd = p_account.month_spent_usd,
            month_start     = p_account.month_start,
            version         = p_account.version,
+           ledger_head     = p_account.ledger_head,
            last_request_at = p_account.last_request_at,
            updated_at      = p_account.updated_at
      WHERE user_id = p_account.user_id;

@@ -74,7 +74,13 @@ BEGIN
                    month_start     = date_trunc('month', billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone))::date,
                    version         = b.version + 1,
                    last_request_at = billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at),
-                   updated_at      = billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at)
+                   updated_at      = billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at),
+                   -- The hash of the row `entry` writes, chained onto the head this lock protects.
+                   ledger_head     = billing._entry_hash(
+                       b.ledger_head, b.user_id, b.version + 1, 'charge', 'USD', -p_amount_usd,
+                       -round(p_amount_usd * cfg.uah_per_usd, 2), cfg.uah_per_usd, b.balance_usd,
+                       b.balance_usd - p_amount_usd, p_request_id, NULL, NULL, NULL, NULL, NULL, p_description,
+                       coalesce(p_metadata, '{}'::jsonb), billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at))
               FROM cfg
              WHERE b.user_id = p_user_id AND b.is_active AND b.billing_enabled
                -- A test clock read before the lock and older than the account's last change: exact path.
@@ -87,14 +93,14 @@ BEGIN
                              THEN b.day_spent_usd ELSE 0 END + b.held_usd + p_amount_usd <= b.daily_limit_usd
                     AND CASE WHEN b.month_start = date_trunc('month', billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone))::date
                              THEN b.month_spent_usd ELSE 0 END + b.held_usd + p_amount_usd <= b.monthly_limit_usd))
-            RETURNING b.version, b.balance_usd, b.updated_at, cfg.uah_per_usd
+            RETURNING b.version, b.balance_usd, b.updated_at, cfg.uah_per_usd, b.ledger_head
         ), entry AS (
             INSERT INTO billing.billing_transactions AS t (
                 user_id, version, type, amount_usd, amount_uah, exchange_rate, balance_before_usd, balance_after_usd,
-                request_id, description, metadata, created_at)
+                request_id, description, metadata, created_at, entry_hash)
             SELECT p_user_id, m.version, 'charge', -p_amount_usd, -round(p_amount_usd * m.uah_per_usd, 2), m.uah_per_usd,
                    m.balance_usd + p_amount_usd, m.balance_usd, p_request_id, p_description,
-                   coalesce(p_metadata, '{}'::jsonb), m.updated_at
+                   coalesce(p_metadata, '{}'::jsonb), m.updated_at, m.ledger_head
               FROM moved m
             ON CONFLICT DO NOTHING
             RETURNING t.id, t.amount_usd, t.balance_before_usd, t.balance_after_usd

@@ -91,7 +91,13 @@ BEGIN
                    month_start     = date_trunc('month', billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone))::date,
                    version         = b.version + 1,
                    last_request_at = billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at),
-                   updated_at      = billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at)
+                   updated_at      = billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at),
+                   -- The hash of the row `entry` writes, chained onto the head this lock protects.
+                   ledger_head     = billing._entry_hash(
+                       b.ledger_head, b.user_id, b.version + 1, 'charge', 'USD', -p_actual_usd,
+                       -round(p_actual_usd * cfg.uah_per_usd, 2), cfg.uah_per_usd, b.balance_usd,
+                       b.balance_usd - p_actual_usd, p_request_id, NULL, NULL, NULL, NULL, NULL, p_description,
+                       coalesce(p_metadata, '{}'::jsonb), billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at))
               FROM cfg, hold
              WHERE b.user_id = hold.user_id AND b.billing_enabled
                -- A test clock read before the lock and older than the account's last change: exact path.
@@ -108,7 +114,7 @@ BEGIN
                AND abs(b.balance_usd - p_actual_usd) < 1e12
                AND b.total_spent_usd + p_actual_usd < 1e12
             RETURNING b.user_id, b.version, b.balance_usd, b.updated_at, cfg.uah_per_usd, hold.amount_usd AS hold_usd,
-                      nextval('billing.billing_transactions_id_seq'::regclass) AS transaction_id
+                      b.ledger_head, nextval('billing.billing_transactions_id_seq'::regclass) AS transaction_id
         ), done AS (
             UPDATE billing.reservations r
                SET status = 'settled', resolved_at = m.updated_at, settled_usd = p_actual_usd,
@@ -119,11 +125,12 @@ BEGIN
         ), entry AS (
             INSERT INTO billing.billing_transactions AS t (
                 id, user_id, version, type, amount_usd, amount_uah, exchange_rate, balance_before_usd,
-                balance_after_usd, request_id, description, metadata, created_at)
+                balance_after_usd, request_id, description, metadata, created_at, entry_hash)
             OVERRIDING SYSTEM VALUE
             SELECT m.transaction_id, m.user_id, m.version, 'charge', -p_actual_usd,
                    -round(p_actual_usd * m.uah_per_usd, 2), m.uah_per_usd, m.balance_usd + p_actual_usd,
-                   m.balance_usd, p_request_id, p_description, coalesce(p_metadata, '{}'::jsonb), m.updated_at
+                   m.balance_usd, p_request_id, p_description, coalesce(p_metadata, '{}'::jsonb), m.updated_at,
+                   m.ledger_head
               FROM moved m, done d
             ON CONFLICT DO NOTHING
             RETURNING t.id, t.balance_after_usd

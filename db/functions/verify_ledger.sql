@@ -4,6 +4,11 @@
 --  chain             each row's balance_before_usd equals the previous row's balance_after_usd (the
 --                    first row starts from 0) and versions run 1, 2, 3, ... without gaps
 --  version           user_billing.version equals the newest ledger version
+--  hash_chain        each row's entry_hash is SHA-256 over the previous row's hash and its own content
+--                    (billing._entry_hash, migration 0009), and user_billing.ledger_head is the newest
+--                    row's hash: a row changed, removed, re-ordered or appended by hand without the
+--                    chain breaks it (one appended with a correctly recomputed chain does not: compare
+--                    the heads with anchors kept elsewhere, billing.verify_anchors)
 --  totals            total_spent_usd/_uah and total_requests equal what the charges add up to
 --  day_window        day_spent_usd equals the charges in the day window it belongs to (configured
 --                    time zone); month_window likewise for month_spent_usd
@@ -44,18 +49,20 @@ AS $$
                max(t.version) AS version,
                coalesce(sum(-t.amount_usd) FILTER (WHERE t.type = 'charge'), 0) AS spent_usd,
                coalesce(sum(-coalesce(t.amount_uah, 0)) FILTER (WHERE t.type = 'charge'), 0) AS spent_uah,
-               count(*) FILTER (WHERE t.type = 'charge') AS charges
+               count(*) FILTER (WHERE t.type = 'charge') AS charges,
+               (array_agg(t.entry_hash ORDER BY t.version DESC))[1] AS head
           FROM billing.billing_transactions t
          GROUP BY t.user_id
     ), accounts AS (
         SELECT b.*, coalesce(s.usd, 0) AS l_usd, coalesce(s.uah, 0) AS l_uah, coalesce(s.version, 0) AS l_version,
                coalesce(s.spent_usd, 0) AS l_spent_usd, coalesce(s.spent_uah, 0) AS l_spent_uah,
-               coalesce(s.charges, 0) AS l_charges
+               coalesce(s.charges, 0) AS l_charges, s.head AS l_head
           FROM billing.user_billing b LEFT JOIN sums s ON s.user_id = b.user_id
     ), chained AS (
         SELECT t.id, t.user_id, t.version, t.balance_before_usd,
                coalesce(lag(t.balance_after_usd) OVER w, 0) AS previous_after,
-               row_number() OVER w AS expected_version
+               row_number() OVER w AS expected_version,
+               t.entry_hash, billing._row_hash(lag(t.entry_hash) OVER w, t) AS expected_hash
           FROM billing.billing_transactions t
         WINDOW w AS (PARTITION BY t.user_id ORDER BY t.version)
     )
@@ -74,6 +81,16 @@ AS $$
     UNION ALL
     SELECT 'chain', c.user_id, c.id, format('version %s where %s was expected', c.version, c.expected_version)
       FROM chained c WHERE c.version <> c.expected_version
+    UNION ALL
+    SELECT 'hash_chain', c.user_id, c.id,
+           format('entry_hash %s is not the hash of the row chained onto the previous one (%s)',
+                  encode(c.entry_hash, 'hex'), encode(c.expected_hash, 'hex'))
+      FROM chained c WHERE c.entry_hash IS DISTINCT FROM c.expected_hash
+    UNION ALL
+    SELECT 'hash_chain', a.user_id, NULL,
+           format('ledger_head %s is not the newest row''s hash %s',
+                  coalesce(encode(a.ledger_head, 'hex'), 'NULL'), coalesce(encode(a.l_head, 'hex'), 'NULL'))
+      FROM accounts a WHERE a.ledger_head IS DISTINCT FROM a.l_head
     UNION ALL
     SELECT 'version', a.user_id, NULL,
            format('account version %s but the newest ledger version is %s', a.version, a.l_version)

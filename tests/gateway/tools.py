@@ -71,6 +71,19 @@ def register(registry: ToolRegistry) -> None:
         raise ToolError("the broken tool always fails")
 
     @registry.function(
+        "finder",
+        description="Fails, naming what it was asked for (priced $0.01): an error text that echoes input",
+        input_schema={
+            "type": "object",
+            "properties": {"query": {"type": "string", "maxLength": 1000}},
+            "required": ["query"],
+            "additionalProperties": False,
+        },
+    )
+    async def finder(arguments: dict[str, Any], ctx: ToolContext) -> str:
+        raise ToolError(f"nothing found for {arguments['query']}")
+
+    @registry.function(
         "slow",
         description="Sleeps, then answers (priced $0.01)",
         input_schema={

@@ -31,10 +31,12 @@ from decimal import Decimal
 from typing import Any
 
 import httpx
+import jwt
 import psycopg
 from psycopg.rows import dict_row
 
 from api import ledger
+from api.http_api import scoped_request_id
 from api.jsonio import loads
 
 CENT = Decimal("0.00000001")
@@ -61,7 +63,7 @@ def pick_tool(rng: random.Random, *, slow_seconds: float = 0.0) -> tuple[str, di
 
 @dataclass
 class Call:
-    key: str  # the Idempotency-Key, which the gateway uses as the request id
+    key: str  # the Idempotency-Key
     user_id: uuid.UUID
     tool: str
     price: Decimal  # what a successful run costs
@@ -69,6 +71,13 @@ class Call:
     answers: list[str] = field(default_factory=list)  # one per attempt, see Caller.attempt
     transaction_id: int | None = None  # named by a "charged" answer
     written_off_usd: Decimal | None = None  # reported by a "charged" answer (0 when it reports none)
+    # Who sent the key (Identity.label): the gateway's request id is the key scoped to it. None: the
+    # key is the request id itself (calls made through the SQL API).
+    principal: str | None = None
+
+    @property
+    def request_id(self) -> str:
+        return self.key if self.principal is None else scoped_request_id(self.principal, self.key)
 
     @property
     def ran(self) -> bool:
@@ -100,6 +109,7 @@ class Caller(threading.Thread):
         super().__init__(daemon=True, name=f"caller-{prefix}")
         self.base_url = base_url
         self.token = token
+        self.principal = "user:" + jwt.decode(token, options={"verify_signature": False})["sub"]
         self.user_id = user_id
         self.rng = rng
         self.stop = stop
@@ -116,7 +126,8 @@ class Caller(threading.Thread):
         with httpx.Client(base_url=self.base_url, headers=headers, timeout=30) as client:
             while not self.stop.is_set():
                 tool, arguments, price, succeeds = pick_tool(self.rng, slow_seconds=self.slow_seconds)
-                call = Call(f"{self.prefix}-{uuid.uuid4().hex[:16]}", self.user_id, tool, price, succeeds)
+                key = f"{self.prefix}-{uuid.uuid4().hex[:16]}"
+                call = Call(key, self.user_id, tool, price, succeeds, principal=self.principal)
                 self.calls.append(call)
                 if self.settle(client, call, arguments).startswith("lost"):
                     return  # the gateway is gone; this caller's run is over
@@ -191,7 +202,7 @@ def audit(conn: psycopg.Connection[Any], calls: list[Call], funding: dict[uuid.U
     """Every call id and every user held to the contract (module docstring); `conn` is an owner connection."""
     violations: list[str] = []
     outcomes: Counter[str] = Counter()
-    keys = [call.key for call in calls]
+    keys = [call.request_id for call in calls]
     with conn.cursor(row_factory=dict_row) as cur:
         tracking = {
             row["request_id"]: row
@@ -225,10 +236,10 @@ def audit(conn: psycopg.Connection[Any], calls: list[Call], funding: dict[uuid.U
     charged_by_user: dict[uuid.UUID, Decimal] = {}
     for call in calls:
         where = f"{call.key} ({call.tool}, answers {call.answers})"
-        track = tracking.get(call.key)
-        hold = holds.get(call.key)
-        rows = charges.get(call.key, [])
-        write_off = written_off.get(call.key)
+        track = tracking.get(call.request_id)
+        hold = holds.get(call.request_id)
+        rows = charges.get(call.request_id, [])
+        write_off = written_off.get(call.request_id)
         lost_usd = Decimal(0) if write_off is None else write_off["written_off_usd"]
         if len(rows) > 1:
             violations.append(f"{where}: charged {len(rows)} times")

@@ -33,6 +33,7 @@ import pytest
 
 from api import db as apidb
 from api import ledger
+from api.http_api import scoped_request_id
 from api.spool import Spool
 from tests.gateway.server import start_gateway, tollgate_command
 from tests.reliability.callaudit import Call, Caller, audit, fund_users
@@ -119,7 +120,7 @@ def test_gateway_calls_survive_connection_faults(db_url: str, proxy: FaultProxy,
         # Still pending now: calls whose begin_request committed while its answer was lost. The gateway
         # answered them "unavailable" (503) and refused their retries as still running (409): none ran.
         pending = {row.request_id for row in ledger.unbilled_calls(owner)}
-        ran_but_pending = [call.key for call in calls if call.key in pending and call.ran]
+        ran_but_pending = [call.request_id for call in calls if call.request_id in pending and call.ran]
         output = reconcile(db_url, data_dir)
         result = audit(owner, calls, {user_id: FUNDING for _, user_id in users})
         leftovers = owner.execute(
@@ -303,7 +304,8 @@ def test_a_retry_after_a_lost_begin_request_answer_runs_the_call(
                 proxy.disarm()
                 assert landed.taken.is_set() and landed.landed
                 assert first.status_code == 503, first.text  # "not run, nothing charged; retry shortly"
-                assert ledger.unbilled_calls(owner)[0].request_id == "lost-begin"  # yet it is pending, held
+                request_id = scoped_request_id(f"user:{subject}", "lost-begin")
+                assert ledger.unbilled_calls(owner)[0].request_id == request_id  # yet it is pending, held
                 retry = client.post("/api/tools/priced", json={"text": "x"}, headers={"Idempotency-Key": "lost-begin"})
                 again = client.post("/api/tools/priced", json={"text": "x"}, headers={"Idempotency-Key": "lost-begin"})
         assert retry.status_code == 200, retry.text
@@ -311,7 +313,7 @@ def test_a_retry_after_a_lost_begin_request_answer_runs_the_call(
         assert again.status_code == 409, again.text  # and then it is a finished call like any other
         with apidb.connect(db_url) as owner:
             charges = owner.execute(
-                "SELECT count(*) FROM billing.billing_transactions WHERE request_id = 'lost-begin'"
+                "SELECT count(*) FROM billing.billing_transactions WHERE request_id = %s", (request_id,)
             ).fetchone()
             assert charges == (1,)
             assert ledger.unbilled_calls(owner) == []
@@ -335,7 +337,8 @@ def test_a_lost_begin_request_answer_is_resent_by_the_gateway(db_url: str, proxy
                 assert first.status_code == 200, first.text
                 assert first.json()["billing"]["status"] == "charged"
             charges = owner.execute(
-                "SELECT count(*) FROM billing.billing_transactions WHERE request_id = 'resent'"
+                "SELECT count(*) FROM billing.billing_transactions WHERE request_id = %s",
+                (scoped_request_id(f"user:{subject}", "resent"),),
             ).fetchone()
             assert charges == (1,)
             assert ledger.verify_ledger(owner) == []

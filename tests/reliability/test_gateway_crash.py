@@ -144,7 +144,9 @@ def test_gateway_killed_mid_call_loses_and_doubles_nothing(db_url: str, pg_serve
                 for request_id in (spooled & unbilled) - billed:
                     violations.append(f"cycle {cycle}: spooled {request_id} was not billed by the replay")
                 # The restarted gateway serves and bills: one call after the crash.
-                survivor = Call(f"k{cycle}-after", users[0][1], "priced", Decimal("0.02"), True)
+                survivor = Call(
+                    f"k{cycle}-after", users[0][1], "priced", Decimal("0.02"), True, principal=f"user:{users[0][0]}"
+                )
                 with server.client(server.token(users[0][0])) as client:
                     reply = client.post(
                         "/api/tools/priced", json={"text": "after"}, headers={"Idempotency-Key": survivor.key}
@@ -158,7 +160,7 @@ def test_gateway_killed_mid_call_loses_and_doubles_nothing(db_url: str, pg_serve
 
             # Calls the kill cut short: pending with a hold. Each must be one whose answer was lost.
             pending = pending_calls(owner)
-            lost = {call.key for call in cycle_calls if call.lost}
+            lost = {call.request_id for call in cycle_calls if call.lost}
             for request_id in pending - lost:
                 violations.append(f"cycle {cycle}: {request_id} is pending with no lost answer to explain it")
             figures["killed_in_flight"] += len(pending)
@@ -177,7 +179,7 @@ def test_gateway_killed_mid_call_loses_and_doubles_nothing(db_url: str, pg_serve
         holds = Counter(
             status
             for (status,) in owner.execute(
-                "SELECT status FROM billing.reservations WHERE request_id = ANY(%s)", ([c.key for c in calls],)
+                "SELECT status FROM billing.reservations WHERE request_id = ANY(%s)", ([c.request_id for c in calls],)
             )
         )
     violations.extend(result.violations)

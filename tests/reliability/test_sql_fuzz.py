@@ -76,6 +76,7 @@ FUNCTIONS = (
     "expire_payment_intents",
     "fail_payment_intent",
     "history",
+    "ledger_heads",
     "list_api_keys",
     "list_tool_pricing",
     "open_payment_intents",
@@ -95,6 +96,7 @@ FUNCTIONS = (
     "top_up",
     "update_limits",
     "update_settings",
+    "verify_anchors",
     "verify_ledger",
 )
 READ_ONLY = frozenset(
@@ -104,12 +106,14 @@ READ_ONLY = frozenset(
         "check_limits",
         "estimate_price",
         "history",
+        "ledger_heads",
         "list_api_keys",
         "list_tool_pricing",
         "open_payment_intents",
         "payment_intent",
         "summary",
         "tool_price",
+        "verify_anchors",
         "verify_ledger",
     }
 )
@@ -425,6 +429,12 @@ def _strategy(arg: Arg, world: World) -> st.SearchStrategy[Any]:
         base = BOOL
     elif type_ == "bytea":
         base = st.one_of(st.sampled_from(world.key_hashes), st.binary(max_size=80))
+    elif type_ == "uuid[]":
+        base = st.lists(st.one_of(st.sampled_from(world.users), st.uuids()), max_size=4)
+    elif type_ == "bigint[]":
+        base = st.lists(st.integers(-(2**63), 2**63 - 1), max_size=4)
+    elif type_ == "bytea[]":
+        base = st.lists(st.binary(min_size=30, max_size=34), max_size=4)
     elif type_ == "jsonb":
         base = JSONB
     elif type_ == "timestamp with time zone":
