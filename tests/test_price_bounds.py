@@ -490,10 +490,11 @@ OLD_SIGNATURES = {
 def test_migration_0008_replaces_the_old_signatures_and_rolls_back_alone(db_url, conn):
     from api import migrate
     from tests.conftest import DB_DIR
-    from tests.test_migrations import _snapshot
+    from tests.test_migrations import _migration_ids, _snapshot
 
     before = _snapshot(db_url)
-    assert migrate.downgrade(db_url, DB_DIR, "0005_payments") == ["0008_price_bounds"]
+    later = [m for m in _migration_ids() if m > "0008_price_bounds"]  # 0009 ledger chain, ...: first, and back
+    assert migrate.downgrade(db_url, DB_DIR, "0007_payment_review") == [*later[::-1], "0008_price_bounds"]
     gone = conn.execute(
         "SELECT to_regclass('billing.write_offs'), to_regclass('billing.written_off_calls'),"
         " to_regclass('billing.cost_tracking_billed_by_tool'), to_regclass('billing.cost_tracking_completed_by_tool')"
@@ -502,7 +503,7 @@ def test_migration_0008_replaces_the_old_signatures_and_rolls_back_alone(db_url,
     # A database of the earlier code has the functions with their old signatures and results.
     for name, arguments in OLD_SIGNATURES.items():
         conn.execute(f"CREATE FUNCTION billing.{name}({arguments}) RETURNS integer LANGUAGE sql AS 'SELECT 1'")
-    assert migrate.upgrade(db_url, DB_DIR) == ["0008_price_bounds"]
+    assert migrate.upgrade(db_url, DB_DIR) == ["0008_price_bounds", *later]
     overloads = conn.execute(
         "SELECT proname, count(*) FROM pg_proc WHERE pronamespace = 'billing'::regnamespace"
         " AND proname = ANY(%s) GROUP BY 1 ORDER BY 1",

@@ -188,8 +188,10 @@ def test_checker_catches_corruption(db: psycopg.Connection[Any], api_url: str) -
     db.execute("DROP INDEX billing.billing_transactions_one_topup_per_payment")
     db.execute(
         """INSERT INTO billing.billing_transactions
-               (user_id, version, type, amount_usd, balance_before_usd, balance_after_usd, payment_provider, payment_id)
-           SELECT user_id, 1000000, type, amount_usd, 0, amount_usd, payment_provider, payment_id
+               (user_id, version, type, amount_usd, balance_before_usd, balance_after_usd, payment_provider, payment_id,
+                entry_hash)
+           SELECT user_id, 1000000, type, amount_usd, 0, amount_usd, payment_provider, payment_id,
+                  sha256('planted'::bytea)
              FROM billing.billing_transactions WHERE type = 'topup' AND payment_id = %s""",
         (topup.key,),
     )
@@ -199,8 +201,8 @@ def test_checker_catches_corruption(db: psycopg.Connection[Any], api_url: str) -
     phantom_key = f"{workload.run_id}-c0-999999999-charge"
     db.execute(
         """INSERT INTO billing.billing_transactions
-               (user_id, version, type, amount_usd, balance_before_usd, balance_after_usd, request_id)
-           VALUES (%s, 1000001, 'charge', -0.01, 0, -0.01, %s)""",
+               (user_id, version, type, amount_usd, balance_before_usd, balance_after_usd, request_id, entry_hash)
+           VALUES (%s, 1000001, 'charge', -0.01, 0, -0.01, %s, sha256('planted'::bytea))""",
         (workload.user_ids[0], phantom_key),
     )
     assert "phantom" in _kinds_for(workload.check(db), phantom_key)
