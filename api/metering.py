@@ -239,9 +239,16 @@ class Meter:
             # The same request id again: never run (or charge) a call twice. The replays that are ours:
             # the answer to our own resend of a begin_request whose answer was lost, and the caller's
             # retry of a call this process answered 503 while its begin_request was in doubt. Either
-            # way the call is still pending and no task of this process is running it.
+            # way the call is still pending and no task of this process is running it -- unless its
+            # completion is in our spool: then the tool ran and only its billing waits (a replay whose
+            # begin_request answer was lost once ran such a call a second time).
             ours = in_doubt or self._take_abandoned(request_id)
-            if start.replayed and not (start.status == "pending" and request_id not in self._running and ours):
+            if start.replayed and not (
+                start.status == "pending"
+                and request_id not in self._running
+                and ours
+                and not await self._spooled(request_id)
+            ):
                 raise AlreadyCompleted(request_id, start.status)
             self._running.add(request_id)
             try:
@@ -249,6 +256,11 @@ class Meter:
             finally:
                 self._running.discard(request_id)
         return outcome
+
+    async def _spooled(self, request_id: str) -> bool:
+        """Whether the spool holds the completion of `request_id` (read only on this rare path)."""
+        pending = await anyio.to_thread.run_sync(self.spool.pending)
+        return any(entry.request_id == request_id for entry in pending)
 
     def _take_abandoned(self, request_id: str) -> bool:
         """True (once) when this process answered 503 for `request_id` with its begin_request in doubt."""

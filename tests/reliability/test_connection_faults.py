@@ -322,6 +322,43 @@ def test_a_retry_after_a_lost_begin_request_answer_runs_the_call(
         server.stop()
 
 
+def test_a_replay_of_a_spooled_call_whose_begin_answer_is_lost_is_not_run_again(
+    db_url: str, proxy: FaultProxy, tmp_path: Path
+) -> None:
+    """A call ran and its completion was spooled (the ledger failed after the tool): the call is pending.
+    The caller replays its key, and the replay's begin_request answer is lost. Regression (seen once in
+    the long fault run): the gateway took the replayed `pending` answer to its own resend for its own
+    call and ran the tool a second time; the call ran already, so the replay is answered 409."""
+    server = start_gateway(proxy.proxy_url(db_url), tmp_path / "gateway")
+    try:
+        with apidb.connect(db_url) as owner:
+            ((subject, _),) = fund_users(owner, 1, Decimal("1"), "spooled")
+            request_id = scoped_request_id(f"user:{subject}", "spooled")
+            with server.client(server.token(subject)) as client:
+                for _ in range(60):  # the completion, then the spool's retries (every second) fail
+                    proxy.arm(Fault("drop_before", match="complete_request"))
+                first = client.post("/api/tools/priced", json={"text": "x"}, headers={"Idempotency-Key": "spooled"})
+                assert first.status_code == 200, first.text
+                assert first.json()["billing"]["status"] == "pending"
+                landed = proxy.arm(Fault("drop_after", match="begin_request"))
+                replay = client.post("/api/tools/priced", json={"text": "x"}, headers={"Idempotency-Key": "spooled"})
+                assert landed.taken.is_set()
+                proxy.disarm()
+        assert replay.status_code == 409, replay.text
+        assert replay.json()["error"]["code"] == "already_completed"
+        spool = Spool(tmp_path / "gateway" / "spool")
+        wait_until(lambda: not spool.pending(), 30, "the gateway to replay its spool")
+        with apidb.connect(db_url) as owner:
+            charges = owner.execute(
+                "SELECT count(*) FROM billing.billing_transactions WHERE request_id = %s", (request_id,)
+            ).fetchone()
+            assert charges == (1,)
+            assert ledger.verify_ledger(owner) == []
+        assert server.logs().count("spooled for reconciliation") == 1  # the tool's completion failed once
+    finally:
+        server.stop()
+
+
 def test_a_lost_begin_request_answer_is_resent_by_the_gateway(db_url: str, proxy: FaultProxy, tmp_path: Path) -> None:
     """One lost answer: the gateway sends begin_request again itself, recognises its own pending call
     in the replay and runs it; the caller sees one ordinary charged answer."""
