@@ -128,6 +128,8 @@ class RequestContextMiddleware:
         incoming = headers.get(b"x-request-id", b"").decode("latin-1")
         request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
         token = request_id_var.set(request_id)
+        # For the 500 handler, which Starlette runs outside this middleware (the context var is reset by then).
+        scope["tollgate.request_id"] = request_id
         started = time.perf_counter()
         status = 500
         path: str = scope["path"]
@@ -268,12 +270,15 @@ async def _simple(request: Request, exc: Exception) -> Response:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
-    log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+    request_id = request.scope.get("tollgate.request_id")
+    log.error(
+        "unhandled error on %s %s", request.method, request.url.path, exc_info=exc, extra={"request_id": request_id}
+    )
     return json_response(
         error_body(
             "internal_error",
             "the gateway failed to answer; the request id identifies it in the logs",
-            request_id=request_id_var.get(),
+            request_id=request_id,
         ),
         500,
     )
