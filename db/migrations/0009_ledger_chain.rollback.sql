@@ -2,9 +2,8 @@
 -- check the chain (db/functions) fail until the next `tollgate migrate` of a checkout without it.
 DROP FUNCTION IF EXISTS billing.ledger_heads();
 DROP FUNCTION IF EXISTS billing.verify_anchors(uuid[], bigint[], bytea[]);
-ALTER TABLE billing.user_billing DROP CONSTRAINT user_billing_ledger_head_sha256, DROP COLUMN ledger_head;
-ALTER TABLE billing.billing_transactions DROP CONSTRAINT billing_transactions_entry_hash_sha256,
-    DROP COLUMN entry_hash;
+ALTER TABLE billing.user_billing DROP COLUMN ledger_head;
+ALTER TABLE billing.billing_transactions DROP COLUMN entry_hash;
 DROP FUNCTION billing._row_hash(bytea, billing.billing_transactions);
 DROP FUNCTION billing._entry_hash(bytea, uuid, bigint, text, text, numeric, numeric, numeric, numeric, numeric, text,
                                   text, text, text, bigint, text, text, jsonb, timestamptz);
