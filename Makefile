@@ -10,6 +10,7 @@
 #   make bench-ledger   the ledger benchmarks alone (bench/run.py)
 #   make bench-gateway  the gateway benchmarks alone (bench/gateway.py, bench/sse_sessions.py)
 #   make bench-webhooks payment webhooks: Stripe deliveries verified and applied per second (bench/webhooks.py)
+#   make bench-chain    what the ledger's hash chain costs billing.charge / settle, against the code before it
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -19,7 +20,7 @@ STAMP := $(VENV)/.installed
 
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: $(VENV) run test test-system lint torture soak bench bench-ledger bench-gateway bench-webhooks clean
+.PHONY: $(VENV) run test test-system lint torture soak bench bench-ledger bench-gateway bench-webhooks bench-chain clean
 
 $(VENV): $(STAMP)
 
@@ -92,6 +93,11 @@ bench-gateway: $(STAMP)
 # Options: make bench-webhooks BENCH_ARGS="--duration 20 --rounds 5 --connections 32"
 bench-webhooks: $(STAMP)
 	$(BIN)/python -m bench.webhooks $(BENCH_ARGS)
+
+# The hash chain's cost: the same pgbench scripts on the db/ before it and on this checkout's, one server.
+# Options: make bench-chain BENCH_ARGS="--duration 30 --rounds 7 --before <git revision>"
+bench-chain: $(STAMP)
+	$(BIN)/python -m bench.chain_cost $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

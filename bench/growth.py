@@ -8,7 +8,7 @@ private embedded PostgreSQL 18 (bench/run.py's: durable, the seeded template of 
        through the real functions; then, set-based (one INSERT ... SELECT, one UPDATE), `rows` charges
        spread round-robin over the 10,000 users plus HISTORY_ROWS charges of bench-history, interleaved
        in time order over the 180 days before the current month (so no day or month window holds
-       any of them), with before/after snapshots chaining per user, versions without gaps, unique
+       any of them), with before/after snapshots and hashes chaining per user, versions without gaps, unique
        request ids, UAH at the configured rate, and the counters in user_billing to match; then
        VACUUM ANALYZE and billing.verify_ledger(), which must be empty;
     2. rounds over the levels in alternating order: history samples for bench-history (first page,
@@ -87,13 +87,41 @@ WITH rate AS (
            CASE WHEN p.is_history THEN 'history-' || p.g ELSE 'fill-' || p.n || '-' || p.k END AS request_id
       FROM planned p CROSS JOIN hist h LEFT JOIN acc a ON a.n = p.n
 )
+), valued AS (
+    SELECT r.t, r.user_id, r.version, -%(usd)s::numeric AS amount_usd,
+           round(-%(usd)s * rate.uah_per_usd, 2) AS amount_uah, rate.uah_per_usd, r.before_usd,
+           r.before_usd - %(usd)s AS after_usd, r.request_id,
+           %(end)s::timestamptz - make_interval(secs => %(span)s * (1 - r.t)) AS created_at
+      FROM rows r, rate
+), chained AS (
+    -- Each row chained onto the one before it of its user (migration 0009): a running aggregate per user.
+    SELECT v.*, public.bench_chain(b.ledger_head, v.user_id, v.version, v.amount_usd, v.amount_uah,
+                                   v.uah_per_usd, v.before_usd, v.after_usd, v.request_id, v.created_at)
+                    OVER (PARTITION BY v.user_id ORDER BY v.version) AS entry_hash
+      FROM valued v JOIN billing.user_billing b ON b.user_id = v.user_id
+)
 INSERT INTO billing.billing_transactions
     (user_id, version, type, currency, amount_usd, amount_uah, exchange_rate,
-     balance_before_usd, balance_after_usd, request_id, created_at)
-SELECT r.user_id, r.version, 'charge', 'USD', -%(usd)s, round(-%(usd)s * rate.uah_per_usd, 2), rate.uah_per_usd,
-       r.before_usd, r.before_usd - %(usd)s, r.request_id,
-       %(end)s::timestamptz - make_interval(secs => %(span)s * (1 - r.t))
-  FROM rows r, rate
+     balance_before_usd, balance_after_usd, request_id, created_at, entry_hash)
+SELECT c.user_id, c.version, 'charge', 'USD', c.amount_usd, c.amount_uah, c.uah_per_usd,
+       c.before_usd, c.after_usd, c.request_id, c.created_at, c.entry_hash
+  FROM chained c
+ ORDER BY c.t
+"""
+
+# The running hash of FILL_SQL: billing._entry_hash of a fill row chained onto the previous state, or
+# onto the account's head before the fill for its first row.
+CHAIN_AGGREGATE_SQL = """
+CREATE FUNCTION public.bench_chain_step(state bytea, head bytea, user_id uuid, version bigint, amount_usd numeric,
+                                        amount_uah numeric, rate numeric, before_usd numeric, after_usd numeric,
+                                        request_id text, created_at timestamptz)
+RETURNS bytea LANGUAGE sql STABLE AS $$
+    SELECT billing._entry_hash(coalesce(state, head), user_id, version, 'charge', 'USD', amount_usd, amount_uah,
+                               rate, before_usd, after_usd, request_id, NULL, NULL, NULL, NULL, NULL, NULL,
+                               '{}'::jsonb, created_at)
+$$;
+CREATE AGGREGATE public.bench_chain(bytea, uuid, bigint, numeric, numeric, numeric, numeric, numeric, text,
+                                    timestamptz) (SFUNC = public.bench_chain_step, STYPE = bytea);
 """
 
 # The counters of every account the fill touched, by arithmetic: fill user n got rows / users rows,
@@ -105,7 +133,9 @@ UPDATE billing.user_billing b
        total_spent_usd = b.total_spent_usd + c.k * %(usd)s,
        total_spent_uah = b.total_spent_uah - c.k * r.uah,
        total_requests = b.total_requests + c.k,
-       version = b.version + c.k
+       version = b.version + c.k,
+       ledger_head = (SELECT t.entry_hash FROM billing.billing_transactions t
+                       WHERE t.user_id = b.user_id ORDER BY t.version DESC LIMIT 1)
   FROM (SELECT u.id AS user_id,
                %(rows)s / %(users)s + CASE WHEN u.n <= %(rows)s %% %(users)s THEN 1 ELSE 0 END AS k
           FROM public.bench_users u
@@ -175,6 +205,7 @@ def build_level(env: ledger.LedgerEnv, rows: int, history_rows: int) -> dict[str
                 "end": end,
                 "span": SPAN_DAYS * 86400,
             }
+            conn.execute(CHAIN_AGGREGATE_SQL)
             conn.execute(FILL_SQL, params)
             conn.execute(FILL_ACCOUNTS_SQL, params)
         filled = time.monotonic() - started

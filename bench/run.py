@@ -81,8 +81,9 @@ BASELINE_SQL = f"""WITH u AS (
     RETURNING user_id, version, balance_usd
 )
 INSERT INTO billing.billing_transactions
-    (user_id, version, type, amount_usd, balance_before_usd, balance_after_usd, request_id)
-SELECT user_id, version, 'charge', -{CHARGE_USD}, balance_usd + {CHARGE_USD}, balance_usd, {_REQUEST_ID}
+    (user_id, version, type, amount_usd, balance_before_usd, balance_after_usd, request_id, entry_hash)
+SELECT user_id, version, 'charge', -{CHARGE_USD}, balance_usd + {CHARGE_USD}, balance_usd, {_REQUEST_ID},
+       '\\x{"00" * 32}'::bytea
   FROM u;
 """
 CHARGE_SQL = f"SELECT * FROM billing.charge({_USER_ID}, {_REQUEST_ID}, {CHARGE_USD});\n"
@@ -275,9 +276,9 @@ class Server:
         return {name: out[name] for name in names if name in out}
 
 
-def build_ledger_template(server: Server, db_dir: Path) -> dict[str, Any]:
+def build_ledger_template(server: Server, db_dir: Path, name: str = LEDGER_TEMPLATE) -> dict[str, Any]:
     started = time.monotonic()
-    url = server.create_database(LEDGER_TEMPLATE)
+    url = server.create_database(name)
     migrated = migrate.upgrade(url, db_dir)
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("CREATE TABLE public.bench_users (n integer PRIMARY KEY, id uuid NOT NULL UNIQUE)")
