@@ -86,7 +86,6 @@ WITH rate AS (
                 ELSE a.balance_usd - (p.k - 1) * %(usd)s END AS before_usd,
            CASE WHEN p.is_history THEN 'history-' || p.g ELSE 'fill-' || p.n || '-' || p.k END AS request_id
       FROM planned p CROSS JOIN hist h LEFT JOIN acc a ON a.n = p.n
-)
 ), valued AS (
     SELECT r.t, r.user_id, r.version, -%(usd)s::numeric AS amount_usd,
            round(-%(usd)s * rate.uah_per_usd, 2) AS amount_uah, rate.uah_per_usd, r.before_usd,
