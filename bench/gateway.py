@@ -3,7 +3,7 @@
 Run on demand (`make bench-gateway`, or `python -m bench.gateway --help`), never in CI. In one run:
 
     1. a private embedded PostgreSQL 18 (fsync and synchronous_commit on), migrated by the real
-       api.migrate; 10,000 users funded and with limits far above what a run can spend; one API key;
+       api.ops.migrate; 10,000 users funded and with limits far above what a run can spend; one API key;
     2. two gateways (`tollgate run`, one uvicorn worker each) serving the same tool
        (bench/gateway_tools.py, $0.002 a call): one metered, one with TOLLGATE_METERING=false;
     3. a separate load-generator process: 32 keep-alive connections, each request with the JWT of a
@@ -51,8 +51,11 @@ ROOT = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
-from api import apikeys, db, embedded, ledger, migrate, roles  # noqa: E402
-from api.auth import mint_token  # noqa: E402
+from api.gateway import apikeys  # noqa: E402
+from api.gateway.auth import mint_token  # noqa: E402
+from api.ledger import db, roles  # noqa: E402
+from api.ledger import sync as ledger  # noqa: E402
+from api.ops import embedded, migrate  # noqa: E402
 from tests.gateway.server import SECRET, start_gateway  # noqa: E402
 
 TOOL = "bench_lookup"

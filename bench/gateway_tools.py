@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from api.tools import ToolContext, ToolRegistry
+from api.tools.registry import ToolContext, ToolRegistry
 
 
 def register(registry: ToolRegistry) -> None:

@@ -340,7 +340,8 @@ def run_http(
     """Billed and unmetered tool calls on bench/gateway.py's gateways (gw: its GatewayEnv), closed loop
     then open loop; then the billed charges must equal the billed 2xx answers (every request issued is
     waited for), no tracking row pending, verify_ledger() empty."""
-    from api import db, ledger
+    from api.ledger import db
+    from api.ledger import sync as ledger
     from bench import gateway as gwbench
 
     out: dict[str, Any] = {"connections": connections, "duration_s": duration, "poisson": poisson, "modes": {}}

@@ -4,9 +4,9 @@ Run on demand (`make bench`, `python -m bench.run` or `python bench/run.py`), ne
 suite. Machines are noisy, so every figure that matters is a ratio against a baseline measured in
 the same run, on the same server, interleaved with the candidate:
 
-    1. a private embedded PostgreSQL 18 (api.embedded, the wheel's default settings: fsync and
+    1. a private embedded PostgreSQL 18 (api.ops.embedded, the wheel's default settings: fsync and
        synchronous_commit on) in a temporary directory, deleted at the end;
-    2. a template database migrated by the real api.migrate.upgrade, with 10,000 users funded
+    2. a template database migrated by the real api.ops.migrate.upgrade, with 10,000 users funded
        with $1,000,000 each (billing.top_up) and limits raised (billing.update_settings) so that
        no charge is ever refused, checked by billing.verify_ledger();
     3. pgbench scenarios, each run on its own fresh `CREATE DATABASE ... TEMPLATE` clone,
@@ -46,8 +46,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):  # `python bench/run.py`: make the checkout's api/ importable
     sys.path.insert(0, str(ROOT))
 
-from api import embedded, migrate  # noqa: E402
-from api.config import load_settings  # noqa: E402
+from api.gateway.config import load_settings  # noqa: E402
+from api.ops import embedded, migrate  # noqa: E402
 
 USERS = 10_000
 FUNDING_USD = 1_000_000

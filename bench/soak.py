@@ -3,7 +3,7 @@
 Run on demand (`make soak DURATION=600`, or `python -m bench.soak --help`), never in CI. In one run:
 
     1. a private embedded PostgreSQL 18 (fsync and synchronous_commit on), migrated by the real
-       api.migrate, deleted at the end; --users users (default 1,000) in three groups:
+       api.ops.migrate, deleted at the end; --users users (default 1,000) in three groups:
          rich     (20 %): $1,000,000 and limits of $100,000,000: every call must succeed;
          modest   (60 %): $0.01 (5 calls): they run out, get 402 insufficient_funds, and an
                           administrator tops them up again (POST /api/billing/topup, $0.01);
@@ -79,8 +79,11 @@ from mcp.client.session import ClientSession  # noqa: E402
 from mcp.client.sse import sse_client  # noqa: E402
 from mcp.client.streamable_http import streamable_http_client  # noqa: E402
 
-from api import apikeys, db, embedded, ledger, migrate, roles  # noqa: E402
-from api.auth import mint_token  # noqa: E402
+from api.gateway import apikeys  # noqa: E402
+from api.gateway.auth import mint_token  # noqa: E402
+from api.ledger import db, roles  # noqa: E402
+from api.ledger import sync as ledger  # noqa: E402
+from api.ops import embedded, migrate  # noqa: E402
 from bench.gateway import RESULTS_DIR, TOOL, cpu_seconds, pending_tracking_rows, postgres_pids  # noqa: E402
 from tests.gateway.server import ADMIN_SCOPE, SECRET, Gateway, start_gateway  # noqa: E402
 

@@ -40,8 +40,10 @@ if __package__ in (None, ""):
 
 from mcp_types.version import LATEST_HANDSHAKE_VERSION  # noqa: E402
 
-from api import db, embedded, ledger, migrate, roles  # noqa: E402
-from api.auth import mint_token  # noqa: E402
+from api.gateway.auth import mint_token  # noqa: E402
+from api.ledger import db, roles  # noqa: E402
+from api.ledger import sync as ledger  # noqa: E402
+from api.ops import embedded, migrate  # noqa: E402
 from tests.gateway.server import SECRET, start_gateway  # noqa: E402
 
 

@@ -3,7 +3,7 @@ billing.record_payment_event calls over SQL; and 100 concurrent copies of one de
 
 Run on demand (`make bench-webhooks`, or `python -m bench.webhooks --help`), never in CI. In one run:
 
-    1. a private embedded PostgreSQL 18 (durable), migrated by the real api.migrate; --users accounts
+    1. a private embedded PostgreSQL 18 (durable), migrated by the real api.ops.migrate; --users accounts
        (default 2,000) and, before anything is measured, enough payment intents for every delivery of
        the run to credit a fresh one (billing.create_payment_intent + attach_payment_checkout in SQL,
        $10.00 each, round-robin over the users): a short uncounted warm-up measures the rate first;
@@ -258,8 +258,8 @@ async def sql_load(spec: dict[str, Any], deliveries: list[tuple[int, str]], bodi
     """The baseline: billing.record_payment_event with the facts the gateway derives, each delivery once."""
     import psycopg
 
-    from api.ledger import PaymentFacts
-    from api.queries import QUERIES
+    from api.ledger.queries import QUERIES
+    from api.ledger.sync import PaymentFacts
 
     query = QUERIES["record_payment_event"]
     params = [
@@ -278,7 +278,7 @@ async def sql_load(spec: dict[str, Any], deliveries: list[tuple[int, str]], bodi
         for (n, intent), body in zip(deliveries, bodies, strict=True)
     ]
     conns = [await psycopg.AsyncConnection.connect(spec["url"], autocommit=True) for _ in range(spec["connections"])]
-    for conn in conns:  # as the gateway's pool configures its connections (api.db)
+    for conn in conns:  # as the gateway's pool configures its connections (api.ledger.db)
         await conn.set_isolation_level(psycopg.IsolationLevel.READ_COMMITTED)
     tally = Tally()
     queue = iter(range(len(params)))
@@ -333,7 +333,7 @@ class Intents:
 
     def create(self, count: int, user: str | None = None) -> float:
         """count intents, round-robin over the users (or all of one user), checkouts attached."""
-        from api import db
+        from api.ledger import db
 
         started = time.perf_counter()
         first, last = self.created, self.created + count - 1
@@ -448,7 +448,8 @@ class WebhookEnv:
 def webhook_env(users: int, pool_max: str) -> Iterator[WebhookEnv]:
     """A private embedded PostgreSQL with `users` accounts and one Stripe-configured gateway; all deleted
     at the end."""
-    from api import db, embedded, migrate, roles
+    from api.ledger import db, roles
+    from api.ops import embedded, migrate
     from bench.gateway import raise_open_files_limit
     from tests.gateway.server import start_gateway
 
@@ -505,7 +506,7 @@ def webhook_env(users: int, pool_max: str) -> Iterator[WebhookEnv]:
 
 
 def scalar(url: str, query: str, params: Any = None) -> Any:
-    from api import db
+    from api.ledger import db
 
     with db.connect(url) as conn:
         row = conn.execute(query, params).fetchone()
@@ -590,7 +591,7 @@ def forged_test(env: WebhookEnv, intents: Intents) -> dict[str, Any]:
 
 
 def final_checks(env: WebhookEnv, applied: list[int]) -> dict[str, Any]:
-    from api import db
+    from api.ledger import db
 
     with db.connect(env.url) as conn:
         conn.execute("ANALYZE")
@@ -648,7 +649,7 @@ def run(
     warmup: float = 3.0,
     margin: float = 1.6,
 ) -> dict[str, Any]:
-    from api import db
+    from api.ledger import db
 
     with webhook_env(users, pool_max) as env:
         intents = Intents(env.url, users)

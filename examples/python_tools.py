@@ -14,7 +14,7 @@ import re
 from decimal import Decimal
 from typing import Any
 
-from api.tools import ToolContext, ToolRegistry
+from api.tools.registry import ToolContext, ToolRegistry
 
 PRICE_PER_TOKEN_USD = Decimal("0.000002")
 # A rough English average (1.3 tokens a word), in integers so the cost is exact.

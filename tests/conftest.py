@@ -2,13 +2,13 @@
 
 The server is TOLLGATE_TEST_DATABASE_URL (a superuser URL to any database of any PostgreSQL 15+)
 when set, else an embedded PostgreSQL 18 in a fresh temporary directory, deleted at the end.
-Once per session a template database is built by the real `api.migrate.upgrade`; every test
+Once per session a template database is built by the real `api.ops.migrate.upgrade`; every test
 that asks for `db_url` gets `CREATE DATABASE … TEMPLATE` of it (fast, and isolated: a test may
 commit, lock or break whatever it likes), dropped after the test.
 
 The template's session also makes the login roles (cluster-wide, kept: the server is a throwaway one):
 the gateway's own tollgate_gw_metering / _payments / _operator, by the real
-`api.roles.provision_login_roles`, and the test logins below.
+`api.ledger.roles.provision_login_roles`, and the test logins below.
 
 Fixtures:
     pg_server_url            superuser URL of the server's maintenance database (session)
@@ -27,7 +27,7 @@ Fixtures:
     connect                  connect(url=None, *, autocommit=True) -> psycopg.Connection,
                              for concurrency tests; every connection is closed after the test
     plpgsql_check_available  the plpgsql_check extension, created in db_url's database
-    db                       `conn`, parsing JSON numbers as Decimal (as api.db.connect does)
+    db                       `conn`, parsing JSON numbers as Decimal (as api.ledger.db.connect does)
 """
 
 from __future__ import annotations
@@ -47,10 +47,11 @@ import pytest
 from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
-from api import db as apidb
-from api import embedded, migrate, roles
-from api.config import DEFAULT_DB_DIR
-from api.roles import Authority
+from api.gateway.config import DEFAULT_DB_DIR
+from api.ledger import db as apidb
+from api.ledger import roles
+from api.ledger.roles import Authority
+from api.ops import embedded, migrate
 
 DB_DIR: Path = DEFAULT_DB_DIR
 APP_ROLE = "tollgate_test_app"
@@ -142,7 +143,7 @@ def pg_server_url() -> Iterator[str]:
 
 @pytest.fixture(scope="session")
 def template_db(pg_server_url: str) -> Iterator[str]:
-    """Name of a database migrated by the real `api.migrate.upgrade`, the template of `db_url`."""
+    """Name of a database migrated by the real `api.ops.migrate.upgrade`, the template of `db_url`."""
     name = f"tollgate_tpl_{uuid.uuid4().hex[:12]}"
     url = _create_database(pg_server_url, name)
     try:
@@ -255,7 +256,7 @@ def plpgsql_check_available(conn: psycopg.Connection[Any]) -> str:
 
 @pytest.fixture
 def db(conn: psycopg.Connection[Any]) -> psycopg.Connection[Any]:
-    """The owner connection, parsing JSON numbers as Decimal (as api.db.connect does)."""
+    """The owner connection, parsing JSON numbers as Decimal (as api.ledger.db.connect does)."""
     apidb.configure(conn)
     return conn
 
@@ -289,7 +290,7 @@ def gateway(gateway_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 @pytest.fixture
 def gdb(gateway_db: str) -> Iterator[psycopg.Connection[Any]]:
     """An owner connection to the gateway's database (JSON numbers as Decimal)."""
-    from api import db as api_db
+    from api.ledger import db as api_db
 
     with api_db.connect(gateway_db) as connection:
         yield connection

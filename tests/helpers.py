@@ -15,7 +15,7 @@ from typing import Any
 
 import psycopg
 
-from api import ledger
+from api.ledger import sync as ledger
 
 Conn = psycopg.Connection[Any]
 

@@ -1,7 +1,7 @@
-"""Shared tools of the concurrency and randomized-workload tests (tests/test_concurrency.py, tests/test_model.py).
+"""Shared tools of the concurrency and randomized-workload tests (tests/sql/test_concurrency.py, test_model.py).
 
 * ``open_connections``: N extra connections (one per worker thread; psycopg connections are never shared
-  between threads), configured like ``api.db.connect`` (JSON numbers as Decimal).
+  between threads), configured like ``api.ledger.db.connect`` (JSON numbers as Decimal).
 * ``run_together``: runs one callable per connection in its own thread, all released at once by a
   ``threading.Barrier``, and collects each thread's result or exception (nothing escapes a thread).
 * ``RowGate``: holds ``FOR UPDATE`` locks on ``user_billing`` rows from a separate transaction so that the
@@ -28,9 +28,9 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 from psycopg.rows import dict_row
 
-from api import db as api_db
-from api import ledger
-from api.errors import BillingError
+from api.ledger import db as api_db
+from api.ledger import sync as ledger
+from api.ledger.errors import BillingError
 
 Connect = Callable[..., psycopg.Connection[Any]]
 Work = Callable[[int, psycopg.Connection[Any]], Any]
@@ -52,7 +52,7 @@ class Outcome:
 
 
 def open_connections(connect: Connect, urls: str | Sequence[str], n: int) -> list[psycopg.Connection[Any]]:
-    """`n` autocommit connections, cycling through `urls`, each configured like ``api.db.connect``."""
+    """`n` autocommit connections, cycling through `urls`, each configured like ``api.ledger.db.connect``."""
     pool = [urls] if isinstance(urls, str) else list(urls)
     conns = [connect(pool[i % len(pool)]) for i in range(n)]
     for conn in conns:

@@ -19,4 +19,7 @@ The flow (README "Payments"):
 
 A provider is one module in ``api.payments.providers`` exposing ``from_env(env, common)`` that returns
 a configured ``PaymentProvider`` or None (not configured); ``api.payments.registry`` finds them all.
+
+May import ``api.ledger`` (the SQL calls and their types) and the leaves; never ``api.tools``,
+``api.gateway`` or ``api.ops``: the gateway's routes and the CLI call into this package, not the reverse.
 """

@@ -18,8 +18,8 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
-from api import aledger
-from api.ledger import PaymentEventResult, PaymentIntent
+from api.ledger import aio as aledger
+from api.ledger.sync import PaymentEventResult, PaymentIntent
 from api.payments.base import (
     CheckoutRequest,
     CommonSettings,

@@ -1,7 +1,7 @@
 """A real gateway for the end-to-end tests: `tollgate run --no-migrate` in a subprocess, on a loopback port.
 
 It is given the URLs of the three gateway logins (tollgate_gw_metering, tollgate_gw_payments and
-tollgate_gw_operator, made by api.roles.provision_login_roles) and never the owner's, and it checks at
+tollgate_gw_operator, made by api.ledger.roles.provision_login_roles) and never the owner's, and it checks at
 start that each is exactly its authority; so every test through it also proves the role split: the
 call path works with the metering role's EXECUTE grants alone, nothing touches a table directly.
 """
@@ -21,8 +21,8 @@ from typing import Any
 
 import httpx
 
-from api.auth import mint_token
-from api.roles import Authority, derive_login_url
+from api.gateway.auth import mint_token
+from api.ledger.roles import Authority, derive_login_url
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS_CONFIG = ROOT / "tests" / "gateway" / "tools.toml"

@@ -7,7 +7,7 @@ from typing import Any
 
 import anyio
 
-from api.tools import ToolContext, ToolError, ToolRegistry
+from api.tools.registry import ToolContext, ToolError, ToolRegistry
 
 
 def register(registry: ToolRegistry) -> None:

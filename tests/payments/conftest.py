@@ -9,8 +9,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from api import db as api_db
-from api import ledger
+from api.ledger import db as api_db
+from api.ledger import sync as ledger
 from tests.payments.fakes import FakeFondy, FakeStripe
 
 STRIPE_KEY = "sk_test_tollgate"

@@ -18,8 +18,8 @@ from typing import Any
 import httpx
 import pytest
 
-from api import ledger
 from api.jsonio import dumps, loads
+from api.ledger import sync as ledger
 from tests.gateway.server import tollgate_command
 from tests.payments.conftest import STRIPE_WEBHOOK_SECRET, UAH_PER_USD, provider_env
 from tests.payments.fakes import FakeStripe, fondy_signature, sign_stripe

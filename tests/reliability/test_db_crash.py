@@ -32,9 +32,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from api import db as apidb
-from api import migrate
-from api.roles import Authority
+from api.ledger import db as apidb
+from api.ledger.roles import Authority
+from api.ops import migrate
 from tests.conftest import DB_DIR, _ensure_login_role
 from tests.reliability.killable import KillableServer
 from tests.reliability.params import PARAMS, report

@@ -37,9 +37,9 @@ from typing import Any
 
 import psycopg
 
-from api import db as apidb
-from api import ledger
-from api.spool import Spool
+from api.gateway.spool import Spool
+from api.ledger import db as apidb
+from api.ledger import sync as ledger
 from tests.gateway.server import Gateway, start_gateway
 from tests.reliability.callaudit import Call, Caller, audit, fund_users
 from tests.reliability.faultproxy import FaultProxy

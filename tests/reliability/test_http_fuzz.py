@@ -1,6 +1,6 @@
 """Hostile input on every HTTP route of a real gateway: never a 5xx, no internal detail, nothing written.
 
-tests/test_gateway_fuzz.py runs schemathesis over /openapi.json; this module makes sure that document
+tests/gateway/test_fuzz.py runs schemathesis over /openapi.json; this module makes sure that document
 names every route the app serves (so no route escapes that run), then fuzzes what schemathesis
 cannot reach well: JSON-RPC over the streamable MCP transport inside an open session, and hostile
 bytes, content types and headers on the tool and billing endpoints. The caller is funded, and no
@@ -25,9 +25,10 @@ from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 from starlette.routing import Mount, Route
 
-from api import ledger, roles
-from api.app import create_app
-from api.config import load_settings
+from api.gateway.app import create_app
+from api.gateway.config import load_settings
+from api.ledger import sync as ledger
+from api.ops import logins
 from tests.reliability.params import PARAMS, report
 
 pytestmark = pytest.mark.timeout(900)
@@ -106,7 +107,7 @@ class Caller:
 
 @pytest.fixture(scope="module")
 def caller(gateway: Any, gateway_db: str) -> Any:
-    from api import db as api_db
+    from api.ledger import db as api_db
 
     with api_db.connect(gateway_db) as conn:
         c = Caller(gateway, conn, f"http-fuzz-{uuid.uuid4().hex[:8]}")
@@ -121,7 +122,7 @@ def test_openapi_names_every_served_route(gateway: Any, gateway_db: str) -> None
     spec = httpx.get(f"{gateway.base_url}/openapi.json", timeout=10).json()
     documented = {(path, method.upper()) for path, ops in spec["paths"].items() for method in ops}
     settings = load_settings(gateway.env)
-    app = create_app(settings, roles.login_urls(settings))
+    app = create_app(settings, logins.login_urls(settings))
     served = _served_routes(app)
     assert served == documented, f"served only: {served - documented}; documented only: {documented - served}"
     expected_paths = {
@@ -145,7 +146,7 @@ def test_openapi_names_every_served_route(gateway: Any, gateway_db: str) -> None
         "/api/admin/payments/{intent_id}/credit",
     }
     assert {path for path, _ in served} == expected_paths
-    # Every route, bar the endless event streams, is fuzzed by tests/test_gateway_fuzz.py.
+    # Every route, bar the endless event streams, is fuzzed by tests/gateway/test_fuzz.py.
     operations = {op["operationId"] for ops in spec["paths"].values() for op in ops.values()}
     assert len(operations) == len(documented)
 

@@ -1,6 +1,6 @@
 """Races under load: one key from many connections, and spend limits while the clock crosses midnight.
 
-tests/test_concurrency.py fires each idempotent call alone, once, from K connections. This module adds:
+tests/sql/test_concurrency.py fires each idempotent call alone, once, from K connections. This module adds:
 
 * a storm of *all four* keyed calls at once — the same ``charge`` request id, the same ``reserve`` request
   id, the same ``begin_request`` request id and the same ``(provider, payment_id)`` top-up — from
@@ -34,9 +34,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from api import db as api_db
-from api import ledger
-from api.errors import BillingError, DailyLimitExceeded, MonthlyLimitExceeded
+from api.ledger import db as api_db
+from api.ledger import sync as ledger
+from api.ledger.errors import BillingError, DailyLimitExceeded, MonthlyLimitExceeded
 from tests.helpers_concurrency import (
     Connect,
     Outcome,

@@ -44,10 +44,11 @@ from hypothesis import strategies as st
 from psycopg import sql
 from psycopg.types.json import Jsonb
 
-from api import db as api_db
-from api import ledger, roles
-from api.errors import BY_SQLSTATE
-from api.roles import Authority
+from api.ledger import db as api_db
+from api.ledger import roles
+from api.ledger import sync as ledger
+from api.ledger.errors import BY_SQLSTATE
+from api.ledger.roles import Authority
 from tests.helpers import BILLING_TABLES
 from tests.reliability.params import PARAMS, report
 

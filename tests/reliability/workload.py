@@ -1,6 +1,6 @@
 """A mixed billing workload with a memory of everything it was told, and a checker of the database against it.
 
-`Workload(url, users, clients, seed)` drives the SQL API (through `api.ledger`, one call per function, as
+`Workload(url, users, clients, seed)` drives the SQL API (through `api.ledger.sync`, one call per function, as
 the gateway does) from `clients` threads, each with one psycopg connection of its own, against `users`
 accounts it creates and funds in `prepare`. Each client draws operations at random (seeded per client):
 
@@ -36,11 +36,11 @@ share one database; `check` looks only at this workload's users.
 Typical use:
 
     workload = Workload(api_url, users=100, clients=16, seed=7)
-    with api.db.connect(api_url) as conn:
+    with api.ledger.db.connect(api_url) as conn:
         workload.prepare(conn)
     stop = threading.Event()
     workload.start(stop); ...; stop.set(); workload.join()
-    with api.db.connect(owner_url) as conn:
+    with api.ledger.db.connect(owner_url) as conn:
         assert workload.check(conn) == []
 """
 
@@ -59,9 +59,9 @@ from typing import Any
 
 import psycopg
 
-from api import db as apidb
-from api import ledger
-from api.errors import BillingError
+from api.ledger import db as apidb
+from api.ledger import sync as ledger
+from api.ledger.errors import BillingError
 
 PROVIDER = "crashtest"
 HOLD_TTL = dt.timedelta(days=1)  # the longest hold reserve allows: no hold expires while a test runs

@@ -1,0 +1,419 @@
+"""The gateway application: Starlette routes, MCP transports, authentication and the lifespan.
+
+``create_app(settings, logins)`` returns the ASGI app. ``logins`` holds one URL per authority
+(``api.ledger.roles``): the app keeps a connection pool for each, logged in as that authority's role —
+metering (tool calls, balance, history, own limits, payment status, authentication: the hot path),
+payments (a user's top-up start, provider webhooks, the intent expiry loop) and operator (the admin
+endpoints, the initial prices of the tool configuration). Its lifespan first checks each login and
+refuses to serve over one that is a superuser, owns schema billing or holds more than its authority;
+then it opens the pools, loads the tools (``TOLLGATE_TOOLS_CONFIG``, by default ``./tollgate.toml``),
+applies configured initial prices, starts the MCP session manager and the spool retry loop; at
+shutdown it closes them in reverse order after uvicorn has let in-flight calls finish (and settle).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import re
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import anyio
+import psycopg
+import psycopg_pool
+from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.authentication import AuthenticationMiddleware
+from starlette.requests import HTTPConnection, Request
+from starlette.responses import Response
+from starlette.routing import Mount, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from api.gateway.auth import GatewayAuthBackend, InvalidCredentials, JWTVerifier, load_jwt_key
+from api.gateway.config import Settings
+from api.gateway.context import VERSION, Gateway
+from api.gateway.http.routes import ApiError, build_openapi, error_body, json_response, routes
+from api.gateway.mcp import MCPTransports
+from api.gateway.metering import AlreadyCompleted, CallRefused, LedgerUnavailable, UnknownTool
+from api.jsonio import JSONBodyError
+from api.ledger import aio as aledger
+from api.ledger import db, roles
+from api.ledger.errors import BillingError
+from api.ledger.roles import Authority
+from api.logs import request_id_var
+from api.tools.registry import InvalidArguments, ToolRegistry
+
+log = logging.getLogger("tollgate.gateway")
+access_log = logging.getLogger("tollgate.access")
+
+PUBLIC_PATHS = frozenset({"/health", "/metrics", "/openapi.json", "/api/tools"})
+# Payment providers call their webhook without our credentials: the signature authenticates them.
+WEBHOOK_PATH = re.compile(r"^/api/payments/[a-z][a-z0-9_]{0,49}/webhook$")
+REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+
+class BodyTooLarge(Exception):
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the request body is larger than {limit} bytes")
+        self.limit = limit
+
+
+class RequestContextMiddleware:
+    """Request id, body size cap, access log and HTTP metrics, as plain ASGI (no buffering of streams)."""
+
+    def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
+        self.app = app
+        self.gateway = gateway
+        self.max_body = gateway.settings.gateway.max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope["headers"])
+        incoming = headers.get(b"x-request-id", b"").decode("latin-1")
+        request_id = incoming if REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        # For the 500 handler, which Starlette runs outside this middleware (the context var is reset by then).
+        scope["tollgate.request_id"] = request_id
+        started = time.perf_counter()
+        status = 500
+        path: str = scope["path"]
+
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > self.max_body):
+            response = json_response(
+                error_body("body_too_large", f"the request body is larger than {self.max_body} bytes"), 413
+            )
+            await response(scope, receive, send)
+            request_id_var.reset(token)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body:
+                    raise BodyTooLarge(self.max_body)
+            return message
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = _route_label(path)
+            self.gateway.metrics.http_requests.labels(scope["method"], route, str(status)).inc()
+            if route not in ("/sse", "/mcp"):
+                self.gateway.metrics.http_latency.labels(route).observe(elapsed)
+            if access_log.isEnabledFor(logging.INFO):
+                access_log.info(
+                    "%s %s %d",
+                    scope["method"],
+                    path,
+                    status,
+                    extra={"status": status, "ms": round(elapsed * 1000, 2), "path": path, "method": scope["method"]},
+                )
+            request_id_var.reset(token)
+
+
+def _route_label(path: str) -> str:
+    """Metric label without unbounded values (tool names are bounded by the registry, ids are not)."""
+    if path.startswith("/api/tools/"):
+        return "/api/tools/{name}"
+    if path.startswith("/api/admin/users/"):
+        return "/api/admin/users/{user_id}/" + path.rsplit("/", 1)[-1][:16]
+    if path.startswith("/api/admin/transactions/"):
+        return "/api/admin/transactions/{id}/refund"
+    if path.startswith("/api/admin/payments/"):
+        return "/api/admin/payments/{intent_id}/credit"
+    if path.startswith("/api/payments/"):
+        return "/api/payments/{provider}/webhook"
+    if path.startswith("/api/billing/payments/"):
+        return "/api/billing/payments/{intent_id}"
+    if path.startswith("/messages"):
+        return "/messages/"
+    return path if len(path) <= 40 else "(other)"
+
+
+def _auth_error(conn: HTTPConnection, exc: Exception) -> Response:
+    code = exc.code if isinstance(exc, InvalidCredentials) else "invalid_credentials"
+    return json_response(
+        error_body(code, str(exc)),
+        status=401,
+        headers={"WWW-Authenticate": 'Bearer realm="tollgate", error="invalid_token"'},
+    )
+
+
+def _public(path: str) -> bool:
+    return path in PUBLIC_PATHS or WEBHOOK_PATH.match(path) is not None
+
+
+class AnonymousGuard(GatewayAuthBackend):
+    """The backend with anonymous callers refused (TOLLGATE_ALLOW_ANONYMOUS=false), except on public paths."""
+
+    async def authenticate(self, conn: HTTPConnection) -> Any:
+        result = await super().authenticate(conn)
+        if result is not None and not result[1].is_authenticated and not _public(conn.url.path):
+            raise InvalidCredentials("credentials_required", "this gateway does not serve anonymous callers")
+        return result
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return json_response(error_body(exc.code, exc.message, **exc.extra), exc.status, headers=exc.headers or None)
+
+
+async def _billing_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, BillingError)
+    extra: dict[str, Any] = {"details": exc.detail} if exc.detail else {}
+    if exc.hint:
+        extra["hint"] = exc.hint
+    return json_response(error_body(exc.code.name, exc.message, **extra), exc.http_status)
+
+
+async def _refused(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, CallRefused)
+    headers: dict[str, str] = {}
+    resets_at = exc.error.detail.get("resets_at")
+    if exc.error.http_status == 429 and isinstance(resets_at, str):
+        with contextlib.suppress(ValueError):
+            import datetime as dt
+
+            seconds = (dt.datetime.fromisoformat(resets_at) - dt.datetime.now(dt.UTC)).total_seconds()
+            headers["Retry-After"] = str(max(1, int(seconds) + 1))
+    body = error_body(exc.error.code.name, exc.text, details=exc.error.detail)
+    return json_response(body, exc.error.http_status, headers=headers or None)
+
+
+async def _simple(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, UnknownTool):
+        return json_response(error_body("unknown_tool", str(exc)), 404)
+    if isinstance(exc, InvalidArguments):
+        return json_response(error_body("invalid_arguments", str(exc)), 422)
+    if isinstance(exc, AlreadyCompleted):
+        return json_response(error_body("already_completed", str(exc), request_id=exc.request_id), 409)
+    if isinstance(exc, LedgerUnavailable):
+        return json_response(error_body("ledger_unavailable", str(exc)), 503, headers={"Retry-After": "5"})
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | psycopg_pool.PoolTimeout):
+        log.error("ledger unreachable on %s %s: %s", request.method, request.url.path, exc)
+        message = "the billing ledger is temporarily unavailable; nothing was charged; retry shortly"
+        return json_response(error_body("ledger_unavailable", message), 503, headers={"Retry-After": "5"})
+    if isinstance(exc, BodyTooLarge):
+        return json_response(error_body("body_too_large", str(exc)), 413)
+    if isinstance(exc, JSONBodyError):
+        return json_response(error_body("invalid_json", str(exc)), 400)
+    raise exc
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    request_id = request.scope.get("tollgate.request_id")
+    log.error(
+        "unhandled error on %s %s", request.method, request.url.path, exc_info=exc, extra={"request_id": request_id}
+    )
+    return json_response(
+        error_body(
+            "internal_error",
+            "the gateway failed to answer; the request id identifies it in the logs",
+            request_id=request_id,
+        ),
+        500,
+    )
+
+
+async def _not_found(request: Request, exc: Exception) -> Response:
+    status = getattr(exc, "status_code", 404)
+    code = {404: "not_found", 405: "method_not_allowed"}.get(status, "http_error")
+    message = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
+    return json_response(error_body(code, message.get(status, str(getattr(exc, "detail", "")))), status)
+
+
+def create_app(
+    settings: Settings, logins: Mapping[Authority, str], *, registry: ToolRegistry | None = None
+) -> Starlette:
+    """The gateway ASGI app, one pool per authority of ``logins`` (api.ops.logins.login_urls). ``registry``
+    replaces the configured tools (tests, embedding)."""
+    missing = [authority.url_variable for authority in Authority if authority not in logins]
+    if missing:
+        raise ValueError(f"create_app needs a URL for every authority; missing: {', '.join(missing)}")
+    # Metering carries every call; payments and the operator see a request now and then: at most one
+    # idle connection each.
+    pools = {
+        authority: db.make_async_pool(
+            logins[authority],
+            min_size=settings.pool_min if authority is Authority.METERING else min(settings.pool_min, 1),
+            max_size=settings.pool_max,
+            timeout=settings.gateway.pool_timeout_seconds,
+            application_name=f"tollgate {authority.value}",
+        )
+        for authority in Authority
+    }
+    tools = registry if registry is not None else ToolRegistry()
+    gateway = Gateway(settings, pools, tools, build_openapi(VERSION))
+    host = settings.gateway.host
+    loopback = host in ("127.0.0.1", "localhost", "::1")
+    allowed_hosts = [f"{name}:*" for name in ("127.0.0.1", "localhost", "[::1]")] if loopback else None
+    mcp = MCPTransports(gateway, max_body_bytes=settings.gateway.max_body_bytes, allowed_hosts=allowed_hosts)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        await _check_logins(logins)
+        async with contextlib.AsyncExitStack() as stack:
+            for pool in pools.values():
+                await pool.open(wait=True, timeout=30)
+                stack.push_async_callback(pool.close)
+            stack.push_async_callback(gateway.payments.aclose)
+            if registry is None:
+                await _load_tools(settings, gateway, stack)
+            await stack.enter_async_context(mcp.sessions.run())
+            async with anyio.create_task_group() as tasks:
+                tasks.start_soon(_spool_loop, gateway)
+                if gateway.payments.providers:
+                    tasks.start_soon(_expiry_loop, gateway)
+                log.info(
+                    "gateway ready",
+                    extra={
+                        "tools": len(gateway.registry),
+                        "metering": settings.gateway.metering,
+                        "payment_providers": ",".join(sorted(gateway.payments.providers)) or "none",
+                    },
+                )
+                try:
+                    yield {"gateway": gateway}
+                finally:
+                    tasks.cancel_scope.cancel()
+
+    jwt_key = load_jwt_key(settings.gateway, settings.data_dir)
+    backend_type = GatewayAuthBackend if settings.gateway.allow_anonymous else AnonymousGuard
+    backend = backend_type(settings.gateway, JWTVerifier(settings.gateway, jwt_key), gateway.pool)
+
+    app = Starlette(
+        routes=[
+            *routes(gateway),
+            Route("/sse", mcp.handle_sse, methods=["GET"]),
+            Mount("/messages/", app=mcp.sse.handle_post_message),
+            # A Route, not a Mount: /mcp answers as is (a Mount would redirect it to /mcp/).
+            Route("/mcp", StreamableHTTPASGIApp(mcp.sessions), methods=["GET", "POST", "DELETE"]),
+        ],
+        middleware=[
+            Middleware(RequestContextMiddleware, gateway=gateway),
+            Middleware(AuthenticationMiddleware, backend=backend, on_error=_auth_error),
+        ],
+        exception_handlers={
+            ApiError: _api_error,
+            BillingError: _billing_error,
+            CallRefused: _refused,
+            UnknownTool: _simple,
+            InvalidArguments: _simple,
+            AlreadyCompleted: _simple,
+            LedgerUnavailable: _simple,
+            psycopg.OperationalError: _simple,
+            psycopg.InterfaceError: _simple,
+            psycopg_pool.PoolTimeout: _simple,
+            BodyTooLarge: _simple,
+            JSONBodyError: _simple,
+            404: _not_found,
+            405: _not_found,
+            Exception: _unexpected,
+        },
+        lifespan=lifespan,
+    )
+    app.state.gateway = gateway
+    return app
+
+
+async def _check_logins(logins: Mapping[Authority, str]) -> None:
+    """Refuse to serve over a login that is more than its authority (api.ledger.roles.check_login), each on a
+    connection of its own, before any pool opens: a login that cannot connect fails here with the
+    server's reason rather than as a pool timeout."""
+    for authority, url in logins.items():
+        try:
+            async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+                await roles.acheck_login(conn, authority)
+        except psycopg.OperationalError as exc:
+            log.error("cannot connect as the %s login: %s", authority.value, exc)
+            raise
+        except roles.UnsafeLogin as exc:
+            log.error("%s", exc)
+            raise
+        log.info("%s connection logged in", authority.value, extra={"role": _login_name(url)})
+
+
+def _login_name(url: str) -> str:
+    return str(psycopg.conninfo.conninfo_to_dict(url).get("user") or "(default user)")
+
+
+async def _load_tools(settings: Settings, gateway: Gateway, stack: contextlib.AsyncExitStack) -> None:
+    from api.tools.config import build_registry, load_tool_config
+
+    path = settings.gateway.tools_config
+    if path is None:
+        log.warning("no tool configuration (TOLLGATE_TOOLS_CONFIG or ./tollgate.toml): serving no tools")
+        return
+    config = load_tool_config(path)
+    registry, closer = await build_registry(config)
+    stack.push_async_callback(closer)
+    for definition in registry.definitions():
+        tool = registry.get(definition.name)
+        assert tool is not None
+        gateway.registry.add(tool)
+    if config.pricing:
+        # An initial price is an operator's act, applied through the operator's login.
+        async with gateway.operator_pool.connection() as conn:
+            priced = {row.tool_name for row in await aledger.list_tool_pricing(conn)}
+            for name, price in config.pricing.items():
+                if name in priced:
+                    continue  # a price set by an operator is never overwritten by the file
+                await aledger.set_tool_pricing(
+                    conn,
+                    name,
+                    price.base_price_usd,
+                    markup_percent=price.markup_percent,
+                    estimate_usd=price.estimate_usd,
+                    variable_cost=price.variable_cost,
+                    description=price.description,
+                    max_price_usd=price.max_price_usd,
+                    per_input_char_usd=price.per_input_char_usd,
+                )
+                log.info("initial price applied", extra={"tool": name, "base_price_usd": str(price.base_price_usd)})
+
+
+async def _expiry_loop(gateway: Gateway, interval: float = 300.0) -> None:
+    """Expire payment intents an hour past their expiry (a success reported later is still credited);
+    `tollgate payments reconcile` does the same after asking the providers."""
+    while True:
+        await anyio.sleep(interval)
+        try:
+            async with gateway.payments_pool.connection() as conn:
+                expired = await aledger.expire_payment_intents(conn, dt.timedelta(hours=1))
+            if expired:
+                log.info("payment intents expired", extra={"expired": expired})
+        except Exception:
+            log.exception("expiring payment intents failed; will retry")
+
+
+async def _spool_loop(gateway: Gateway) -> None:
+    interval = gateway.settings.gateway.spool_retry_seconds
+    while True:
+        await anyio.sleep(interval)
+        if not gateway.spool.path.exists() or gateway.spool.path.stat().st_size == 0:
+            continue
+        try:
+            await gateway.meter.replay_spool()
+        except Exception:
+            log.exception("spool replay failed; will retry")

@@ -1,0 +1,69 @@
+"""The `Gateway` context: everything a request handler needs, built once per app by ``api.gateway.app``.
+
+Route modules (``api.gateway.http``) and the MCP transports (``api.gateway.mcp``) take a ``Gateway``;
+they never import the composition root, which imports them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as package_version
+from typing import Any
+
+from psycopg_pool import AsyncConnectionPool
+
+from api.gateway.auth import Accounts, Identity
+from api.gateway.config import Settings
+from api.gateway.metering import CallOutcome, Meter
+from api.gateway.metrics import Metrics
+from api.gateway.spool import Spool
+from api.ledger.roles import Authority
+from api.payments.service import Payments
+from api.tools.registry import ToolRegistry
+
+try:
+    VERSION = package_version("tollgate")
+except PackageNotFoundError:  # pragma: no cover - running from a tree without metadata
+    VERSION = "0.0.0"
+
+
+class Gateway:
+    """Everything a request handler needs, built once per app.
+
+    ``pool`` is the metering pool (the hot path); ``payments_pool`` and ``operator_pool`` serve money in
+    and the admin operations, each logged in as its own role.
+    """
+
+    def __init__(
+        self, settings: Settings, pools: Mapping[Authority, AsyncConnectionPool[Any]], registry: ToolRegistry,
+        openapi: dict[str, Any],
+    ) -> None:
+        self.settings = settings
+        self.version = VERSION
+        self.pools = dict(pools)
+        self.pool = pools[Authority.METERING]
+        self.payments_pool = pools[Authority.PAYMENTS]
+        self.operator_pool = pools[Authority.OPERATOR]
+        self.registry = registry
+        self.metrics = Metrics()
+        for authority, pool in self.pools.items():
+            self.metrics.watch_pool(authority.value, pool)
+        self.accounts = Accounts(self.pool)
+        self.spool = Spool(settings.data_dir / "spool")
+        self.meter = Meter(
+            self.pool,
+            registry,
+            self.accounts,
+            self.metrics,
+            self.spool,
+            metering=settings.gateway.metering,
+            tool_timeout_seconds=settings.gateway.tool_timeout_seconds,
+        )
+        self.payments = Payments.from_env(self.payments_pool, settings.payment_env)
+        self.openapi = openapi
+
+    async def call_tool(
+        self, identity: Identity, name: str, arguments: dict[str, Any], *, transport: str, request_id: str | None = None
+    ) -> CallOutcome:
+        return await self.meter.call(identity, name, arguments, transport=transport, request_id=request_id)
