@@ -141,7 +141,7 @@ async def update_settings(
     is_active: bool | None = None,
     billing_enabled: bool | None = None,
     limit_override: bool | None = None,
-) -> ledger.Settings:
+) -> ledger.AccountSettings:
     params = {
         "user_id": user_id,
         "daily_limit_usd": _money(daily_limit_usd, "daily_limit_usd"),
@@ -150,7 +150,7 @@ async def update_settings(
         "billing_enabled": billing_enabled,
         "limit_override": limit_override,
     }
-    return await _one(conn, "update_settings", params, ledger.Settings)
+    return await _one(conn, "update_settings", params, ledger.AccountSettings)
 
 
 async def update_limits(
@@ -215,8 +215,8 @@ async def adjust(
     return await _one(conn, "adjust", params, ledger.Adjustment)
 
 
-async def list_tool_pricing(conn: AsyncConn) -> list[ledger.ToolPricing]:
-    return await _rows(conn, "list_tool_pricing", {}, ledger.ToolPricing)
+async def list_tool_pricing(conn: AsyncConn) -> list[ledger.ToolPricingRow]:
+    return await _rows(conn, "list_tool_pricing", {}, ledger.ToolPricingRow)
 
 
 async def set_tool_pricing(
@@ -230,7 +230,7 @@ async def set_tool_pricing(
     description: str | None = None,
     max_price_usd: Money | None = None,
     per_input_char_usd: Money | None = None,
-) -> ledger.ToolPricing:
+) -> ledger.ToolPricingRow:
     params = {
         "tool_name": tool_name,
         "base_price_usd": _money(base_price_usd, "base_price_usd"),
@@ -241,7 +241,7 @@ async def set_tool_pricing(
         "max_price_usd": _money(max_price_usd, "max_price_usd"),
         "per_input_char_usd": _money(per_input_char_usd, "per_input_char_usd"),
     }
-    return await _one(conn, "set_tool_pricing", params, ledger.ToolPricing)
+    return await _one(conn, "set_tool_pricing", params, ledger.ToolPricingRow)
 
 
 async def create_payment_intent(

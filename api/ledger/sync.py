@@ -124,7 +124,7 @@ class Adjustment:
 
 
 @dataclass(frozen=True)
-class Settings:
+class AccountSettings:
     user_id: uuid.UUID
     daily_limit_usd: Decimal
     monthly_limit_usd: Decimal
@@ -215,7 +215,7 @@ class ExchangeRate:
 
 
 @dataclass(frozen=True)
-class ToolPricing:
+class ToolPricingRow:
     tool_name: str
     base_price_usd: Decimal
     markup_percent: Decimal
@@ -609,7 +609,7 @@ def update_settings(
     is_active: bool | None = None,
     billing_enabled: bool | None = None,
     limit_override: bool | None = None,
-) -> Settings:
+) -> AccountSettings:
     params = {
         "user_id": user_id,
         "daily_limit_usd": _money(daily_limit_usd, "daily_limit_usd"),
@@ -618,7 +618,7 @@ def update_settings(
         "billing_enabled": billing_enabled,
         "limit_override": limit_override,
     }
-    return _one(conn, "update_settings", params, Settings)
+    return _one(conn, "update_settings", params, AccountSettings)
 
 
 def update_limits(
@@ -741,7 +741,7 @@ def set_tool_pricing(
     description: str | None = None,
     max_price_usd: Money | None = None,
     per_input_char_usd: Money | None = None,
-) -> ToolPricing:
+) -> ToolPricingRow:
     params = {
         "tool_name": tool_name,
         "base_price_usd": _money(base_price_usd, "base_price_usd"),
@@ -752,11 +752,11 @@ def set_tool_pricing(
         "max_price_usd": _money(max_price_usd, "max_price_usd"),
         "per_input_char_usd": _money(per_input_char_usd, "per_input_char_usd"),
     }
-    return _one(conn, "set_tool_pricing", params, ToolPricing)
+    return _one(conn, "set_tool_pricing", params, ToolPricingRow)
 
 
-def list_tool_pricing(conn: psycopg.Connection[Any]) -> list[ToolPricing]:
-    return _rows(conn, "list_tool_pricing", {}, ToolPricing)
+def list_tool_pricing(conn: psycopg.Connection[Any]) -> list[ToolPricingRow]:
+    return _rows(conn, "list_tool_pricing", {}, ToolPricingRow)
 
 
 def tool_price(conn: psycopg.Connection[Any], tool_name: str, cost_usd: Money = 0) -> Decimal:
