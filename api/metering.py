@@ -1,4 +1,4 @@
-"""The metered call flow, the same for MCP and HTTP callers (DESIGN section 5).
+"""The metered call flow, the same for MCP and HTTP callers (docs/design.md §6).
 
     begin_request (start_request + price estimate + reserve, one transaction)
     -> run the tool

@@ -1,4 +1,4 @@
-"""Who Tollgate logs in to the ledger as: one PostgreSQL login per authority, never a superuser (DESIGN §4).
+"""Who Tollgate logs in to the ledger as: one PostgreSQL login per authority, never a superuser (docs/design.md §5).
 
 The ledger's group roles (NOLOGIN, made by migrations 0002, 0003 and 0006; what each may call is the
 GRANT line at the end of each file in db/functions and db/views):

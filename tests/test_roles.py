@@ -1,4 +1,4 @@
-"""Roles and privileges of DESIGN §4, checked by connecting as each role.
+"""Roles and privileges of docs/design.md §5, checked by connecting as each role.
 
 The metering, payments and operator roles may each EXECUTE exactly their list of public functions
 (``MATRIX``, the same lists as the GRANT lines of db/functions: a change of one must change the other)
