@@ -395,7 +395,7 @@ def test_the_analyst_role_reads_the_views(analyst, db):
         ("charge", 1, D("0.012")), ("topup", 1, D(5))]
 
 
-# --- regression: the single application role of earlier versions ---------------------------------------
+# --- tollgate_app, the deprecated single application role ----------------------------------------------
 
 
 def test_tollgate_app_can_no_longer_credit_correct_or_take_payment_events(app, db):
