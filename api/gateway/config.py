@@ -27,7 +27,7 @@ JWT_ALGORITHMS = frozenset({"HS256", "HS384", "HS512", "RS256", "RS384", "RS512"
 
 @dataclass(frozen=True)
 class GatewaySettings:
-    """How the gateway serves: listening address, authentication, metering and limits (README table)."""
+    """How the gateway serves: listening address, authentication, metering and limits (docs/configuration.md)."""
 
     host: str = "127.0.0.1"
     port: int = 8000

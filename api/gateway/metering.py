@@ -1,4 +1,4 @@
-"""The metered call flow, the same for MCP and HTTP callers (DESIGN section 5).
+"""The metered call flow, the same for MCP and HTTP callers (docs/design.md §6).
 
     begin_request (start_request + price estimate + reserve, one transaction)
     -> run the tool
@@ -240,8 +240,8 @@ class Meter:
             # the answer to our own resend of a begin_request whose answer was lost, and the caller's
             # retry of a call this process answered 503 while its begin_request was in doubt. Either
             # way the call is still pending and no task of this process is running it -- unless its
-            # completion is in our spool: then the tool ran and only its billing waits (a replay whose
-            # begin_request answer was lost once ran such a call a second time).
+            # completion is in our spool: then the tool ran and only its billing waits, and running it
+            # again would run paid-for work twice.
             ours = in_doubt or self._take_abandoned(request_id)
             if start.replayed and not (
                 start.status == "pending"
@@ -282,10 +282,10 @@ class Meter:
         """`billing.begin_request`, retried on a lost connection. Returns (its answer, in doubt).
 
         A connection that breaks after the statement was sent leaves its outcome unknown: the commit
-        may have landed. begin_request is idempotent on the request id, so it is simply sent again
-        (on a new connection) up to BEGIN_ATTEMPTS times; when an earlier attempt was in doubt, a
-        replayed answer still `pending` is our own first attempt, and the call goes on. Before this,
-        the caller got 503 "not run, retry" and its retry a 409 "still running" until the hold expired.
+        may have landed. begin_request is idempotent on the request id, so it is sent again (on a new
+        connection) up to BEGIN_ATTEMPTS times; when an earlier attempt was in doubt, a replayed answer
+        still `pending` is our own first attempt, and the call goes on, rather than telling the caller
+        to retry into a 409 "still running" until the hold expires.
         Without an answer after the last attempt the caller gets 503 and the request id is remembered
         (`_abandon`): the caller's retry with the same key, on this process, takes the call over. A
         retry that reaches another gateway process gets 409 "still running"; that call's hold is
@@ -397,9 +397,9 @@ class Meter:
 
 def storable_text(text: str) -> str:
     """A tool's error text as the ledger can store it. Tools echo their input, which may hold U+0000
-    (PostgreSQL text cannot) or lone surrogates (not UTF-8): the completion of such a call failed, a
-    500 that left the call pending with its hold. Each such character becomes U+FFFD; this is
-    diagnostic text, never an identity or an amount."""
+    (PostgreSQL text cannot) or lone surrogates (not UTF-8): stored as sent, the completion would fail
+    and leave the call pending with its hold. Each such character becomes U+FFFD; this is diagnostic
+    text, never an identity or an amount."""
     return "".join("\ufffd" if char == "\x00" or "\ud800" <= char <= "\udfff" else char for char in text)
 
 

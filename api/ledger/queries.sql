@@ -1,7 +1,7 @@
 -- Every SQL statement the Python package runs against the ledger, by name. Each block is a
 -- `-- name --` header, a one-line comment, and one statement with %(param)s placeholders.
--- Application code only ever calls billing.* functions and reads billing.* views (DESIGN §1: money moves
--- only in PL/pgSQL); login_role, the gateway's check of its own connections, reads the system catalogs.
+-- Application code only ever calls billing.* functions and reads billing.* views (docs/design.md §1:
+-- money moves only in PL/pgSQL); login_role, the gateway's check of its own connections, reads the system catalogs.
 
 -- ensure_account --
 -- The user id for an external subject, creating the account on first sight.

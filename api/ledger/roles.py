@@ -1,4 +1,4 @@
-"""Who Tollgate logs in to the ledger as: one PostgreSQL login per authority, never a superuser (DESIGN §4).
+"""Who Tollgate logs in to the ledger as: one PostgreSQL login per authority, never a superuser (docs/design.md §5).
 
 The ledger's group roles (NOLOGIN, made by migrations 0002, 0003 and 0006; what each may call is the
 GRANT line at the end of each file in db/functions and db/views):
@@ -10,8 +10,8 @@ GRANT line at the end of each file in db/functions and db/views):
                        ledger checks and reconciliation (and the views the CLI reads)
     tollgate_analyst   SELECT on the views, nothing else
     tollgate_owner     owns the schema and everything in it; only migrations use it
-    tollgate_app       deprecated: the single role of earlier versions, now a member of tollgate_metering
-                       (its logins keep the call path and lose everything else)
+    tollgate_app       deprecated: a member of tollgate_metering and nothing else (logins made for it
+                       keep the call path and nothing more)
 
 The gateway keeps one connection pool per authority (``Authority``), each logged in as a member of
 that authority's group role; the CLI's ledger commands log in as the operator (``tollgate payments

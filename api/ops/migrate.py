@@ -1,6 +1,6 @@
 """Schema migrations: yoyo for db/migrations, then db/functions and db/views re-applied every time.
 
-Layout of the db directory (DESIGN §1):
+Layout of the db directory (docs/design.md §1):
 
     migrations/NNNN_name.sql (+ NNNN_name.rollback.sql)   tables, constraints, roles: applied once
     functions/*.sql                                       CREATE OR REPLACE, re-applied on every upgrade
@@ -45,7 +45,7 @@ logger = logging.getLogger(__name__)
 _UPGRADE_LOCK_KEY = 0x746F6C6C67617465
 
 # The roles the code files grant to (a GRANT line at the end of each public function's file in
-# db/functions and of each view's in db/views: the reviewable list of who may do what, DESIGN §4).
+# db/functions and of each view's in db/views: the reviewable list of who may do what, docs/design.md §5).
 # Everything they hold on the schema's routines and relations is revoked first, in the same
 # transaction as the files, so the files are the whole truth: a grant removed from a file is gone
 # after the next upgrade. tollgate_app is the deprecated alias of tollgate_metering (migration 0006):

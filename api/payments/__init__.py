@@ -1,6 +1,6 @@
 """Money in: payment providers, the checkout a user pays at, verified webhooks, reconciliation.
 
-The flow (README "Payments"):
+The flow (docs/payments.md):
 
 1. ``POST /api/billing/topup`` by a user → ``service.start_payment``: ``billing.create_payment_intent``
    (nothing credited), the provider's checkout created, ``billing.attach_payment_checkout``; the answer

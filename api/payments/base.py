@@ -34,7 +34,7 @@ class ProviderConfigError(ValueError):
 
 @dataclass(frozen=True)
 class CommonSettings:
-    """Payment settings shared by the providers (README "Payments" lists the variables)."""
+    """Payment settings shared by the providers (docs/payments.md, "Settings", lists the variables)."""
 
     # Where the provider sends the user after paying or giving up (may contain {intent_id}).
     success_url: str = "http://127.0.0.1:8000/api/billing/balance"

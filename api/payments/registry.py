@@ -1,8 +1,8 @@
 """Finds the provider modules and builds the configured providers from the environment.
 
 Every module in ``api.payments.providers`` that defines ``from_env(env, common)`` is a provider: adding
-one (say Monobank, whose webhooks are ECDSA-signed) is one new module there and its variables in the
-README. A provider none of whose variables are set is simply not offered.
+one (say Monobank, whose webhooks are ECDSA-signed) is one new module there and its variables in
+docs/payments.md. A provider none of whose variables are set is simply not offered.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
 -- billing.verify_ledger() -> setof (invariant, user_id, transaction_id, detail)
--- Every row that breaks an invariant of DESIGN §3; empty when all is well:
+-- Every row that breaks an invariant of docs/design.md §4; empty when all is well:
 --  balance           balance_usd / balance_uah equal the signed sum of the user's ledger rows
 --  chain             each row's balance_before_usd equals the previous row's balance_after_usd (the
 --                    first row starts from 0) and versions run 1, 2, 3, ... without gaps

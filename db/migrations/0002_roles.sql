@@ -1,5 +1,5 @@
 -- depends: 0001_ledger_schema
--- Roles of DESIGN §4. Roles are cluster-wide, so they are created only when missing.
+-- Roles of docs/design.md §5. Roles are cluster-wide, so they are created only when missing.
 --   tollgate_app      may EXECUTE the public billing functions, nothing else (no table access);
 --   tollgate_analyst  may SELECT the views in db/views, nothing else.
 -- Both are NOLOGIN group roles: grant them to the login roles of a deployment.

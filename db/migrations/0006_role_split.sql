@@ -1,5 +1,5 @@
 -- depends: 0005_payments
--- Least privilege at run time (DESIGN §4): the single tollgate_app role is split by authority.
+-- Least privilege at run time (docs/design.md §5): the single tollgate_app role is split by authority.
 --   tollgate_metering  tracking, holds, settlement and the caller's own reads and limits: the gateway's
 --                      call path;
 --   tollgate_payments  money in: payment intents, provider events, their expiry;

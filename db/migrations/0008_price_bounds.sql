@@ -1,5 +1,5 @@
 -- depends: 0007_payment_review
--- A price is bounded before the call (DESIGN §5b; issue 12, items 5 and 6):
+-- A price is bounded before the call (docs/design.md §6; issue 12, items 5 and 6):
 --  * tool_pricing may declare the most one call is ever charged (max_price_usd) and an estimate from the
 --    call's arguments (per_input_char_usd); billing.estimate_price holds that bound;
 --  * settlement never charges past the hold unless the available balance and the limits cover the excess

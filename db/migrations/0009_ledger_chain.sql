@@ -1,5 +1,5 @@
 -- depends: 0008_price_bounds
--- Tamper evidence (DESIGN §5b): ledger rows are hash-chained per account. Each billing_transactions row
+-- Tamper evidence (docs/design.md §2): ledger rows are hash-chained per account. Each billing_transactions row
 -- carries entry_hash = SHA-256(the previous row's hash || the row's content), computed in the same
 -- transaction that writes the row; user_billing.ledger_head is the hash of the account's newest row,
 -- the head every writer chains onto (read under the account's row lock). billing.verify_ledger
@@ -13,7 +13,7 @@
 -- billing._entry_hash(previous, user_id, version, type, currency, amount_usd, amount_uah, exchange_rate,
 --     balance_before_usd, balance_after_usd, request_id, payment_provider, payment_id, idempotency_key,
 --     refund_of, actor, description, metadata, created_at) -> bytea
--- The hash of one ledger row in its account's chain (tamper evidence, DESIGN §5b):
+-- The hash of one ledger row in its account's chain (tamper evidence, docs/design.md §2):
 --     SHA-256( previous || UTF-8 of the text of ROW('tollgate-ledger-v1', the row's fields) )
 -- `previous` is the hash of the account's previous row (32 zero bytes for its first row), so changing,
 -- removing or re-ordering any row changes the hash of every later row of that account, and the newest

@@ -316,9 +316,10 @@ def test_ten_concurrent_calls_against_the_daily_limit_two_succeed(gateway: Any, 
 def test_twenty_concurrent_variable_cost_calls_spend_at_most_the_balance_and_limits(
     gateway: Any, gdb: psycopg.Connection[Any]
 ) -> None:
-    """Issue 12, item 5: 20 concurrent metered calls, each held at the 0.01 estimate and priced 0.156 once it
-    ran (52000 tokens), on a 0.20 balance with 0.20 day and month limits. They used to spend 3.12 and leave
-    the balance at -2.92; now at most 0.20 is charged and the rest is written off, visibly."""
+    """20 concurrent metered calls, each held at the 0.01 estimate and priced 0.156 once it ran (52000
+    tokens), on a 0.20 balance with 0.20 day and month limits: charged past their holds without bound they
+    would spend 3.12 and leave the balance at -2.92; at most 0.20 is charged and the rest is written off,
+    visibly."""
     token, user_id = new_user(
         gateway, gdb, funds="0.20", daily_limit_usd=Decimal("0.20"), monthly_limit_usd=Decimal("0.20")
     )

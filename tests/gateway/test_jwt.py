@@ -165,7 +165,7 @@ def test_wrong_issuer_or_audience(rs_gateway: Any, rsa_key: rsa.RSAPrivateKey) -
     assert refused(rs_gateway.base_url, forged)["code"] == "invalid_signature"
 
 
-# --- identity quirks (issue 12, item 8) -------------------------------------------------------------
+# --- identity quirks ---------------------------------------------------------------------------------
 
 
 def test_an_expiry_centuries_away_is_refused(gateway: Any) -> None:

@@ -216,8 +216,8 @@ def test_ledger_down_before_the_call_runs_nothing(
 def test_the_gateway_logs_in_as_its_three_roles_and_never_as_a_superuser(
     gateway_db: str, gdb: psycopg.Connection[Any], tmp_path: Path
 ) -> None:
-    """Regression: the gateway used to connect as one role that could call every function (or, embedded and in
-    docker-compose, as a superuser). Each pool is now its own login, and the metering pool cannot credit."""
+    """The gateway never serves over one role that may call every function (or a superuser): each pool is
+    its own login, and the metering pool cannot credit."""
     dbname = str(conninfo_to_dict(gateway_db)["dbname"])
     server = start_gateway(gateway_db, tmp_path, TOLLGATE_POOL_MIN="1")
     try:

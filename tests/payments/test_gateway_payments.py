@@ -447,7 +447,7 @@ def test_webhook_racing_reconcile_credits_once(pay_gateway, stripe_fake, fondy_f
 
 
 def test_the_local_sandbox_pays_and_refunds_through_the_gateway(gateway_db, tmp_path, pdb):
-    """`python -m tests.payments.sandbox` (README "Payments"): the flow a person tries by hand."""
+    """`python -m tests.payments.sandbox` (docs/payments.md): the flow a person tries by hand."""
     from tests.gateway.server import start_gateway
     from tests.payments.sandbox import SandboxFondy, SandboxStripe, environment
 

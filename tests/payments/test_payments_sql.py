@@ -186,7 +186,7 @@ def in_review(db, i: ledger.PaymentIntent, user: uuid.UUID, expected_detail: str
 
 
 def test_an_amount_other_than_asked_goes_to_review_and_credits_nothing(db):
-    # Issue 12: a mismatch used to be credited as paid (45.50) and flagged; now nothing is credited.
+    # Not credited as paid (45.50) with a flag: nothing is credited until an operator has looked.
     user = h.new_user(db)
     i = intent(db, user, "50.00")
     result = ledger.record_payment_event(db, paid(i, amount="45.50"))
@@ -216,7 +216,7 @@ def test_a_currency_the_ledger_does_not_keep_goes_to_review(db):
 
 
 def test_a_payment_through_another_checkout_goes_to_review_and_the_intents_own_still_credits(db):
-    # Issue 12: another product's paid session naming our intent was credited at its amount_total.
+    # Another product's paid session naming our intent must not be credited at its amount_total.
     user = h.new_user(db)
     i = intent(db, user, "25.00")
     foreign = replace(paid(i, payment_ref="pi_foreign"), external_id="cs_payment_link")

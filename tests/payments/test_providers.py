@@ -163,7 +163,7 @@ def fondy_fields(**changes: Any) -> dict[str, Any]:
 
 
 def test_a_fondy_callback_is_only_a_prompt_to_ask_the_status_api(fondy_provider):
-    # Fondy signs values, not names: a callback's fields cannot be believed (issue 12); it names the order
+    # Fondy signs values, not names: a callback's fields cannot be believed; it names the order
     # to ask about, and recorded as it is it would credit nothing.
     headers = {"content-type": "application/json"}
     fields = fondy_fields()

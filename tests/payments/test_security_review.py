@@ -1,4 +1,4 @@
-"""The payment holes of the security review (issue 12, items 1-4), each replayed the way the reviewer found
+"""The payment holes of the security review, each replayed the way the reviewer found
 it: an ordinary user's JWT, validly signed provider payloads, a real gateway over HTTP, the real ledger.
 
 1. Fondy signs the sorted values only, so a payer can move the values of their own signed result onto
@@ -425,7 +425,7 @@ def test_a_json_integer_of_4300_digits_is_a_400_on_every_json_route(pay_gateway,
     assert all_events(pdb) == events
 
 
-# ---- found while looking for the next hole of the same classes --------------------------------------
+# ---- more holes of the same classes ----------------------------------------------------------------
 
 
 @pytest.mark.parametrize("number", ["1e999999999", "-1e999999999", "1e99999999999999999999"])

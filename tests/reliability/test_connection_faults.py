@@ -290,8 +290,8 @@ def test_a_retry_after_a_lost_begin_request_answer_runs_the_call(
 ) -> None:
     """The ledger flaps while a call begins: the begin commits unheard, then the connection fails a few
     more times (more than the gateway's own resends absorb), so the caller gets 503 and retries with the
-    same key. Regression: the retry was refused 409 "still running" until the hold expired; now the
-    gateway remembers the request id it gave up on and the retry runs the call, charged once."""
+    same key. The gateway remembers the request id it gave up on, so the retry runs the call, charged
+    once, instead of being refused 409 "still running" until the hold expires."""
     server = start_gateway(proxy.proxy_url(db_url), tmp_path / "gateway")
     try:
         with apidb.connect(db_url) as owner:
@@ -326,9 +326,9 @@ def test_a_replay_of_a_spooled_call_whose_begin_answer_is_lost_is_not_run_again(
     db_url: str, proxy: FaultProxy, tmp_path: Path
 ) -> None:
     """A call ran and its completion was spooled (the ledger failed after the tool): the call is pending.
-    The caller replays its key, and the replay's begin_request answer is lost. Regression (seen once in
-    the long fault run): the gateway took the replayed `pending` answer to its own resend for its own
-    call and ran the tool a second time; the call ran already, so the replay is answered 409."""
+    The caller replays its key, and the replay's begin_request answer is lost. The replayed `pending`
+    answer to the gateway's own resend looks like its own call, but the tool ran already (its completion
+    is in the spool), so the replay is answered 409 and the tool is not run a second time."""
     server = start_gateway(proxy.proxy_url(db_url), tmp_path / "gateway")
     try:
         with apidb.connect(db_url) as owner:

@@ -444,9 +444,10 @@ def test_small_balance_reserve_and_settle_two_of_ten(conn, connect, metering_url
 
 
 def test_twenty_variable_cost_calls_on_twenty_cents_never_spend_more_than_twenty_cents(conn, connect, metering_url):
-    """Issue 12, item 5: 20 concurrent `summarize` calls (held at the 0.01 estimate, each priced 0.156 once it
-    ran) on a 0.20 balance with 0.20 day and month limits used to charge 3.12 and leave -2.92. Settlement now
-    charges at most what the balance and the limits cover; the rest is written off, visibly."""
+    """20 concurrent `summarize` calls (held at the 0.01 estimate, each priced 0.156 once it ran) on a 0.20
+    balance with 0.20 day and month limits, charged past their holds without bound, would charge 3.12 and
+    leave -2.92. Settlement charges at most what the balance and the limits cover; the rest is written off,
+    visibly."""
     user = funded_user(conn, "vera", D("0.20"))
     ledger.update_settings(conn, user, daily_limit_usd=D("0.20"), monthly_limit_usd=D("0.20"))
     ledger.set_tool_pricing(conn, "summarize", D(0), D(20), D("0.01"), True)

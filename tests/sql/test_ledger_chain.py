@@ -1,4 +1,4 @@
-"""The ledger's hash chain (issue 12, item 10): every writer chains its row onto the account's head,
+"""The ledger's hash chain: every writer chains its row onto the account's head,
 verify_ledger recomputes the chain, and anchors kept elsewhere prove that history was not rewritten
 even by someone who recomputes the hashes.
 """

@@ -1,5 +1,5 @@
 """Migrations walk up, down to zero and up again; upgrades are idempotent; names follow the rules;
-the grants of DESIGN §4 hold; plpgsql_check finds no error in any function."""
+the grants of docs/design.md §5 hold; plpgsql_check finds no error in any function."""
 
 from __future__ import annotations
 

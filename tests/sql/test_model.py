@@ -360,15 +360,15 @@ def test_threaded_workload_matches_the_model(conn, connect, api_url):
 
 
 # =========================================================================================================
-# Regression (found while writing these models; since fixed): replaying a settle made while billing was off
+# Replaying a settle made while billing was off
 # =========================================================================================================
 
 
 def test_settle_replay_after_settling_with_billing_disabled(conn):
-    """DESIGN §3: a replay with the same key and parameters returns the original result. settle() of a hold
+    """docs/design.md §3: a replay with the same key and parameters returns the original result. settle() of a hold
     while the user's billing is disabled charges nothing; replaying that exact call must say replayed,
-    not 'already settled at 0 USD, not 0.5 USD' (settle used to compare the request with the charged amount),
-    and a settle at 0 USD is then a different request, so a conflict."""
+    not 'already settled at 0 USD, not 0.5 USD' (a replay is compared with the price settle was called with,
+    not with the amount charged), and a settle at 0 USD is then a different request, so a conflict."""
     api_db.configure(conn)
     user = ledger.ensure_account(conn, "disabled-billing")
     ledger.top_up(conn, user, D(10), "card", "pay-1")

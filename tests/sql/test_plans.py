@@ -50,9 +50,9 @@ def _flush_stats(conn: psycopg.Connection[Any]) -> None:
 
 
 def test_settle_finds_its_hold_by_request_id_after_analyze_saw_no_open_hold(db: Any, connect: Connect) -> None:
-    """Regression: `WHERE request_id = $1 AND status = 'held'` matched the partial index
-    reservations_open_by_expiry, which the planner preferred once ANALYZE had seen (almost) no open
-    hold, and then read every entry of it (open holds plus dead entries of settled ones) per settle."""
+    """`WHERE request_id = $1 AND status = 'held'` also matches the partial index
+    reservations_open_by_expiry, which the planner may prefer once ANALYZE has seen (almost) no open
+    hold, and then reads every entry of it (open holds plus dead entries of settled ones) per settle."""
     user = funded_user(db, Decimal(100_000))
     ledger.update_settings(db, user, daily_limit_usd=Decimal(100_000), monthly_limit_usd=Decimal(100_000))
     db.execute("ALTER TABLE billing.reservations SET (autovacuum_enabled = false)")  # keep the dead entries
@@ -85,9 +85,9 @@ def test_settle_finds_its_hold_by_request_id_after_analyze_saw_no_open_hold(db: 
 def test_history_of_a_user_who_had_most_rows_at_analyze_does_not_walk_the_primary_key(
     db: Any, connect: Connect
 ) -> None:
-    """Regression (bench/growth.py, the 0-row level after a charge run): the statistics said the user owned
-    most of the table, so the planner expected 50 of its rows among the newest ids and walked the primary
-    key backwards, filtering on user_id, through every newer row of other users (20-37 ms a page).
+    """When the statistics say the user owns most of the table (bench/growth.py, the 0-row level after a
+    charge run), the planner expects 50 of its rows among the newest ids and walks the primary key
+    backwards, filtering on user_id, through every newer row of other users (20-37 ms a page).
 
     Not fixed: the one rewrite that removes the primary-key plan (the user's rows as a row-comparison range
     of the (user_id, id) index, without `user_id = $1`) loses the equality's row estimate, and at 5M ledger

@@ -1,4 +1,4 @@
-"""Spending beyond what was held (issue 12, items 5 and 6), against a real PostgreSQL database.
+"""Spending beyond what was held, against a real PostgreSQL database.
 
 * A tool's pricing may declare the most one call is charged (``max_price_usd``) and an estimate from its
   arguments (``per_input_char_usd``); the hold is that bound (billing.estimate_price, billing.begin_request).

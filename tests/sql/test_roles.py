@@ -1,4 +1,4 @@
-"""Roles and privileges of DESIGN §4, checked by connecting as each role.
+"""Roles and privileges of docs/design.md §5, checked by connecting as each role.
 
 The metering, payments and operator roles may each EXECUTE exactly their list of public functions
 (``MATRIX``, the same lists as the GRANT lines of db/functions: a change of one must change the other)
@@ -396,7 +396,7 @@ def test_the_analyst_role_reads_the_views(analyst, db):
         ("charge", 1, D("0.012")), ("topup", 1, D(5))]
 
 
-# --- regression: the single application role of earlier versions ---------------------------------------
+# --- tollgate_app, the deprecated single application role ----------------------------------------------
 
 
 def test_tollgate_app_can_no_longer_credit_correct_or_take_payment_events(app, db):
