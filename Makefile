@@ -11,6 +11,7 @@
 #   make bench-gateway  the gateway benchmarks alone (bench/gateway.py, bench/sse_sessions.py)
 #   make bench-webhooks payment webhooks: Stripe deliveries verified and applied per second (bench/webhooks.py)
 #   make bench-chain    what the ledger's hash chain costs billing.charge / settle, against the code before it
+#   make bench-compare BEFORE=<rev>  one benchmark on <rev> and on this checkout, alternating: after/before ratios
 
 PYTHON ?= python3
 VENV ?= .venv
@@ -20,7 +21,7 @@ STAMP := $(VENV)/.installed
 
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: $(VENV) run test test-system lint torture soak bench bench-ledger bench-gateway bench-webhooks bench-chain clean
+.PHONY: $(VENV) run test test-system lint torture soak bench bench-ledger bench-gateway bench-webhooks bench-chain bench-compare clean
 
 $(VENV): $(STAMP)
 
@@ -101,3 +102,10 @@ bench-chain: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
+
+# One benchmark (COMPARE_ARGS: --bench gateway|webhooks, --rounds N, then -- and the benchmark's own options) on
+# the revision BEFORE and on this checkout, alternating, with after/before ratios (bench/before_after.py).
+#   make bench-compare BEFORE=main COMPARE_ARGS="--bench webhooks --rounds 4 -- --duration 5"
+bench-compare: $(STAMP)
+	@test -n "$(BEFORE)" || { echo "make bench-compare needs BEFORE=<rev>"; exit 2; }
+	$(BIN)/python -m bench.before_after --before $(BEFORE) $(COMPARE_ARGS)
