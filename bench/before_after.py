@@ -9,9 +9,11 @@ for the next run), because a benchmark starts the gateway through its own ``toll
 two trees may lay out their packages differently. Each round runs the chosen benchmark once on each side
 (``python -m bench.<name> --rounds 1 <bench args>``, every figure of it measured against its own baseline
 in that run), alternating which side goes first, and reads the JSON each writes. It prints, per mode, each
-side's requests per second and p50/p99 and the ratio after/before per round and of the medians, and writes
-``bench/results/before-after-<bench>-<UTC>.json``. A side whose benchmark fails its own checks fails the
-comparison (exit 1). Not a timed test: a machine's noise shows in the spread of the per-round ratios.
+side's requests per second and p50/p99, and the benchmark's own ratios against its in-run baseline
+(billed/unmetered, webhook/baseline: steadier under load than the raw figures), with the ratio after/before
+per round and of the medians, and writes ``bench/results/before-after-<bench>-<UTC>.json``. A side whose
+benchmark fails its own checks fails the comparison (exit 1). Not a timed test: a machine's noise shows in
+the spread of the per-round ratios.
 """
 
 from __future__ import annotations
@@ -85,11 +87,15 @@ def run_side(side: Side, bench: str, bench_args: list[str]) -> dict[str, Any]:
 
 
 def figures(report: dict[str, Any]) -> dict[str, dict[str, float]]:
-    """Per mode: requests per second, p50 and p99 (the medians the benchmark reports for its one round)."""
-    return {
+    """Per mode: requests per second, p50 and p99 (the medians the benchmark reports for its one round);
+    and, as mode "ratios", the benchmark's own ratios against its baseline in the same run (billed/unmetered,
+    webhook/baseline...), which the machine's load moves less than the raw figures."""
+    out = {
         mode: {"rps": float(row["rps"]), "p50_ms": float(row["p50_ms"]), "p99_ms": float(row["p99_ms"])}
         for mode, row in report["summary"].items()
     }
+    out["ratios"] = {name: float(value) for name, value in report.get("ratios", {}).items()}
+    return out
 
 
 def compare(rounds: list[dict[str, dict[str, dict[str, float]]]]) -> dict[str, dict[str, Any]]:
@@ -97,7 +103,7 @@ def compare(rounds: list[dict[str, dict[str, dict[str, float]]]]) -> dict[str, d
     out: dict[str, dict[str, Any]] = {}
     for mode in rounds[0]["after"]:
         out[mode] = {}
-        for key in ("rps", "p50_ms", "p99_ms"):
+        for key in rounds[0]["after"][mode]:
             before = [r["before"][mode][key] for r in rounds]
             after = [r["after"][mode][key] for r in rounds]
             out[mode][key] = {
@@ -111,11 +117,11 @@ def compare(rounds: list[dict[str, dict[str, dict[str, float]]]]) -> dict[str, d
 
 def print_table(revision: str, bench: str, result: dict[str, dict[str, Any]]) -> None:
     print(f"\n{bench}: after (this checkout) / before ({revision}); ratio of medians, then per round")
-    print(f"{'mode':12s} {'figure':7s} {'before':>10s} {'after':>10s} {'ratio':>7s}  per round")
+    print(f"{'mode':12s} {'figure':17s} {'before':>10s} {'after':>10s} {'ratio':>7s}  per round")
     for mode, by_key in result.items():
         for key, row in by_key.items():
             print(
-                f"{mode:12s} {key:7s} {row['before']:10.2f} {row['after']:10.2f} {row['ratio']:7.3f}  "
+                f"{mode:12s} {key:17s} {row['before']:10.2f} {row['after']:10.2f} {row['ratio']:7.3f}  "
                 + " ".join(f"{r:.3f}" for r in row["per_round"])
             )
 
