@@ -11,6 +11,7 @@
 #   make bench-gateway  the gateway benchmarks alone (bench/gateway.py, bench/sse_sessions.py)
 #   make bench-webhooks payment webhooks: Stripe deliveries verified and applied per second (bench/webhooks.py)
 #   make bench-chain    what the ledger's hash chain costs billing.charge / settle, against the code before it
+#   make bench-roles    what the role split costs: the same scripts as the metering login and as the superuser
 #   make bench-compare BEFORE=<rev>  one benchmark on <rev> and on this checkout, alternating: after/before ratios
 
 PYTHON ?= python3
@@ -21,7 +22,8 @@ STAMP := $(VENV)/.installed
 
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: $(VENV) run test test-system lint torture soak bench bench-ledger bench-gateway bench-webhooks bench-chain bench-compare clean
+.PHONY: $(VENV) run test test-system lint torture soak bench bench-ledger bench-gateway bench-webhooks bench-chain bench-roles \
+	bench-compare clean
 
 $(VENV): $(STAMP)
 
@@ -99,6 +101,12 @@ bench-webhooks: $(STAMP)
 # Options: make bench-chain BENCH_ARGS="--duration 30 --rounds 7 --before <git revision>"
 bench-chain: $(STAMP)
 	$(BIN)/python -m bench.chain_cost $(BENCH_ARGS)
+
+# The role split's cost (migration 0006): the same pgbench scripts on one server as the gateway's metering
+# login and as the owner/superuser, then billing.charge in an in-server loop as each.
+# Options: make bench-roles BENCH_ARGS="--duration 15 --rounds 4 --loop-calls 20000 --loop-rounds 4"
+bench-roles: $(STAMP)
+	$(BIN)/python -m bench.role_cost $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
