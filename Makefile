@@ -3,7 +3,7 @@
 #   make run          the gateway, on the embedded PostgreSQL unless TOLLGATE_DATABASE_URL is set
 #   make test         lint, type-check, validate docker-compose.yml, then the test suite
 #   make test-system  the test suite only (CI runs it against a system PostgreSQL 15)
-#   make lint         ruff + mypy
+#   make lint         ruff + mypy, and api/ledger/sync.py up to date with aio.py (python -m api.ledger.generate_sync)
 #   make torture      the reliability suite (tests/reliability) run long: crash cycles, faults, races, fuzz
 #   make soak         the mixed workload through the gateway for DURATION seconds, memory and size sampled
 #   make bench        every benchmark (bench/harness.py): JSON + PNG plots in bench/results/
@@ -41,6 +41,7 @@ run: $(STAMP)
 	$(BIN)/tollgate run
 
 lint: $(STAMP)
+	$(BIN)/python -m api.ledger.generate_sync --check
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 

@@ -43,7 +43,7 @@ from api.gateway.metrics import Metrics
 from api.gateway.spool import PendingCompletion, Spool
 from api.ledger import aio as aledger
 from api.ledger.errors import BillingError
-from api.ledger.sync import RequestStart
+from api.ledger.types import RequestStart
 from api.tools.registry import InvalidArguments, ToolContext, ToolError, ToolRegistry
 
 log = logging.getLogger("tollgate.metering")

@@ -1,24 +1,71 @@
-"""Async twins of the ``api.ledger.sync`` wrappers that the gateway calls on its request path.
+"""Thin, typed wrappers over the billing SQL API (db/functions): one call each, no logic of their own.
 
-Same named queries, same row types, same error translation; only the connection is a
-``psycopg.AsyncConnection``. The gateway needs a subset of the SQL API, so only that subset is here.
+Every wrapper runs one named query from ``queries.sql`` on the connection it is given (inside the
+caller's transaction when one is open; its own when the connection is in autocommit mode), maps the
+row into a frozen dataclass (``api.ledger.types``, re-exported here), and turns refusals into
+``api.ledger.errors.BillingError`` subclasses. Money is ``Decimal`` in and out; floats are refused before
+they reach the database. JSON arguments are rendered by the connection, which ``api.ledger.db`` configures.
+
+This async module is the one hand-written source: ``api.ledger.sync`` is generated from it by
+``python -m api.ledger.generate_sync`` (``make lint`` fails when it is stale), so the blocking twins take
+the same arguments and return the same rows. Keep to what that rewrite understands: ``async def``,
+``await``, ``async with`` / ``async for`` and the ``AsyncConn`` alias.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import uuid
+from decimal import Decimal
 from typing import Any
 
 import psycopg
 from psycopg.rows import class_row, dict_row
-from psycopg.types.json import Jsonb
 
-from api.jsonio import dumps
-from api.ledger import sync as ledger
 from api.ledger.errors import translate_errors
 from api.ledger.queries import QUERIES
-from api.ledger.sync import Money, Row, _money
+from api.ledger.types import *  # noqa: F403  (the row types: callers write ledger.RequestStart)
+from api.ledger.types import (
+    AccountSettings,
+    Adjustment,
+    ApiKey,
+    ApiKeyIdentity,
+    ApiKeyRevocation,
+    BalanceCheck,
+    BrokenAnchor,
+    Charge,
+    CheckoutAttached,
+    Completion,
+    Configuration,
+    ExchangeRate,
+    IntentStatus,
+    LedgerHead,
+    LimitCheck,
+    Limits,
+    Money,
+    OpenIntent,
+    PaymentDetails,
+    PaymentEventResult,
+    PaymentFacts,
+    PaymentIntent,
+    Refund,
+    Release,
+    RequestStart,
+    Reservation,
+    ReviewedCredit,
+    Row,
+    Settlement,
+    ToolPricingRow,
+    TopUp,
+    TrackedRequest,
+    Transaction,
+    UnbilledCall,
+    Violation,
+    WrittenOffCall,
+    anchor_params,
+    jsonb_param,
+    money_param,
+)
 
 AsyncConn = psycopg.AsyncConnection[Any]
 
@@ -53,58 +100,156 @@ async def ensure_account(
     return result
 
 
-async def begin_request(
+async def check_balance(conn: AsyncConn, user_id: uuid.UUID, cost_usd: Money) -> BalanceCheck:
+    params = {"user_id": user_id, "cost_usd": money_param(cost_usd, "cost_usd")}
+    return await _one(conn, "check_balance", params, BalanceCheck)
+
+
+async def check_limits(conn: AsyncConn, user_id: uuid.UUID, cost_usd: Money) -> LimitCheck:
+    params = {"user_id": user_id, "cost_usd": money_param(cost_usd, "cost_usd")}
+    return await _one(conn, "check_limits", params, LimitCheck)
+
+
+async def reserve(
     conn: AsyncConn,
+    user_id: uuid.UUID,
     request_id: str,
-    tool_name: str,
-    user_id: uuid.UUID | None,
-    client_key: str | None,
-    estimate_usd: Money | None = None,
-    input_chars: int | None = None,
-) -> ledger.RequestStart:
+    amount_usd: Money,
+    ttl: dt.timedelta | None = None,
+) -> Reservation:
     params = {
-        "request_id": request_id,
-        "tool_name": tool_name,
         "user_id": user_id,
-        "client_key": client_key,
-        "estimate_usd": _money(estimate_usd, "estimate_usd"),
-        "ttl": None,
-        "input_chars": input_chars,
+        "request_id": request_id,
+        "amount_usd": money_param(amount_usd, "amount_usd"),
+        "ttl": ttl,
     }
-    return await _one(conn, "begin_request", params, ledger.RequestStart)
+    return await _one(conn, "reserve", params, Reservation)
 
 
-async def complete_request(
+async def settle(
     conn: AsyncConn,
     request_id: str,
-    success: bool,
-    total_cost_usd: Money = 0,
-    *,
-    cost_breakdown: list[Any] | dict[str, Any] | None = None,
-    execution_time_ms: int | None = None,
-    error: str | None = None,
-    price_usd: Money | None = None,
+    actual_usd: Money,
     description: str | None = None,
-) -> ledger.Completion:
+    metadata: dict[str, Any] | None = None,
+) -> Settlement:
     params = {
         "request_id": request_id,
-        "success": success,
-        "total_cost_usd": _money(total_cost_usd, "total_cost_usd"),
-        "cost_breakdown": None if cost_breakdown is None else Jsonb(cost_breakdown, dumps=dumps),
-        "execution_time_ms": execution_time_ms,
-        "error": error,
-        "price_usd": _money(price_usd, "price_usd"),
+        "actual_usd": money_param(actual_usd, "actual_usd"),
         "description": description,
+        "metadata": jsonb_param(metadata),
     }
-    return await _one(conn, "complete_request", params, ledger.Completion)
+    return await _one(conn, "settle", params, Settlement)
 
 
-async def authenticate_api_key(conn: AsyncConn, key_hash: bytes) -> ledger.ApiKeyIdentity | None:
-    rows = await _rows(conn, "authenticate_api_key", {"key_hash": key_hash}, ledger.ApiKeyIdentity)
-    return rows[0] if rows else None
+async def release(conn: AsyncConn, request_id: str) -> Release:
+    return await _one(conn, "release", {"request_id": request_id}, Release)
+
+
+async def charge(
+    conn: AsyncConn,
+    user_id: uuid.UUID,
+    request_id: str,
+    amount_usd: Money,
+    description: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> Charge:
+    params = {
+        "user_id": user_id,
+        "request_id": request_id,
+        "amount_usd": money_param(amount_usd, "amount_usd"),
+        "description": description,
+        "metadata": jsonb_param(metadata),
+    }
+    return await _one(conn, "charge", params, Charge)
+
+
+async def top_up(
+    conn: AsyncConn,
+    user_id: uuid.UUID,
+    amount: Money,
+    provider: str,
+    payment_id: str,
+    currency: str = "USD",
+    description: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> TopUp:
+    params = {
+        "user_id": user_id,
+        "amount": money_param(amount, "amount"),
+        "provider": provider,
+        "payment_id": payment_id,
+        "currency": currency,
+        "description": description,
+        "metadata": jsonb_param(metadata),
+    }
+    return await _one(conn, "top_up", params, TopUp)
+
+
+async def refund(
+    conn: AsyncConn, transaction_id: int, amount_usd: Money, reason: str, idempotency_key: str
+) -> Refund:
+    params = {
+        "transaction_id": transaction_id,
+        "amount_usd": money_param(amount_usd, "amount_usd"),
+        "reason": reason,
+        "idempotency_key": idempotency_key,
+    }
+    return await _one(conn, "refund", params, Refund)
+
+
+async def adjust(
+    conn: AsyncConn, user_id: uuid.UUID, amount_usd: Money, reason: str, actor: str, idempotency_key: str
+) -> Adjustment:
+    params = {
+        "user_id": user_id,
+        "amount_usd": money_param(amount_usd, "amount_usd"),
+        "reason": reason,
+        "actor": actor,
+        "idempotency_key": idempotency_key,
+    }
+    return await _one(conn, "adjust", params, Adjustment)
+
+
+async def update_settings(
+    conn: AsyncConn,
+    user_id: uuid.UUID,
+    *,
+    daily_limit_usd: Money | None = None,
+    monthly_limit_usd: Money | None = None,
+    is_active: bool | None = None,
+    billing_enabled: bool | None = None,
+    limit_override: bool | None = None,
+) -> AccountSettings:
+    params = {
+        "user_id": user_id,
+        "daily_limit_usd": money_param(daily_limit_usd, "daily_limit_usd"),
+        "monthly_limit_usd": money_param(monthly_limit_usd, "monthly_limit_usd"),
+        "is_active": is_active,
+        "billing_enabled": billing_enabled,
+        "limit_override": limit_override,
+    }
+    return await _one(conn, "update_settings", params, AccountSettings)
+
+
+async def update_limits(
+    conn: AsyncConn,
+    user_id: uuid.UUID,
+    *,
+    daily_limit_usd: Money | None = None,
+    monthly_limit_usd: Money | None = None,
+) -> Limits:
+    """A user's own limits (metering role); the flags and the override are ``update_settings`` (operator)."""
+    params = {
+        "user_id": user_id,
+        "daily_limit_usd": money_param(daily_limit_usd, "daily_limit_usd"),
+        "monthly_limit_usd": money_param(monthly_limit_usd, "monthly_limit_usd"),
+    }
+    return await _one(conn, "update_limits", params, Limits)
 
 
 async def summary(conn: AsyncConn, user_id: uuid.UUID) -> dict[str, Any]:
+    """The summary JSON with every number as Decimal (the connection must come from ``api.ledger.db``)."""
     result: dict[str, Any] = await _value(conn, "summary", {"user_id": user_id})
     return result
 
@@ -119,7 +264,7 @@ async def history(
     limit: int = 50,
     offset: int = 0,
     before_id: int | None = None,
-) -> list[ledger.Transaction]:
+) -> list[Transaction]:
     params = {
         "user_id": user_id,
         "type": type,
@@ -129,94 +274,67 @@ async def history(
         "offset": offset,
         "before_id": before_id,
     }
-    return await _rows(conn, "history", params, ledger.Transaction)
+    return await _rows(conn, "history", params, Transaction)
 
 
-async def update_settings(
+async def start_request(
     conn: AsyncConn,
-    user_id: uuid.UUID,
+    request_id: str,
+    tool_name: str,
+    user_id: uuid.UUID | None = None,
+    client_key: str | None = None,
+) -> TrackedRequest:
+    params = {"request_id": request_id, "tool_name": tool_name, "user_id": user_id, "client_key": client_key}
+    return await _one(conn, "start_request", params, TrackedRequest)
+
+
+async def complete_request(
+    conn: AsyncConn,
+    request_id: str,
+    success: bool,
+    total_cost_usd: Money = 0,
     *,
-    daily_limit_usd: Money | None = None,
-    monthly_limit_usd: Money | None = None,
-    is_active: bool | None = None,
-    billing_enabled: bool | None = None,
-    limit_override: bool | None = None,
-) -> ledger.AccountSettings:
-    params = {
-        "user_id": user_id,
-        "daily_limit_usd": _money(daily_limit_usd, "daily_limit_usd"),
-        "monthly_limit_usd": _money(monthly_limit_usd, "monthly_limit_usd"),
-        "is_active": is_active,
-        "billing_enabled": billing_enabled,
-        "limit_override": limit_override,
-    }
-    return await _one(conn, "update_settings", params, ledger.AccountSettings)
-
-
-async def update_limits(
-    conn: AsyncConn,
-    user_id: uuid.UUID,
-    *,
-    daily_limit_usd: Money | None = None,
-    monthly_limit_usd: Money | None = None,
-) -> ledger.Limits:
-    params = {
-        "user_id": user_id,
-        "daily_limit_usd": _money(daily_limit_usd, "daily_limit_usd"),
-        "monthly_limit_usd": _money(monthly_limit_usd, "monthly_limit_usd"),
-    }
-    return await _one(conn, "update_limits", params, ledger.Limits)
-
-
-async def top_up(
-    conn: AsyncConn,
-    user_id: uuid.UUID,
-    amount: Money,
-    provider: str,
-    payment_id: str,
-    currency: str = "USD",
+    cost_breakdown: list[Any] | dict[str, Any] | None = None,
+    execution_time_ms: int | None = None,
+    error: str | None = None,
+    price_usd: Money | None = None,
     description: str | None = None,
-    metadata: dict[str, Any] | None = None,
-) -> ledger.TopUp:
+) -> Completion:
     params = {
-        "user_id": user_id,
-        "amount": _money(amount, "amount"),
-        "provider": provider,
-        "payment_id": payment_id,
-        "currency": currency,
+        "request_id": request_id,
+        "success": success,
+        "total_cost_usd": money_param(total_cost_usd, "total_cost_usd"),
+        "cost_breakdown": jsonb_param(cost_breakdown),
+        "execution_time_ms": execution_time_ms,
+        "error": error,
+        "price_usd": money_param(price_usd, "price_usd"),
         "description": description,
-        "metadata": None if metadata is None else Jsonb(metadata, dumps=dumps),
     }
-    return await _one(conn, "top_up", params, ledger.TopUp)
+    return await _one(conn, "complete_request", params, Completion)
 
 
-async def refund(
-    conn: AsyncConn, transaction_id: int, amount_usd: Money, reason: str, idempotency_key: str
-) -> ledger.Refund:
-    params = {
-        "transaction_id": transaction_id,
-        "amount_usd": _money(amount_usd, "amount_usd"),
-        "reason": reason,
-        "idempotency_key": idempotency_key,
-    }
-    return await _one(conn, "refund", params, ledger.Refund)
+async def verify_ledger(conn: AsyncConn) -> list[Violation]:
+    return await _rows(conn, "verify_ledger", {}, Violation)
 
 
-async def adjust(
-    conn: AsyncConn, user_id: uuid.UUID, amount_usd: Money, reason: str, actor: str, idempotency_key: str
-) -> ledger.Adjustment:
-    params = {
-        "user_id": user_id,
-        "amount_usd": _money(amount_usd, "amount_usd"),
-        "reason": reason,
-        "actor": actor,
-        "idempotency_key": idempotency_key,
-    }
-    return await _one(conn, "adjust", params, ledger.Adjustment)
+async def ledger_heads(conn: AsyncConn) -> list[LedgerHead]:
+    return await _rows(conn, "ledger_heads", {}, LedgerHead)
 
 
-async def list_tool_pricing(conn: AsyncConn) -> list[ledger.ToolPricingRow]:
-    return await _rows(conn, "list_tool_pricing", {}, ledger.ToolPricingRow)
+async def verify_anchors(conn: AsyncConn, anchors: list[LedgerHead]) -> list[BrokenAnchor]:
+    return await _rows(conn, "verify_anchors", anchor_params(anchors), BrokenAnchor)
+
+
+async def reap_expired_holds(conn: AsyncConn, max_accounts: int = 1000) -> int:
+    result: int = await _value(conn, "reap_expired_holds", {"max_accounts": max_accounts})
+    return result
+
+
+async def set_exchange_rate(
+    conn: AsyncConn, per_usd: Money, currency: str = "UAH", valid_from: dt.datetime | None = None
+) -> ExchangeRate:
+    params = {"currency": currency, "per_usd": money_param(per_usd, "per_usd"), "valid_from": valid_from}
+    return await _one(conn, "set_exchange_rate", params, ExchangeRate)
 
 
 async def set_tool_pricing(
@@ -230,18 +348,102 @@ async def set_tool_pricing(
     description: str | None = None,
     max_price_usd: Money | None = None,
     per_input_char_usd: Money | None = None,
-) -> ledger.ToolPricingRow:
+) -> ToolPricingRow:
     params = {
         "tool_name": tool_name,
-        "base_price_usd": _money(base_price_usd, "base_price_usd"),
-        "markup_percent": _money(markup_percent, "markup_percent"),
-        "estimate_usd": _money(estimate_usd, "estimate_usd"),
+        "base_price_usd": money_param(base_price_usd, "base_price_usd"),
+        "markup_percent": money_param(markup_percent, "markup_percent"),
+        "estimate_usd": money_param(estimate_usd, "estimate_usd"),
         "variable_cost": variable_cost,
         "description": description,
-        "max_price_usd": _money(max_price_usd, "max_price_usd"),
-        "per_input_char_usd": _money(per_input_char_usd, "per_input_char_usd"),
+        "max_price_usd": money_param(max_price_usd, "max_price_usd"),
+        "per_input_char_usd": money_param(per_input_char_usd, "per_input_char_usd"),
     }
-    return await _one(conn, "set_tool_pricing", params, ledger.ToolPricingRow)
+    return await _one(conn, "set_tool_pricing", params, ToolPricingRow)
+
+
+async def list_tool_pricing(conn: AsyncConn) -> list[ToolPricingRow]:
+    return await _rows(conn, "list_tool_pricing", {}, ToolPricingRow)
+
+
+async def tool_price(conn: AsyncConn, tool_name: str, cost_usd: Money = 0) -> Decimal:
+    params = {"tool_name": tool_name, "cost_usd": money_param(cost_usd, "cost_usd")}
+    result: Decimal = await _value(conn, "tool_price", params)
+    return result
+
+
+async def configure(
+    conn: AsyncConn, time_zone: str | None = None, hold_ttl: dt.timedelta | None = None
+) -> Configuration:
+    return await _one(conn, "configure", {"time_zone": time_zone, "hold_ttl": hold_ttl}, Configuration)
+
+
+async def begin_request(
+    conn: AsyncConn,
+    request_id: str,
+    tool_name: str,
+    user_id: uuid.UUID | None = None,
+    client_key: str | None = None,
+    estimate_usd: Money | None = None,
+    ttl: dt.timedelta | None = None,
+    input_chars: int | None = None,
+) -> RequestStart:
+    """start_request + estimate + reserve in one transaction; a refused hold writes nothing.
+
+    ``input_chars`` is the size of the call's arguments (``api.gateway.metering.input_characters``), from which a
+    tool priced per input character estimates its hold.
+    """
+    params = {
+        "request_id": request_id,
+        "tool_name": tool_name,
+        "user_id": user_id,
+        "client_key": client_key,
+        "estimate_usd": money_param(estimate_usd, "estimate_usd"),
+        "ttl": ttl,
+        "input_chars": input_chars,
+    }
+    return await _one(conn, "begin_request", params, RequestStart)
+
+
+async def estimate_price(conn: AsyncConn, tool_name: str, input_chars: int | None = None) -> Decimal:
+    result: Decimal = await _value(conn, "estimate_price", {"tool_name": tool_name, "input_chars": input_chars})
+    return result
+
+
+async def create_api_key(
+    conn: AsyncConn,
+    name: str,
+    key_hash: bytes,
+    key_prefix: str | None,
+    user_id: uuid.UUID | None = None,
+) -> ApiKey:
+    """Register a key by its digest (``api.gateway.apikeys.hash_key``); the key itself never reaches the database."""
+    params = {"name": name, "key_hash": key_hash, "key_prefix": key_prefix, "user_id": user_id}
+    return await _one(conn, "create_api_key", params, ApiKey)
+
+
+async def revoke_api_key(conn: AsyncConn, name: str) -> ApiKeyRevocation:
+    return await _one(conn, "revoke_api_key", {"name": name}, ApiKeyRevocation)
+
+
+async def list_api_keys(conn: AsyncConn) -> list[ApiKey]:
+    return await _rows(conn, "list_api_keys", {}, ApiKey)
+
+
+async def authenticate_api_key(conn: AsyncConn, key_hash: bytes) -> ApiKeyIdentity | None:
+    """The key with that digest, revoked or not; None when no key has it."""
+    rows = await _rows(conn, "authenticate_api_key", {"key_hash": key_hash}, ApiKeyIdentity)
+    return rows[0] if rows else None
+
+
+async def unbilled_calls(conn: AsyncConn) -> list[UnbilledCall]:
+    """billing.unbilled_calls, oldest first. A view: needs the owner's or the analyst role's connection."""
+    return await _rows(conn, "list_unbilled_calls", {}, UnbilledCall)
+
+
+async def written_off_calls(conn: AsyncConn) -> list[WrittenOffCall]:
+    """billing.written_off_calls, oldest first. A view: needs the owner's or the analyst role's connection."""
+    return await _rows(conn, "list_written_off_calls", {}, WrittenOffCall)
 
 
 async def create_payment_intent(
@@ -252,36 +454,40 @@ async def create_payment_intent(
     currency: str,
     idempotency_key: str | None = None,
     ttl: dt.timedelta = dt.timedelta(hours=1),
-) -> ledger.PaymentIntent:
+) -> PaymentIntent:
     params = {
         "user_id": user_id,
         "provider": provider,
-        "amount": _money(amount, "amount"),
+        "amount": money_param(amount, "amount"),
         "currency": currency,
         "idempotency_key": idempotency_key,
         "ttl": ttl,
     }
-    return await _one(conn, "create_payment_intent", params, ledger.PaymentIntent)
+    return await _one(conn, "create_payment_intent", params, PaymentIntent)
 
 
 async def attach_payment_checkout(
-    conn: AsyncConn, intent_id: uuid.UUID, external_id: str, checkout_url: str, expires_at: dt.datetime | None = None
-) -> ledger.CheckoutAttached:
+    conn: AsyncConn,
+    intent_id: uuid.UUID,
+    external_id: str,
+    checkout_url: str,
+    expires_at: dt.datetime | None = None,
+) -> CheckoutAttached:
     params = {
         "intent_id": intent_id,
         "external_id": external_id,
         "checkout_url": checkout_url,
         "expires_at": expires_at,
     }
-    return await _one(conn, "attach_payment_checkout", params, ledger.CheckoutAttached)
+    return await _one(conn, "attach_payment_checkout", params, CheckoutAttached)
 
 
-async def fail_payment_intent(conn: AsyncConn, intent_id: uuid.UUID, reason: str) -> ledger.IntentStatus:
-    return await _one(conn, "fail_payment_intent", {"intent_id": intent_id, "reason": reason}, ledger.IntentStatus)
+async def fail_payment_intent(conn: AsyncConn, intent_id: uuid.UUID, reason: str) -> IntentStatus:
+    return await _one(conn, "fail_payment_intent", {"intent_id": intent_id, "reason": reason}, IntentStatus)
 
 
-async def record_payment_event(conn: AsyncConn, facts: ledger.PaymentFacts) -> ledger.PaymentEventResult:
-    return await _one(conn, "record_payment_event", facts.params(), ledger.PaymentEventResult)
+async def record_payment_event(conn: AsyncConn, facts: PaymentFacts) -> PaymentEventResult:
+    return await _one(conn, "record_payment_event", facts.params(), PaymentEventResult)
 
 
 async def credit_reviewed_payment(
@@ -291,21 +497,21 @@ async def credit_reviewed_payment(
     reason: str,
     amount: Money | None = None,
     currency: str | None = None,
-) -> ledger.ReviewedCredit:
+) -> ReviewedCredit:
     params = {
         "intent_id": intent_id,
         "actor": actor,
         "reason": reason,
-        "amount": _money(amount, "amount"),
+        "amount": money_param(amount, "amount"),
         "currency": currency,
     }
-    return await _one(conn, "credit_reviewed_payment", params, ledger.ReviewedCredit)
+    return await _one(conn, "credit_reviewed_payment", params, ReviewedCredit)
 
 
 async def payment_intent(
     conn: AsyncConn, intent_id: uuid.UUID, user_id: uuid.UUID | None = None
-) -> ledger.PaymentDetails:
-    return await _one(conn, "payment_intent", {"intent_id": intent_id, "user_id": user_id}, ledger.PaymentDetails)
+) -> PaymentDetails:
+    return await _one(conn, "payment_intent", {"intent_id": intent_id, "user_id": user_id}, PaymentDetails)
 
 
 async def open_payment_intents(
@@ -314,9 +520,9 @@ async def open_payment_intents(
     min_age: dt.timedelta = dt.timedelta(minutes=5),
     lookback: dt.timedelta = dt.timedelta(days=7),
     limit: int = 1000,
-) -> list[ledger.OpenIntent]:
+) -> list[OpenIntent]:
     params = {"provider": provider, "min_age": min_age, "lookback": lookback, "limit": limit}
-    return await _rows(conn, "open_payment_intents", params, ledger.OpenIntent)
+    return await _rows(conn, "open_payment_intents", params, OpenIntent)
 
 
 async def expire_payment_intents(conn: AsyncConn, grace: dt.timedelta = dt.timedelta(0)) -> int:

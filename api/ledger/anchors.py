@@ -22,7 +22,7 @@ import re
 import uuid
 from collections.abc import Sequence
 
-from api.ledger.sync import LedgerHead
+from api.ledger.types import LedgerHead
 
 HEADER = re.compile(
     r"^# tollgate ledger anchor v1 (?P<at>\S+) accounts=(?P<count>[0-9]+) digest=(?P<digest>[0-9a-f]{64})$"

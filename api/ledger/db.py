@@ -1,8 +1,10 @@
 """Connections to the ledger database, configured so that money never passes through float.
 
-JSON and JSONB values (for example ``billing.summary``) are parsed with ``parse_float=Decimal``;
-``numeric`` columns already arrive as ``Decimal``. Use ``connect`` for a single connection and
-``make_pool`` for the gateway's pool; both apply the same configuration.
+JSON and JSONB values (for example ``billing.summary``) are parsed with ``parse_float=Decimal``, and
+``Json`` / ``Jsonb`` arguments rendered with ``api.jsonio.dumps`` (a Decimal as its exact digits, a float
+refused), so no wrapper passes ``dumps=``; ``numeric`` columns already arrive as ``Decimal``. Use ``connect``
+/ ``aconnect`` for a single connection, ``make_pool`` / ``make_async_pool`` for pools; all apply the same
+configuration (``configure`` / ``aconfigure``).
 """
 
 from __future__ import annotations
@@ -14,17 +16,25 @@ from typing import Any
 
 import psycopg
 import psycopg.conninfo
-from psycopg.types.json import set_json_loads
+from psycopg.types.json import set_json_dumps, set_json_loads
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
+
+from api.jsonio import dumps
 
 _loads = partial(json.loads, parse_float=Decimal)
 
 
-def configure(conn: psycopg.Connection[Any]) -> None:
-    """Parse JSON numbers as Decimal, and run at READ COMMITTED whatever the server's default: the
-    billing functions serialise on the account's row lock and read what committed before it was
-    granted; at REPEATABLE READ racing calls would fail with serialization errors instead."""
+def _set_json(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
+    """JSON both ways on this connection only: numbers parsed as Decimal, values rendered by ``api.jsonio``."""
     set_json_loads(_loads, conn)
+    set_json_dumps(dumps, conn)
+
+
+def configure(conn: psycopg.Connection[Any]) -> None:
+    """JSON with Decimal numbers both ways (``_set_json``), and READ COMMITTED whatever the server's default:
+    the billing functions serialise on the account's row lock and read what committed before it was
+    granted; at REPEATABLE READ racing calls would fail with serialization errors instead."""
+    _set_json(conn)
     conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
 
 
@@ -47,10 +57,22 @@ def make_pool(
     return ConnectionPool(url, min_size=min_size, max_size=max_size, configure=_configure, open=open)
 
 
+async def aconfigure(conn: psycopg.AsyncConnection[Any]) -> None:
+    """``configure`` for an async connection."""
+    _set_json(conn)
+    await conn.set_isolation_level(psycopg.IsolationLevel.READ_COMMITTED)
+
+
+async def aconnect(url: str, *, autocommit: bool = True, **kwargs: Any) -> psycopg.AsyncConnection[Any]:
+    """``connect`` for async code: a configured async connection, autocommit by default."""
+    conn = await psycopg.AsyncConnection.connect(url, autocommit=autocommit, **kwargs)
+    await aconfigure(conn)
+    return conn
+
+
 async def _configure_async(conn: psycopg.AsyncConnection[Any]) -> None:
     await conn.set_autocommit(True)
-    set_json_loads(_loads, conn)
-    await conn.set_isolation_level(psycopg.IsolationLevel.READ_COMMITTED)
+    await aconfigure(conn)
 
 
 def make_async_pool(

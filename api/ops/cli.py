@@ -314,10 +314,10 @@ def cmd_pricing(args: argparse.Namespace, settings: Settings) -> int:
                     conn,
                     args.tool,
                     args.base,
-                    args.markup,
-                    args.estimate,
-                    args.variable,
-                    args.description,
+                    markup_percent=args.markup,
+                    estimate_usd=args.estimate,
+                    variable_cost=args.variable,
+                    description=args.description,
                     max_price_usd=args.max_price,
                     per_input_char_usd=args.per_input_char,
                 )
@@ -442,7 +442,7 @@ def reconcile(settings: Settings, fail_stale_minutes: int | None) -> int:
     spool = Spool(settings.data_dir / "spool")
 
     async def replay_all() -> tuple[int, int, list[tuple[str, str]]]:
-        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        async with await db.aconnect(url) as conn:  # configured: JSON rendered like the gateway's
             await roles.acheck_login(conn, Authority.OPERATOR)
             async def complete(entry: PendingCompletion) -> None:
                 await aledger.complete_request(
@@ -525,7 +525,7 @@ def cmd_payments(args: argparse.Namespace, settings: Settings) -> int:
     url = login_url(settings, Authority.PAYMENTS)
 
     async def run() -> int:
-        async with await psycopg.AsyncConnection.connect(url, autocommit=True) as conn:
+        async with await db.aconnect(url) as conn:
             await roles.acheck_login(conn, Authority.PAYMENTS)
         pool = db.make_async_pool(url, min_size=1, max_size=2, timeout=30)
         await pool.open(wait=True, timeout=30)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol
 
-from api.ledger.sync import OpenIntent, PaymentFacts
+from api.ledger.types import OpenIntent, PaymentFacts
 
 
 class WebhookRejected(Exception):

@@ -19,7 +19,7 @@ from typing import Any
 from psycopg_pool import AsyncConnectionPool
 
 from api.ledger import aio as aledger
-from api.ledger.sync import PaymentEventResult, PaymentIntent
+from api.ledger.types import PaymentEventResult, PaymentIntent
 from api.payments.base import (
     CheckoutRequest,
     CommonSettings,

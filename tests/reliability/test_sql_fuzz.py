@@ -179,9 +179,15 @@ def _seed_world(db: psycopg.Connection[Any]) -> World:
     ledger.update_settings(db, inactive, is_active=False)
     ledger.update_settings(db, unbilled, billing_enabled=False)
     ledger.set_tool_pricing(db, "priced", D("0.02"))
-    ledger.set_tool_pricing(db, "metered", D(0), D(50), D("0.01"), True)
+    ledger.set_tool_pricing(db, "metered", D(0), markup_percent=D(50), estimate_usd=D("0.01"), variable_cost=True)
     ledger.set_tool_pricing(
-        db, "bounded", D("0.001"), D(20), None, True, max_price_usd=D("0.16"), per_input_char_usd=D("0.0000013")
+        db,
+        "bounded",
+        D("0.001"),
+        markup_percent=D(20),
+        variable_cost=True,
+        max_price_usd=D("0.16"),
+        per_input_char_usd=D("0.0000013"),
     )
     charged = ledger.charge(db, rich, "fz-charged", D(2), "seed", {"k": "v"})
     ledger.reserve(db, rich, "fz-held", D(1))
@@ -317,11 +323,19 @@ JSON_VALUES = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(TEXT_CHARS, max_size=8), inner, max_size=4),
     max_leaves=12,
 )
+
+
+def _any_jsonb(value: Any) -> Jsonb:
+    """JSON as any client could send it, floats included: rendered by the standard library, not by the
+    connection's api.jsonio (which refuses floats before they could reach the database)."""
+    return Jsonb(value, dumps=json.dumps)
+
+
 JSONB = st.one_of(
-    st.dictionaries(st.text(TEXT_CHARS, max_size=8), JSON_VALUES, max_size=5).map(Jsonb),
-    JSON_VALUES.map(Jsonb),
-    st.just(Jsonb({"big": "z" * 20000})),
-    st.just(Jsonb([{"provider": "openai", "units": 1200, "cost": 0.004}])),
+    st.dictionaries(st.text(TEXT_CHARS, max_size=8), JSON_VALUES, max_size=5).map(_any_jsonb),
+    JSON_VALUES.map(_any_jsonb),
+    st.just(_any_jsonb({"big": "z" * 20000})),
+    st.just(_any_jsonb([{"provider": "openai", "units": 1200, "cost": 0.004}])),
     st.sampled_from(["{", '{"a":', "NaN", "[1,]", "'x'", "", '{"a": "\\u0000"}', "[" * 5000 + "]" * 5000]).map(Raw),
 )
 

@@ -450,7 +450,7 @@ def test_twenty_variable_cost_calls_on_twenty_cents_never_spend_more_than_twenty
     visibly."""
     user = funded_user(conn, "vera", D("0.20"))
     ledger.update_settings(conn, user, daily_limit_usd=D("0.20"), monthly_limit_usd=D("0.20"))
-    ledger.set_tool_pricing(conn, "summarize", D(0), D(20), D("0.01"), True)
+    ledger.set_tool_pricing(conn, "summarize", D(0), markup_percent=D(20), estimate_usd=D("0.01"), variable_cost=True)
     conns = _racers(connect, metering_url, 20)
     monitor_conn = connect()
     stop = threading.Event()

@@ -562,7 +562,9 @@ class LedgerMachine(RuleBasedStateMachine):
         self.set_now(MACHINE_START)
         for tool, pricing in TOOL_PRICING.items():
             if pricing is not None:
-                ledger.set_tool_pricing(self.conn, tool, pricing[0], pricing[1], max_price_usd=pricing[2])
+                ledger.set_tool_pricing(
+                    self.conn, tool, pricing[0], markup_percent=pricing[1], max_price_usd=pricing[2]
+                )
         for k, amount in enumerate(funds):
             user = MUser(ledger.ensure_account(self.conn, f"user-{k}"))
             self.users.append(user)

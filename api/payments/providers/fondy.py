@@ -56,7 +56,7 @@ from typing import Any
 import httpx
 
 from api.jsonio import JSONBodyError, dumps, loads
-from api.ledger.sync import OpenIntent, PaymentFacts
+from api.ledger.types import OpenIntent, PaymentFacts
 from api.payments.base import (
     MAX_EVENT_BYTES,
     MAX_EVENT_FIELDS,

@@ -43,7 +43,7 @@ from typing import Any
 import stripe
 
 from api.jsonio import JSONBodyError, dumps, loads
-from api.ledger.sync import OpenIntent, PaymentFacts
+from api.ledger.types import OpenIntent, PaymentFacts
 from api.payments.base import (
     MAX_EVENT_BYTES,
     Checkout,
