@@ -85,8 +85,8 @@ def test_every_endpoint_answers_each_kind_of_caller_as_the_table_says(
 def test_an_api_key_is_a_caller_but_not_a_user(gateway: Any, gdb: psycopg.Connection[Any], endpoint: Endpoint) -> None:
     key = apikeys.generate_key()
     ledger.create_api_key(gdb, f"access-{uuid.uuid4().hex[:8]}", apikeys.hash_key(key), apikeys.key_prefix(key))
-    with gateway.client(headers={"X-API-Key": key}) as client:
-        reply = ask(client, endpoint)
+    with gateway.client() as client:
+        reply = client.request(endpoint.method, concrete(endpoint.path), headers={"X-API-Key": key})
     if endpoint.access in (Access.USER, Access.ADMIN):
         assert (reply.status_code, loads(reply.content)["error"]["code"]) == (401, "jwt_required")
     else:
@@ -109,7 +109,8 @@ def test_a_gateway_refusing_anonymous_callers_serves_exactly_the_open_endpoints(
         with server.client() as client:
             for endpoint in ENDPOINTS:
                 reply = ask(client, endpoint)
-                error = loads(reply.content).get("error") or {}
+                is_json = reply.headers.get("content-type", "").startswith("application/json")
+                error = (loads(reply.content).get("error") or {}) if is_json else {}
                 guarded = reply.status_code == 401 and error.get("message") == (
                     "this gateway does not serve anonymous callers"
                 )
