@@ -20,6 +20,8 @@ from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
+from api.errors import TollgateError
+
 # The longest number text accepted: 1e12 with 8 decimals is 21 characters, a 64-bit id 20.
 MAX_NUMBER_CHARS = 100
 # The largest decimal exponent accepted (a double reaches 1e308): 1e999999999 is short text, but Decimal
@@ -28,8 +30,11 @@ MAX_NUMBER_CHARS = 100
 MAX_EXPONENT = 1000
 
 
-class JSONBodyError(ValueError):
-    """The text is not acceptable JSON; the message says why."""
+class JSONBodyError(TollgateError, ValueError):
+    """The text is not acceptable JSON; the message says why. Answered 400 invalid_json."""
+
+    status = 400
+    code = "invalid_json"
 
 
 def _integer(text: str) -> int:

@@ -9,7 +9,8 @@
     spool.py     completions the ledger could not take yet, on disk until it can
     metrics.py   Prometheus metrics
     mcp.py       the MCP transports (streamable HTTP, SSE) through the SDK
-    http/        the HTTP API: its routes and the endpoint table
+    http/        the HTTP API: the endpoint table (which binds each route with its access check), the
+                 handlers by concern, the envelope, parsing, OpenAPI
 
 May import ``api.ledger``, ``api.tools``, ``api.payments`` and the leaves. Never ``api.ops``. Nothing in
 this package imports ``app.py``: route modules take a ``Gateway`` (``context.py``).

@@ -34,31 +34,31 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.errors import TollgateError
 from api.gateway.auth import GatewayAuthBackend, InvalidCredentials, JWTVerifier, load_jwt_key
 from api.gateway.config import Settings
 from api.gateway.context import VERSION, Gateway
-from api.gateway.http.routes import ApiError, build_openapi, error_body, json_response, routes
+from api.gateway.http.endpoints import is_public, routes
+from api.gateway.http.envelope import error_body, error_response, json_response
+from api.gateway.http.openapi import build_openapi
 from api.gateway.mcp import MCPTransports
-from api.gateway.metering import AlreadyCompleted, CallRefused, LedgerUnavailable, UnknownTool
-from api.jsonio import JSONBodyError
 from api.ledger import aio as aledger
 from api.ledger import db, roles
-from api.ledger.errors import BillingError
 from api.ledger.roles import Authority
 from api.logs import request_id_var
-from api.tools.registry import InvalidArguments, ToolRegistry
+from api.tools.registry import ToolRegistry
 
 log = logging.getLogger("tollgate.gateway")
 access_log = logging.getLogger("tollgate.access")
 
-PUBLIC_PATHS = frozenset({"/health", "/metrics", "/openapi.json", "/api/tools"})
-# Payment providers call their webhook without our credentials: the signature authenticates them.
-WEBHOOK_PATH = re.compile(r"^/api/payments/[a-z][a-z0-9_]{0,49}/webhook$")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
 
-class BodyTooLarge(Exception):
+class BodyTooLarge(TollgateError):
+    status = 413
+    code = "body_too_large"
+
     def __init__(self, limit: int) -> None:
         super().__init__(f"the request body is larger than {limit} bytes")
         self.limit = limit
@@ -160,65 +160,28 @@ def _auth_error(conn: HTTPConnection, exc: Exception) -> Response:
     )
 
 
-def _public(path: str) -> bool:
-    return path in PUBLIC_PATHS or WEBHOOK_PATH.match(path) is not None
-
-
 class AnonymousGuard(GatewayAuthBackend):
-    """The backend with anonymous callers refused (TOLLGATE_ALLOW_ANONYMOUS=false), except on public paths."""
+    """The backend with anonymous callers refused (TOLLGATE_ALLOW_ANONYMOUS=false), except on the endpoint
+    table's open paths (PUBLIC, and PROVIDER: a webhook's signature authenticates it)."""
 
     async def authenticate(self, conn: HTTPConnection) -> Any:
         result = await super().authenticate(conn)
-        if result is not None and not result[1].is_authenticated and not _public(conn.url.path):
+        if result is not None and not result[1].is_authenticated and not is_public(conn.url.path):
             raise InvalidCredentials("credentials_required", "this gateway does not serve anonymous callers")
         return result
 
 
-async def _api_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
-    return json_response(error_body(exc.code, exc.message, **exc.extra), exc.status, headers=exc.headers or None)
+async def _tollgate_error(request: Request, exc: Exception) -> Response:
+    """Every error Tollgate answers: its status, code, message and headers (api.errors.TollgateError)."""
+    assert isinstance(exc, TollgateError)
+    return error_response(exc)
 
 
-async def _billing_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, BillingError)
-    extra: dict[str, Any] = {"details": exc.detail} if exc.detail else {}
-    if exc.hint:
-        extra["hint"] = exc.hint
-    return json_response(error_body(exc.code.name, exc.message, **extra), exc.http_status)
-
-
-async def _refused(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, CallRefused)
-    headers: dict[str, str] = {}
-    resets_at = exc.error.detail.get("resets_at")
-    if exc.error.http_status == 429 and isinstance(resets_at, str):
-        with contextlib.suppress(ValueError):
-            import datetime as dt
-
-            seconds = (dt.datetime.fromisoformat(resets_at) - dt.datetime.now(dt.UTC)).total_seconds()
-            headers["Retry-After"] = str(max(1, int(seconds) + 1))
-    body = error_body(exc.error.code.name, exc.text, details=exc.error.detail)
-    return json_response(body, exc.error.http_status, headers=headers or None)
-
-
-async def _simple(request: Request, exc: Exception) -> Response:
-    if isinstance(exc, UnknownTool):
-        return json_response(error_body("unknown_tool", str(exc)), 404)
-    if isinstance(exc, InvalidArguments):
-        return json_response(error_body("invalid_arguments", str(exc)), 422)
-    if isinstance(exc, AlreadyCompleted):
-        return json_response(error_body("already_completed", str(exc), request_id=exc.request_id), 409)
-    if isinstance(exc, LedgerUnavailable):
-        return json_response(error_body("ledger_unavailable", str(exc)), 503, headers={"Retry-After": "5"})
-    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | psycopg_pool.PoolTimeout):
-        log.error("ledger unreachable on %s %s: %s", request.method, request.url.path, exc)
-        message = "the billing ledger is temporarily unavailable; nothing was charged; retry shortly"
-        return json_response(error_body("ledger_unavailable", message), 503, headers={"Retry-After": "5"})
-    if isinstance(exc, BodyTooLarge):
-        return json_response(error_body("body_too_large", str(exc)), 413)
-    if isinstance(exc, JSONBodyError):
-        return json_response(error_body("invalid_json", str(exc)), 400)
-    raise exc
+async def _ledger_unreachable(request: Request, exc: Exception) -> Response:
+    """A connection or pool failure that escaped a handler: the ledger is unavailable, not the gateway broken."""
+    log.error("ledger unreachable on %s %s: %s", request.method, request.url.path, exc)
+    message = "the billing ledger is temporarily unavailable; nothing was charged; retry shortly"
+    return error_response(TollgateError(message, status=503, code="ledger_unavailable", headers={"Retry-After": "5"}))
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -315,18 +278,10 @@ def create_app(
             Middleware(AuthenticationMiddleware, backend=backend, on_error=_auth_error),
         ],
         exception_handlers={
-            ApiError: _api_error,
-            BillingError: _billing_error,
-            CallRefused: _refused,
-            UnknownTool: _simple,
-            InvalidArguments: _simple,
-            AlreadyCompleted: _simple,
-            LedgerUnavailable: _simple,
-            psycopg.OperationalError: _simple,
-            psycopg.InterfaceError: _simple,
-            psycopg_pool.PoolTimeout: _simple,
-            BodyTooLarge: _simple,
-            JSONBodyError: _simple,
+            TollgateError: _tollgate_error,
+            psycopg.OperationalError: _ledger_unreachable,
+            psycopg.InterfaceError: _ledger_unreachable,
+            psycopg_pool.PoolTimeout: _ledger_unreachable,
             404: _not_found,
             405: _not_found,
             Exception: _unexpected,

@@ -25,6 +25,7 @@ reported as ``written_off_usd`` in the call's billing answer.
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 import time
 import uuid
@@ -38,6 +39,7 @@ import psycopg
 import psycopg_pool
 from psycopg_pool import AsyncConnectionPool
 
+from api.errors import TollgateError
 from api.gateway.auth import Accounts, Identity
 from api.gateway.metrics import Metrics
 from api.gateway.spool import PendingCompletion, Spool
@@ -56,44 +58,73 @@ BEGIN_ATTEMPTS = 3
 ABANDONED_MAX = 10_000
 
 
-class UnknownTool(Exception):
+class UnknownTool(TollgateError):
+    status = 404
+    code = "unknown_tool"
+
     def __init__(self, name: str) -> None:
         super().__init__(f"unknown tool {name!r}: list the tools with tools/list or GET /openapi.json")
         self.name = name
 
 
-class CallRefused(Exception):
-    """The reservation was refused: ``error`` is the database's reason, with its figures."""
+class CallRefused(TollgateError):
+    """The reservation was refused: ``error`` is the database's reason, with its figures. Answered with the
+    refusal's status and code; a spend limit's answer says when to retry (Retry-After)."""
 
     def __init__(self, error: BillingError) -> None:
-        super().__init__(error.message)
+        hint = error.hint or ("Top up your balance to continue." if error.sqlstate == "BL001" else None)
+        super().__init__(
+            f"{error.message} {hint}" if hint else error.message,
+            status=error.status,
+            code=error.code,
+            headers=_retry_after(error),
+            details=error.detail,
+        )
         self.error = error
 
     @property
     def text(self) -> str:
         """One paragraph a person (or a model) can act on."""
-        hint = self.error.hint or ("Top up your balance to continue." if self.error.sqlstate == "BL001" else None)
-        return f"{self.error.message} {hint}" if hint else self.error.message
+        return self.message
 
 
-class LedgerUnavailable(Exception):
+def _retry_after(error: BillingError) -> dict[str, str]:
+    """Retry-After for a spend limit that resets at ``detail["resets_at"]``."""
+    resets_at = error.detail.get("resets_at")
+    if error.status != 429 or not isinstance(resets_at, str):
+        return {}
+    try:
+        seconds = (dt.datetime.fromisoformat(resets_at) - dt.datetime.now(dt.UTC)).total_seconds()
+    except ValueError:
+        return {}
+    return {"Retry-After": str(max(1, int(seconds) + 1))}
+
+
+class LedgerUnavailable(TollgateError):
     """The ledger could not be reached before the tool ran: nothing ran, nothing was charged."""
+
+    status = 503
+    code = "ledger_unavailable"
 
     def __init__(self, cause: Exception) -> None:
         super().__init__(
-            "billing is temporarily unavailable, so the call was not run and nothing was charged; retry shortly"
+            "billing is temporarily unavailable, so the call was not run and nothing was charged; retry shortly",
+            headers={"Retry-After": "5"},
         )
         self.cause = cause
 
 
-class AlreadyCompleted(Exception):
+class AlreadyCompleted(TollgateError):
     """A replayed request id (Idempotency-Key): the call ran or is running; it is not run or charged again."""
 
-    def __init__(self, request_id: str, status: str) -> None:
-        state = "is still running" if status == "pending" else f"has already run (status {status})"
-        super().__init__(f"request {request_id!r} {state}; it is not run or charged again")
+    status = 409
+    code = "already_completed"
+
+    def __init__(self, request_id: str, call_status: str) -> None:
+        state = "is still running" if call_status == "pending" else f"has already run (status {call_status})"
+        super().__init__(f"request {request_id!r} {state}; it is not run or charged again", request_id=request_id)
         self.request_id = request_id
-        self.status = status
+        self.call_status = call_status
 
 
 @dataclass(frozen=True)
@@ -232,7 +263,7 @@ class Meter:
                 raise LedgerUnavailable(exc) from exc
             except BillingError as error:
                 if error.sqlstate in REFUSALS:
-                    self.metrics.refusals.labels(error.code.name).inc()
+                    self.metrics.refusals.labels(error.code).inc()
                     self.metrics.tool_calls.labels(tool_name, transport, "refused").inc()
                     raise CallRefused(error) from None
                 raise
@@ -424,7 +455,7 @@ def refusal_result(refused: CallRefused) -> types.CallToolResult:
     return types.CallToolResult(
         content=[types.TextContent(type="text", text=refused.text)],
         structured_content={
-            "error": {"code": refused.error.code.name, "message": refused.text, **refused.error.detail}
+            "error": {"code": refused.error.code, "message": refused.text, **refused.error.detail}
         },
         is_error=True,
     )

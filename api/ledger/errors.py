@@ -18,6 +18,8 @@ from typing import Any, ClassVar
 
 import psycopg
 
+from api.errors import TollgateError
+
 
 @dataclass(frozen=True)
 class ErrorCode:
@@ -54,24 +56,31 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
 BY_SQLSTATE: dict[str, ErrorCode] = {code.sqlstate: code for code in ERROR_CODES}
 
 
-class BillingError(Exception):
-    """A refusal from the billing functions. ``detail`` holds the figures (Decimal for numbers)."""
+class BillingError(TollgateError):
+    """A refusal from the billing functions. ``detail`` holds the figures (Decimal for numbers).
+
+    ``status`` and ``code`` (``TollgateError``) are the registry entry's HTTP status and name; ``error_code``
+    is the whole entry."""
 
     sqlstate: ClassVar[str] = ""
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.sqlstate:
+            cls.status = BY_SQLSTATE[cls.sqlstate].http_status
+            cls.code = BY_SQLSTATE[cls.sqlstate].name
+
     def __init__(self, message: str, detail: dict[str, Any] | None = None, hint: str | None = None) -> None:
-        super().__init__(message)
-        self.message = message
         self.detail: dict[str, Any] = detail or {}
         self.hint = hint
+        extra: dict[str, Any] = {"details": self.detail} if self.detail else {}
+        if hint:
+            extra["hint"] = hint
+        super().__init__(message, **extra)
 
     @property
-    def code(self) -> ErrorCode:
+    def error_code(self) -> ErrorCode:
         return BY_SQLSTATE[self.sqlstate]
-
-    @property
-    def http_status(self) -> int:
-        return self.code.http_status
 
 
 class InsufficientFunds(BillingError):

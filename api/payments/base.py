@@ -9,16 +9,24 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol
 
+from api.errors import TollgateError
 from api.ledger.types import OpenIntent, PaymentFacts
 
 
-class WebhookRejected(Exception):
+class WebhookRejected(TollgateError):
     """A delivery that must not be acted on or stored: bad or missing signature, stale timestamp,
-    a body that is not what the provider sends. Answered 400; the reason is logged, never echoed."""
+    a body that is not what the provider sends. Answered 400 (the webhook route words the message)."""
+
+    status = 400
+    code = "invalid_webhook"
 
 
-class ProviderUnavailable(Exception):
-    """The provider refused or could not be reached while creating a checkout or reading a payment."""
+class ProviderUnavailable(TollgateError):
+    """The provider refused or could not be reached while creating a checkout or reading a payment.
+    Answered 502 on a top-up; the webhook route answers 503 (the provider should retry)."""
+
+    status = 502
+    code = "payment_provider_unavailable"
 
 
 # No provider sends more than this for one event (Stripe events and Fondy callbacks are a few KiB): a

@@ -18,6 +18,7 @@ from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
 
+from api.errors import TollgateError
 from api.ledger import aio as aledger
 from api.ledger.types import PaymentEventResult, PaymentIntent
 from api.payments.base import (
@@ -33,12 +34,19 @@ from api.payments.registry import amount_bounds, load_common, load_providers
 log = logging.getLogger("tollgate.payments")
 
 
-class PaymentsUnavailable(Exception):
-    """No provider is configured, or not the one asked for."""
+class PaymentsUnavailable(TollgateError):
+    """No provider is configured, or not the one asked for. Answered 503 on a top-up; the webhook route
+    answers 404 (no such provider)."""
+
+    status = 503
+    code = "payments_unavailable"
 
 
-class AmountOutOfBounds(ValueError):
-    """A top-up below the configured minimum or above the maximum."""
+class AmountOutOfBounds(TollgateError, ValueError):
+    """A top-up below the configured minimum or above the maximum (``field`` names the amount)."""
+
+    status = 422
+    code = "amount_out_of_range"
 
 
 @dataclass(frozen=True)
@@ -111,9 +119,14 @@ class Payments:
     def check_amount(self, amount: Decimal, currency: str) -> None:
         low, high = self.bounds[currency]
         if amount != amount.quantize(Decimal("0.01")):
-            raise AmountOutOfBounds(f"a top-up is paid in whole cents: {amount} {currency} has more than 2 decimals")
+            raise AmountOutOfBounds(
+                f"a top-up is paid in whole cents: {amount} {currency} has more than 2 decimals",
+                field=f"amount_{currency.lower()}",
+            )
         if not low <= amount <= high:
-            raise AmountOutOfBounds(f"a top-up in {currency} must be from {low} to {high}, not {amount}")
+            raise AmountOutOfBounds(
+                f"a top-up in {currency} must be from {low} to {high}, not {amount}", field=f"amount_{currency.lower()}"
+            )
 
     # ---- 1. start ---------------------------------------------------------------------------------
 

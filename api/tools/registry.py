@@ -23,6 +23,8 @@ from typing import Any, Protocol
 import jsonschema
 import mcp_types as types
 
+from api.errors import TollgateError
+
 TOOL_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}$")
 
 
@@ -33,8 +35,11 @@ class ToolError(Exception):
     """
 
 
-class InvalidArguments(ToolError):
-    """The arguments do not satisfy the tool's input schema."""
+class InvalidArguments(ToolError, TollgateError):
+    """The arguments do not satisfy the tool's input schema. Answered 422 over HTTP."""
+
+    status = 422
+    code = "invalid_arguments"
 
 
 @dataclass

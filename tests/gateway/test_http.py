@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from api.gateway import apikeys
-from api.gateway.http.routes import scoped_request_id
+from api.gateway.http.envelope import scoped_request_id
 from api.jsonio import loads
 from api.ledger import sync as ledger
 from tests.helpers import ledger_rows, tracking_row
@@ -63,7 +63,7 @@ def assert_consistent(gdb: psycopg.Connection[Any]) -> None:
 
 
 def test_health_and_openapi_list_every_route(gateway: Any) -> None:
-    from api.gateway.http.routes import ENDPOINTS
+    from api.gateway.http.endpoints import ENDPOINTS
 
     with gateway.client() as client:
         health = client.get("/health")

@@ -222,11 +222,11 @@ def test_fondy_bad_callbacks_are_rejected(fondy_provider):
 
 
 def test_webhooks_are_public_paths_even_when_anonymous_callers_are_refused():
-    from api.gateway.app import _public
+    from api.gateway.http.endpoints import is_public
 
-    assert _public("/api/payments/stripe/webhook") and _public("/api/payments/fondy/webhook")
-    assert not _public("/api/payments/stripe/webhook/x") and not _public("/api/payments/../billing/balance")
-    assert not _public("/api/billing/topup")
+    assert is_public("/api/payments/stripe/webhook") and is_public("/api/payments/fondy/webhook")
+    assert not is_public("/api/payments/stripe/webhook/x") and not is_public("/api/payments/../billing/balance")
+    assert not is_public("/api/billing/topup")
 
 
 @pytest.mark.parametrize("bad_id", [" ", "", "evt\x00", "evt\n1", "x" * 256])

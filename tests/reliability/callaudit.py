@@ -35,7 +35,7 @@ import jwt
 import psycopg
 from psycopg.rows import dict_row
 
-from api.gateway.http.routes import scoped_request_id
+from api.gateway.http.envelope import scoped_request_id
 from api.jsonio import loads
 from api.ledger import sync as ledger
 

@@ -31,7 +31,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from api.gateway.http.routes import scoped_request_id
+from api.gateway.http.envelope import scoped_request_id
 from api.gateway.spool import Spool
 from api.ledger import db as apidb
 from api.ledger import sync as ledger

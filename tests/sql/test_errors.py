@@ -109,7 +109,8 @@ def test_every_code_maps_to_its_own_exception_class():
         assert issubclass(cls, BillingError)
         assert cls.sqlstate == sqlstate
         instance = cls("message")
-        assert instance.code is errors.BY_SQLSTATE[sqlstate]
+        assert instance.error_code is errors.BY_SQLSTATE[sqlstate]
+        assert (instance.status, instance.code) == (instance.error_code.http_status, instance.error_code.name)
         assert instance.detail == {}
     assert issubclass(EXCEPTIONS["BL002"], LimitExceeded)
     assert issubclass(EXCEPTIONS["BL003"], LimitExceeded)
@@ -119,7 +120,7 @@ def test_every_code_has_a_fitting_http_status():
     assert set(FITTING_STATUSES) == {code.name for code in ERROR_CODES}
     for code in ERROR_CODES:
         assert code.http_status in FITTING_STATUSES[code.name], (code.name, code.http_status)
-        assert EXCEPTIONS[code.sqlstate]("m").http_status == code.http_status
+        assert EXCEPTIONS[code.sqlstate]("m").status == code.http_status
 
 
 def test_different_kinds_of_refusal_have_different_http_statuses():
@@ -246,7 +247,7 @@ def test_unknown_user_message_names_a_missing_id_without_python_none(db):
         with pytest.raises(errors.UnknownUser) as caught:
             ledger.check_balance(db, user_id, 1)  # type: ignore[arg-type]
         assert "None" not in caught.value.message
-        assert caught.value.http_status == 404
+        assert caught.value.status == 404
 
 
 def test_other_database_errors_pass_through_untranslated(db):

@@ -169,7 +169,7 @@ def test_a_taken_name_or_key_is_refused_even_after_revocation(db):
 def test_revoke_an_unknown_or_malformed_name(db):
     with h.nothing_written(db), pytest.raises(UnknownApiKey) as unknown:
         ledger.revoke_api_key(db, "ghost")
-    assert unknown.value.http_status == 404
+    assert unknown.value.status == 404
     assert unknown.value.detail == {"name": "ghost"}
     assert "ghost" in unknown.value.message
     with h.nothing_written(db), pytest.raises(InvalidArgument):

@@ -329,10 +329,10 @@ def test_a_user_changes_their_limits_and_nothing_else(metering, db):
     assert (row["is_active"], row["billing_enabled"], row["limit_override"]) == (False, False, True)
     with pytest.raises(BillingError) as refused:
         ledger.update_limits(metering, user_id, daily_limit_usd=D(-1))
-    assert refused.value.code.sqlstate == "BL006"
+    assert refused.value.error_code.sqlstate == "BL006"
     with pytest.raises(BillingError) as unknown:
         ledger.update_limits(metering, uuid.uuid4(), daily_limit_usd=D(1))
-    assert unknown.value.code.sqlstate == "BL007"
+    assert unknown.value.error_code.sqlstate == "BL007"
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         ledger.update_settings(metering, user_id, is_active=True)
 

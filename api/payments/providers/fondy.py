@@ -83,11 +83,11 @@ log = logging.getLogger("tollgate.payments")
 
 
 class FondyRefused(ProviderUnavailable):
-    """Fondy answered, with response_status "failure" (``code`` is its error_code)."""
+    """Fondy answered, with response_status "failure" (``fondy_code`` is its error_code)."""
 
-    def __init__(self, message: str, code: object) -> None:
+    def __init__(self, message: str, fondy_code: object) -> None:
         super().__init__(message)
-        self.code = code
+        self.fondy_code = fondy_code
 
 
 def from_env(env: Mapping[str, str], common: CommonSettings) -> FondyProvider | None:
@@ -254,7 +254,7 @@ class FondyProvider:
         try:
             response = await self._call("/api/status/order_id", {"order_id": order_id, "version": "1.0"})
         except FondyRefused as exc:
-            if str(exc.code) == str(ORDER_NOT_FOUND):
+            if str(exc.fondy_code) == str(ORDER_NOT_FOUND):
                 raise WebhookRejected(f"Fondy knows no order {order_id[:100]!r}") from None
             raise
         if not self._signed(response):
