@@ -55,7 +55,9 @@ BEGIN
     -- The request-id probe runs before the locking UPDATE, not inside it: inside, PostgreSQL would
     -- re-check it while holding a contended lock. A duplicate that commits in between is caught by
     -- ON CONFLICT and undone below.
-    IF NOT EXISTS (SELECT FROM billing.billing_transactions t WHERE t.request_id = p_request_id AND t.type = 'charge') THEN
+    -- The test-only switch tollgate.force_exact_path = on skips it (db/README.md).
+    IF current_setting('tollgate.force_exact_path', true) IS DISTINCT FROM 'on'
+       AND NOT EXISTS (SELECT FROM billing.billing_transactions t WHERE t.request_id = p_request_id AND t.type = 'charge') THEN
         WITH cfg AS (
             SELECT c.time_zone, c.uah_per_usd, c.clock_override, coalesce(c.clock_override, clock_timestamp()) AS clock
               FROM billing.config c

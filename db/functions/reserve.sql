@@ -50,7 +50,9 @@ BEGIN
     -- and raises refusals.
     -- The request-id probes run before the locking UPDATE, not inside it (there PostgreSQL would
     -- re-check them while holding a contended lock); a racing duplicate is caught by ON CONFLICT.
-    IF NOT EXISTS (SELECT FROM billing.reservations r WHERE r.request_id = p_request_id)
+    -- The test-only switch tollgate.force_exact_path = on skips it (db/README.md).
+    IF current_setting('tollgate.force_exact_path', true) IS DISTINCT FROM 'on'
+       AND NOT EXISTS (SELECT FROM billing.reservations r WHERE r.request_id = p_request_id)
        AND NOT EXISTS (SELECT FROM billing.billing_transactions t WHERE t.request_id = p_request_id AND t.type = 'charge') THEN
         WITH cfg AS (
             SELECT c.time_zone, c.hold_ttl, c.clock_override, coalesce(c.clock_override, clock_timestamp()) AS clock

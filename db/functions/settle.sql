@@ -57,7 +57,8 @@ BEGIN
 
     -- The request-id probe runs before the locking UPDATE, not inside it (there PostgreSQL would
     -- re-check it while holding a contended lock); a racing charge is caught by ON CONFLICT.
-    IF p_actual_usd > 0
+    -- The test-only switch tollgate.force_exact_path = on skips the fast path (db/README.md).
+    IF p_actual_usd > 0 AND current_setting('tollgate.force_exact_path', true) IS DISTINCT FROM 'on'
        AND NOT EXISTS (SELECT FROM billing.billing_transactions t WHERE t.request_id = p_request_id AND t.type = 'charge') THEN
         -- Fast path, one statement: a held hold of a billed account, settled at a price > 0, for a
         -- request without a charge, when no open hold of the account can have expired yet
