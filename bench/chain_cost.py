@@ -8,6 +8,9 @@ db/. The same pgbench scripts (billing.charge on 10k users and on one account, r
 fresh clones of each, alternating which goes first every round; the figure is the ratio of median tps,
 chained / before, and the ratio of PostgreSQL's CPU per transaction (less noisy on a small shared
 machine), with verify_ledger() empty after every run. The issue's budget: under 5 % of charge.
+
+With --any-before, the same measurement compares this checkout's db/ with any revision's (the chain may be in
+both): what a change to the SQL costs or saves. "chained" in the figures then means "this checkout".
 """
 
 from __future__ import annotations
@@ -48,12 +51,12 @@ def default_before() -> str:
     return f"{added[-1]}^1"
 
 
-def export_db(rev: str, target: Path) -> Path:
-    """db/ of `rev`, unpacked into `target`."""
+def export_db(rev: str, target: Path, *, unchained: bool = True) -> Path:
+    """db/ of `rev`, unpacked into `target` (`unchained`: refused when it already has the hash chain)."""
     archive = subprocess.run(["git", "archive", rev, "db"], cwd=ledger.ROOT, capture_output=True, check=True).stdout
     with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
         tar.extractall(target, filter="data")
-    if (target / CHAIN_MIGRATION).exists():
+    if unchained and (target / CHAIN_MIGRATION).exists():
         raise SystemExit(f"{rev} already has the hash chain: pass an earlier --before")
     return target / "db"
 
@@ -85,6 +88,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--before", help="git revision whose db/ has no hash chain (default: the one before 0009)")
     parser.add_argument("--duration", type=int, default=20, help="seconds per pgbench run (default 20)")
     parser.add_argument("--rounds", type=int, default=5, help="alternating rounds (default 5)")
+    parser.add_argument(
+        "--any-before", action="store_true", help="--before may have the chain: measure any change to db/"
+    )
     args = parser.parse_args(argv)
     before_rev = args.before or default_before()
     commit = subprocess.run(
@@ -93,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, dict[str, list[float]]] = {name: {"before": [], "chained": []} for name in SCRIPTS}
     cpu: dict[str, dict[str, list[float]]] = {name: {"before": [], "chained": []} for name in SCRIPTS}
     with ledger.ledger_env() as env, tempfile.TemporaryDirectory(prefix="chain-before-") as tmp:
-        dirs = {"before": export_db(before_rev, Path(tmp)), "chained": env.settings.db_dir}
+        before_db = export_db(before_rev, Path(tmp), unchained=not args.any_before)
+        dirs = {"before": before_db, "chained": env.settings.db_dir}
         for code, template in TEMPLATES.items():
             ledger._log(f"seeding {ledger.USERS:,} funded accounts with the {code} code into {template} ...")
             ledger.build_ledger_template(env.server, dirs[code], template)
@@ -137,7 +144,8 @@ def main(argv: list[str] | None = None) -> int:
             for name, runs in results.items()
         },
     }
-    print(f"\nhash chain cost (before = {commit}; median of {args.rounds} alternating rounds of {args.duration} s)")
+    what = "this checkout's db/ (before =" if args.any_before else "hash chain cost (before ="
+    print(f"\n{what} {commit}; median of {args.rounds} alternating rounds of {args.duration} s)")
     print(f"{'scenario':<20} {'before tps':>11} {'chained tps':>12} {'ratio':>6} {'CPU us before':>14} "
           f"{'chained':>8} {'ratio':>6}  tps ratio per round")
     for name, row in report["scenarios"].items():

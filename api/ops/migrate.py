@@ -8,7 +8,10 @@ Layout of the db directory (docs/design.md §1):
 
 `upgrade` applies the pending migrations with yoyo, then always re-applies every function and
 view file, all in one transaction, so the database's code matches the checkout even when no
-migration was pending (yoyo's own post-apply hook does not run then). The privileges of the Tollgate
+migration was pending (yoyo's own post-apply hook does not run then). CREATE OR REPLACE of a function
+whose arguments changed makes a new overload beside the old one, so the overloads of a file's function
+that no file (re)created are dropped in the same transaction; a function removed altogether needs a
+migration's DROP FUNCTION. The privileges of the Tollgate
 roles are the GRANT lines the files end with: every one the roles held is revoked first, so a grant
 removed from a file is gone. Everything is then given to the NOLOGIN tollgate_owner (migration 0003),
 whatever role migrates. The connecting role must be a superuser, or a member of tollgate_owner that
@@ -144,15 +147,59 @@ def _upgrade_lock(url: str) -> Iterator[psycopg.Connection[Any]]:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_UPGRADE_LOCK_KEY,))
 
 
+# Every routine of schema billing, with the physical place of its pg_proc row: CREATE OR REPLACE always writes
+# a new row version, and while this transaction is open the old version keeps its place, so a routine the
+# files created or replaced is one whose (oid, ctid) is not in the list taken before them.
+_ROUTINE_ROWS = """
+SELECT p.oid::int8, p.ctid::text FROM pg_proc p WHERE p.pronamespace = 'billing'::regnamespace
+"""
+
+# The overloads the files left behind: routines of billing that the files did not create or replace, whose
+# name is that of one they did (its signature changed: CREATE OR REPLACE made a new overload beside the old
+# one). Routines no file names (those migrations create: trigger functions, the ledger's hash functions)
+# and extension members are not touched.
+_STALE_OVERLOADS = """
+WITH routines AS (
+    SELECT p.oid, p.proname, p.prokind, (p.oid::int8, p.ctid::text) NOT IN (
+               SELECT * FROM unnest(%(oids)s::int8[], %(ctids)s::text[])) AS touched
+    FROM pg_proc p
+    WHERE p.pronamespace = 'billing'::regnamespace
+)
+SELECT r.oid::regprocedure::text
+FROM routines r
+WHERE NOT r.touched AND r.prokind IN ('f', 'p')
+  AND r.proname IN (SELECT t.proname FROM routines t WHERE t.touched)
+  AND NOT EXISTS (SELECT FROM pg_depend d
+                  WHERE d.classid = 'pg_proc'::regclass AND d.objid = r.oid AND d.deptype = 'e')
+ORDER BY 1
+"""
+
+
+def _drop_stale_overloads(conn: psycopg.Connection[Any], before: list[tuple[int, str]]) -> None:
+    """Drop the overloads whose signature no file defines any more (a file changed a function's arguments).
+    Without CASCADE: an overload something still depends on fails the upgrade, naming it."""
+    oids, ctids = [oid for oid, _ in before], [ctid for _, ctid in before]
+    stale = [row[0] for row in conn.execute(_STALE_OVERLOADS, {"oids": oids, "ctids": ctids}).fetchall()]
+    for routine in stale:
+        try:
+            # `routine` is regprocedure's own text: schema-qualified and quoted where needed.
+            conn.execute(f"DROP ROUTINE {routine}".encode())
+        except psycopg.Error as exc:
+            raise MigrationError(f"dropping {routine}, an overload no file defines any more: {exc}") from exc
+        logger.info("dropped %s: no file defines that signature any more", routine)
+
+
 def _reapply_code(conn: psycopg.Connection[Any], db_dir: Path) -> None:
     """Revoke the grantee roles' privileges, re-run every function and view file (each grants its own),
-    then give everything to tollgate_owner, in one transaction."""
+    drop the overloads the files no longer define, then give everything to tollgate_owner, in one
+    transaction."""
     files = _sql_files(db_dir / "functions") + _sql_files(db_dir / "views")
     with conn.transaction():
         try:
             conn.execute(_REVOKES.encode())
         except psycopg.Error as exc:
             raise MigrationError(f"revoking privileges on schema billing: {exc}") from exc
+        before = [(int(oid), str(ctid)) for oid, ctid in conn.execute(_ROUTINE_ROWS).fetchall()]
         for path in files:
             try:
                 # No parameters: psycopg sends the file as one simple query, so a file may hold
@@ -160,6 +207,7 @@ def _reapply_code(conn: psycopg.Connection[Any], db_dir: Path) -> None:
                 conn.execute(path.read_text(encoding="utf-8").encode())
             except psycopg.Error as exc:
                 raise MigrationError(f"{path.relative_to(db_dir)}: {exc}") from exc
+        _drop_stale_overloads(conn, before)
         try:
             conn.execute(_OWNERSHIP.encode())
         except psycopg.Error as exc:

@@ -12,8 +12,8 @@ CREATE OR REPLACE FUNCTION billing._limit_status(
 LANGUAGE plpgsql STABLE
 AS $$
 DECLARE
-    v_day_room   numeric := p_account.daily_limit_usd - p_account.day_spent_usd - p_account.held_usd;
-    v_month_room numeric := p_account.monthly_limit_usd - p_account.month_spent_usd - p_account.held_usd;
+    v_day_room   numeric := billing._limit_room(p_account.daily_limit_usd, p_account.day_spent_usd, p_account.held_usd);
+    v_month_room numeric := billing._limit_room(p_account.monthly_limit_usd, p_account.month_spent_usd, p_account.held_usd);
 BEGIN
     override := p_account.limit_override;
     held_usd := p_account.held_usd;
@@ -30,6 +30,9 @@ BEGIN
         remaining_usd := greatest(v_month_room, 0);
         resets_at := (p_account.month_start + interval '1 month')::timestamp AT TIME ZONE p_time_zone;
     END IF;
-    allowed := override OR (v_day_room >= p_amount AND v_month_room >= p_amount);
+    -- The rule the fast paths of charge and reserve inline.
+    allowed := billing._within_limits(
+        p_account.limit_override, p_account.daily_limit_usd, p_account.day_spent_usd,
+        p_account.monthly_limit_usd, p_account.month_spent_usd, p_account.held_usd, p_amount);
 END;
 $$;

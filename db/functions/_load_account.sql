@@ -23,7 +23,6 @@ AS $$
 DECLARE
     v_account billing.user_billing;
     v_now     timestamptz;
-    v_today   date;
     v_expired numeric;
 BEGIN
     IF p_for_update THEN
@@ -44,16 +43,14 @@ BEGIN
         SELECT coalesce(c.clock_override, p_clock) INTO p_clock FROM billing.config c;
     END IF;
     v_now := billing._effective_now(p_clock, clock_timestamp(), v_account.updated_at);
-    v_today := (v_now AT TIME ZONE p_time_zone)::date;
     v_account.updated_at := v_now;
-    IF v_account.day_start IS DISTINCT FROM v_today THEN
-        v_account.day_spent_usd := 0;
-        v_account.day_start := v_today;
-    END IF;
-    IF v_account.month_start IS DISTINCT FROM date_trunc('month', v_today)::date THEN
-        v_account.month_spent_usd := 0;
-        v_account.month_start := date_trunc('month', v_today)::date;
-    END IF;
+    -- The windows roll over by the rule the fast paths inline (billing._window_spend).
+    v_account.day_spent_usd := billing._window_spend(
+        v_account.day_spent_usd, v_account.day_start, billing._local_day(v_now, p_time_zone));
+    v_account.day_start := billing._local_day(v_now, p_time_zone);
+    v_account.month_spent_usd := billing._window_spend(
+        v_account.month_spent_usd, v_account.month_start, billing._local_month(v_now, p_time_zone));
+    v_account.month_start := billing._local_month(v_now, p_time_zone);
     -- Holds can only have expired once the account's bound (holds_expire_at) has passed.
     IF v_account.held_usd > 0 AND (v_account.holds_expire_at IS NULL OR v_account.holds_expire_at <= v_now) THEN
         IF p_for_update THEN

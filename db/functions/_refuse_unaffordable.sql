@@ -12,7 +12,7 @@ RETURNS void
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    v_available numeric := p_account.balance_usd - p_account.held_usd;
+    v_available numeric := billing._available_usd(p_account.balance_usd, p_account.held_usd);
     v_limit     record;
 BEGIN
     IF NOT p_account.is_active THEN

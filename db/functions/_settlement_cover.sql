@@ -19,17 +19,19 @@ CREATE OR REPLACE FUNCTION billing._settlement_cover(
 LANGUAGE plpgsql IMMUTABLE
 AS $$
 DECLARE
-    v_free  numeric := p_account.balance_usd - p_account.held_usd;
-    v_bound numeric;
+    v_free       numeric := billing._available_usd(p_account.balance_usd, p_account.held_usd);
+    v_day_room   numeric := billing._limit_room(p_account.daily_limit_usd, p_account.day_spent_usd, p_account.held_usd);
+    v_month_room numeric := billing._limit_room(p_account.monthly_limit_usd, p_account.month_spent_usd, p_account.held_usd);
+    v_bound      numeric;
 BEGIN
     reason := 'insufficient_funds';
     IF NOT p_account.limit_override THEN
-        IF p_account.daily_limit_usd - p_account.day_spent_usd - p_account.held_usd < v_free THEN
-            v_free := p_account.daily_limit_usd - p_account.day_spent_usd - p_account.held_usd;
+        IF v_day_room < v_free THEN
+            v_free := v_day_room;
             reason := 'daily_limit';
         END IF;
-        IF p_account.monthly_limit_usd - p_account.month_spent_usd - p_account.held_usd < v_free THEN
-            v_free := p_account.monthly_limit_usd - p_account.month_spent_usd - p_account.held_usd;
+        IF v_month_room < v_free THEN
+            v_free := v_month_room;
             reason := 'monthly_limit';
         END IF;
     END IF;

@@ -55,7 +55,9 @@ BEGIN
     -- The request-id probe runs before the locking UPDATE, not inside it: inside, PostgreSQL would
     -- re-check it while holding a contended lock. A duplicate that commits in between is caught by
     -- ON CONFLICT and undone below.
-    IF NOT EXISTS (SELECT FROM billing.billing_transactions t WHERE t.request_id = p_request_id AND t.type = 'charge') THEN
+    -- The test-only switch tollgate.force_exact_path = on skips it (db/README.md).
+    IF current_setting('tollgate.force_exact_path', true) IS DISTINCT FROM 'on'
+       AND NOT EXISTS (SELECT FROM billing.billing_transactions t WHERE t.request_id = p_request_id AND t.type = 'charge') THEN
         WITH cfg AS (
             SELECT c.time_zone, c.uah_per_usd, c.clock_override, coalesce(c.clock_override, clock_timestamp()) AS clock
               FROM billing.config c
@@ -66,12 +68,11 @@ BEGIN
                    total_spent_usd = b.total_spent_usd + p_amount_usd,
                    total_spent_uah = b.total_spent_uah + coalesce(round(p_amount_usd * cfg.uah_per_usd, 2), 0),
                    total_requests  = b.total_requests + 1,
-                   day_spent_usd   = CASE WHEN b.day_start = billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone)
-                                          THEN b.day_spent_usd ELSE 0 END + p_amount_usd,
+                   -- The day and month windows roll over to those of the effective time.
+                   day_spent_usd   = billing._window_spend(b.day_spent_usd, b.day_start, billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone)) + p_amount_usd,
                    day_start       = billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone),
-                   month_spent_usd = CASE WHEN b.month_start = date_trunc('month', billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone))::date
-                                          THEN b.month_spent_usd ELSE 0 END + p_amount_usd,
-                   month_start     = date_trunc('month', billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone))::date,
+                   month_spent_usd = billing._window_spend(b.month_spent_usd, b.month_start, billing._local_month(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone)) + p_amount_usd,
+                   month_start     = billing._local_month(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone),
                    version         = b.version + 1,
                    last_request_at = billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at),
                    updated_at      = billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at),
@@ -86,13 +87,13 @@ BEGIN
                -- A test clock read before the lock and older than the account's last change: exact path.
                AND (cfg.clock_override IS NULL OR cfg.clock_override >= b.updated_at)
                AND (b.held_usd = 0 OR b.holds_expire_at > billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at))
-               AND b.balance_usd - b.held_usd >= p_amount_usd
+               AND billing._available_usd(b.balance_usd, b.held_usd) >= p_amount_usd
                AND abs(b.balance_usd - p_amount_usd) < 1e12
-               AND (b.limit_override OR (
-                        CASE WHEN b.day_start = billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone)
-                             THEN b.day_spent_usd ELSE 0 END + b.held_usd + p_amount_usd <= b.daily_limit_usd
-                    AND CASE WHEN b.month_start = date_trunc('month', billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone))::date
-                             THEN b.month_spent_usd ELSE 0 END + b.held_usd + p_amount_usd <= b.monthly_limit_usd))
+               AND billing._within_limits(
+                       b.limit_override,
+                       b.daily_limit_usd, billing._window_spend(b.day_spent_usd, b.day_start, billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone)),
+                       b.monthly_limit_usd, billing._window_spend(b.month_spent_usd, b.month_start, billing._local_month(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone)),
+                       b.held_usd, p_amount_usd)
             RETURNING b.version, b.balance_usd, b.updated_at, cfg.uah_per_usd, b.ledger_head
         ), entry AS (
             INSERT INTO billing.billing_transactions AS t (

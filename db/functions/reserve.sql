@@ -50,7 +50,9 @@ BEGIN
     -- and raises refusals.
     -- The request-id probes run before the locking UPDATE, not inside it (there PostgreSQL would
     -- re-check them while holding a contended lock); a racing duplicate is caught by ON CONFLICT.
-    IF NOT EXISTS (SELECT FROM billing.reservations r WHERE r.request_id = p_request_id)
+    -- The test-only switch tollgate.force_exact_path = on skips it (db/README.md).
+    IF current_setting('tollgate.force_exact_path', true) IS DISTINCT FROM 'on'
+       AND NOT EXISTS (SELECT FROM billing.reservations r WHERE r.request_id = p_request_id)
        AND NOT EXISTS (SELECT FROM billing.billing_transactions t WHERE t.request_id = p_request_id AND t.type = 'charge') THEN
         WITH cfg AS (
             SELECT c.time_zone, c.hold_ttl, c.clock_override, coalesce(c.clock_override, clock_timestamp()) AS clock
@@ -60,25 +62,24 @@ BEGIN
                SET held_usd        = b.held_usd + p_amount_usd,
                    holds_expire_at = CASE WHEN b.held_usd = 0 THEN billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at) + coalesce(p_ttl, cfg.hold_ttl)
                                           ELSE least(b.holds_expire_at, billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at) + coalesce(p_ttl, cfg.hold_ttl)) END,
-                   day_spent_usd   = CASE WHEN b.day_start = billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone)
-                                          THEN b.day_spent_usd ELSE 0 END,
+                   -- The day and month windows roll over to those of the effective time.
+                   day_spent_usd   = billing._window_spend(b.day_spent_usd, b.day_start, billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone)),
                    day_start       = billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone),
-                   month_spent_usd = CASE WHEN b.month_start = date_trunc('month', billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone))::date
-                                          THEN b.month_spent_usd ELSE 0 END,
-                   month_start     = date_trunc('month', billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone))::date,
+                   month_spent_usd = billing._window_spend(b.month_spent_usd, b.month_start, billing._local_month(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone)),
+                   month_start     = billing._local_month(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone),
                    updated_at      = billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at)
               FROM cfg
              WHERE b.user_id = p_user_id AND b.is_active AND b.billing_enabled
                -- A test clock read before the lock and older than the account's last change: exact path.
                AND (cfg.clock_override IS NULL OR cfg.clock_override >= b.updated_at)
                AND (b.held_usd = 0 OR b.holds_expire_at > billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at))
-               AND b.balance_usd - b.held_usd >= p_amount_usd
-               AND (b.limit_override OR (
-                        CASE WHEN b.day_start = billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone)
-                             THEN b.day_spent_usd ELSE 0 END + b.held_usd + p_amount_usd <= b.daily_limit_usd
-                    AND CASE WHEN b.month_start = date_trunc('month', billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone))::date
-                             THEN b.month_spent_usd ELSE 0 END + b.held_usd + p_amount_usd <= b.monthly_limit_usd))
-            RETURNING b.balance_usd - b.held_usd AS available_usd, b.updated_at, coalesce(p_ttl, cfg.hold_ttl) AS ttl
+               AND billing._available_usd(b.balance_usd, b.held_usd) >= p_amount_usd
+               AND billing._within_limits(
+                       b.limit_override,
+                       b.daily_limit_usd, billing._window_spend(b.day_spent_usd, b.day_start, billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone)),
+                       b.monthly_limit_usd, billing._window_spend(b.month_spent_usd, b.month_start, billing._local_month(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone)),
+                       b.held_usd, p_amount_usd)
+            RETURNING billing._available_usd(b.balance_usd, b.held_usd) AS available_usd, b.updated_at, coalesce(p_ttl, cfg.hold_ttl) AS ttl
         ), held AS (
             INSERT INTO billing.reservations AS r (request_id, user_id, amount_usd, expires_at, created_at)
             SELECT p_request_id, p_user_id, p_amount_usd, m.updated_at + m.ttl, m.updated_at

@@ -57,7 +57,8 @@ BEGIN
 
     -- The request-id probe runs before the locking UPDATE, not inside it (there PostgreSQL would
     -- re-check it while holding a contended lock); a racing charge is caught by ON CONFLICT.
-    IF p_actual_usd > 0
+    -- The test-only switch tollgate.force_exact_path = on skips the fast path (db/README.md).
+    IF p_actual_usd > 0 AND current_setting('tollgate.force_exact_path', true) IS DISTINCT FROM 'on'
        AND NOT EXISTS (SELECT FROM billing.billing_transactions t WHERE t.request_id = p_request_id AND t.type = 'charge') THEN
         -- Fast path, one statement: a held hold of a billed account, settled at a price > 0, for a
         -- request without a charge, when no open hold of the account can have expired yet
@@ -83,12 +84,11 @@ BEGIN
                    total_spent_usd = b.total_spent_usd + p_actual_usd,
                    total_spent_uah = b.total_spent_uah + coalesce(round(p_actual_usd * cfg.uah_per_usd, 2), 0),
                    total_requests  = b.total_requests + 1,
-                   day_spent_usd   = CASE WHEN b.day_start = billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone)
-                                          THEN b.day_spent_usd ELSE 0 END + p_actual_usd,
+                   -- The day and month windows roll over to those of the effective time.
+                   day_spent_usd   = billing._window_spend(b.day_spent_usd, b.day_start, billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone)) + p_actual_usd,
                    day_start       = billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone),
-                   month_spent_usd = CASE WHEN b.month_start = date_trunc('month', billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone))::date
-                                          THEN b.month_spent_usd ELSE 0 END + p_actual_usd,
-                   month_start     = date_trunc('month', billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone))::date,
+                   month_spent_usd = billing._window_spend(b.month_spent_usd, b.month_start, billing._local_month(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone)) + p_actual_usd,
+                   month_start     = billing._local_month(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone),
                    version         = b.version + 1,
                    last_request_at = billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at),
                    updated_at      = billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at),
@@ -109,7 +109,7 @@ BEGIN
                -- Settlement policy: a price within the hold, and a hold the balance still covers (a debit
                -- or a clawback since may have taken it); anything else is bounded on the exact path.
                AND p_actual_usd <= hold.amount_usd
-               AND b.balance_usd - (b.held_usd - hold.amount_usd) >= p_actual_usd
+               AND billing._available_usd(b.balance_usd, b.held_usd - hold.amount_usd) >= p_actual_usd
                AND b.holds_expire_at > billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at)
                AND abs(b.balance_usd - p_actual_usd) < 1e12
                AND b.total_spent_usd + p_actual_usd < 1e12

@@ -307,6 +307,116 @@ def test_a_failing_code_file_applies_nothing_and_names_the_file(
     assert conn.execute("SELECT to_regprocedure('billing.zz_fine()')").fetchone() == (None,)
 
 
+def test_an_overload_whose_signature_changed_is_dropped(
+    db_url: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """CREATE OR REPLACE of a changed signature makes a second overload; upgrade drops the one no file
+    defines any more, in the same transaction, and the new one has the grants of its file. Functions that
+    no file names (migrations' own: the ledger trigger, the hash functions) stay."""
+    helper = "CREATE OR REPLACE FUNCTION billing._zz_helper(p int) RETURNS int LANGUAGE sql AS 'SELECT p';\n"
+    signature_a = _code_dir(
+        tmp_path / "a",
+        functions={
+            "zz_probe.sql": "CREATE OR REPLACE FUNCTION billing.zz_probe(p int) RETURNS int\n"
+            "LANGUAGE sql AS 'SELECT p';\n"
+            "GRANT EXECUTE ON FUNCTION billing.zz_probe(int) TO tollgate_metering;",
+            "_zz_helper.sql": helper,
+        },
+    )
+    signature_b = _code_dir(
+        tmp_path / "b",
+        functions={
+            "zz_probe.sql": "CREATE OR REPLACE FUNCTION billing.zz_probe(p int, q text DEFAULT NULL) RETURNS int\n"
+            "LANGUAGE sql AS 'SELECT p';\n"
+            "GRANT EXECUTE ON FUNCTION billing.zz_probe(int, text) TO tollgate_metering, tollgate_operator;",
+            "_zz_helper.sql": helper.replace("(p int)", "(p bigint)"),
+        },
+    )
+
+    def overloads() -> list[tuple[str, bool, bool]]:
+        return [
+            (str(name), bool(metering), bool(operator))
+            for name, metering, operator in conn.execute(
+                """
+                SELECT p.oid::regprocedure::text, has_function_privilege('tollgate_metering', p.oid, 'EXECUTE'),
+                       has_function_privilege('tollgate_operator', p.oid, 'EXECUTE')
+                FROM pg_proc p
+                WHERE p.pronamespace = 'billing'::regnamespace AND p.proname IN ('zz_probe', '_zz_helper')
+                ORDER BY 1
+                """
+            ).fetchall()
+        ]
+
+    untouched = conn.execute(
+        "SELECT count(*) FROM pg_proc WHERE pronamespace = 'billing'::regnamespace AND proname NOT LIKE '%zz%'"
+    ).fetchone()
+    assert migrate.upgrade(db_url, signature_a) == []
+    assert overloads() == [("billing._zz_helper(integer)", False, False), ("billing.zz_probe(integer)", True, False)]
+    assert migrate.upgrade(db_url, signature_b) == []
+    assert overloads() == [
+        ("billing._zz_helper(bigint)", False, False),
+        ("billing.zz_probe(integer,text)", True, True),
+    ]
+    owner = "SELECT proowner::regrole::text FROM pg_proc WHERE oid = 'billing.zz_probe(int, text)'::regprocedure"
+    assert conn.execute(owner).fetchone() == ("tollgate_owner",)
+    # The real functions (no file of this directory names them) and the migrations' own are all still there.
+    assert conn.execute(
+        "SELECT count(*) FROM pg_proc WHERE pronamespace = 'billing'::regnamespace AND proname NOT LIKE '%zz%'"
+    ).fetchone() == untouched
+    # Back to the real files: nothing of theirs is dropped, and zz_probe, which no file names, stays.
+    assert migrate.upgrade(db_url, DB_DIR) == []
+    assert [name for name, _, _ in overloads()] == ["billing._zz_helper(bigint)", "billing.zz_probe(integer,text)"]
+
+
+def test_an_overload_still_in_use_fails_the_upgrade_by_name(
+    db_url: str, conn: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    old = _code_dir(
+        tmp_path / "old",
+        functions={"zz_probe.sql": "CREATE FUNCTION billing.zz_probe() RETURNS int LANGUAGE sql AS 'SELECT 1';"},
+        views={"zz_view.sql": "CREATE OR REPLACE VIEW billing.zz_view AS SELECT billing.zz_probe() AS one;"},
+    )
+    assert migrate.upgrade(db_url, old) == []
+    new = _code_dir(
+        tmp_path / "new",
+        functions={
+            "zz_probe.sql": "CREATE OR REPLACE FUNCTION billing.zz_probe(p int) RETURNS int LANGUAGE sql AS 'SELECT p';"
+        },
+    )
+    with pytest.raises(migrate.MigrationError, match=r"dropping billing\.zz_probe\(\), an overload no file defines"):
+        migrate.upgrade(db_url, new)
+    assert conn.execute("SELECT to_regprocedure('billing.zz_probe(int)')").fetchone() == (None,)
+    assert conn.execute("SELECT to_regprocedure('billing.zz_probe()') IS NOT NULL").fetchone() == (True,)
+
+
+def test_the_rule_helpers_inline_into_a_fast_path_statement(conn: psycopg.Connection[Any]) -> None:
+    """The window-and-limit rule of the fast paths is written once, in LANGUAGE sql helpers, at no cost: the
+    planner inlines them, so the plan of a statement shaped like charge's has no call left in it."""
+    now = "billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at)"
+    plan = conn.execute(
+        f"""
+        EXPLAIN (VERBOSE, COSTS OFF)
+        WITH cfg AS (SELECT c.time_zone, c.clock_override, coalesce(c.clock_override, clock_timestamp()) AS clock
+                       FROM billing.config c)
+        SELECT billing._window_spend(b.day_spent_usd, b.day_start, billing._local_day({now}, cfg.time_zone)),
+               billing._local_month({now}, cfg.time_zone)
+          FROM billing.user_billing b, cfg
+         WHERE billing._available_usd(b.balance_usd, b.held_usd) >= 1.5
+           AND billing._within_limits(
+                   b.limit_override,
+                   b.daily_limit_usd,
+                   billing._window_spend(b.day_spent_usd, b.day_start, billing._local_day({now}, cfg.time_zone)),
+                   b.monthly_limit_usd,
+                   billing._window_spend(b.month_spent_usd, b.month_start, billing._local_month({now}, cfg.time_zone)),
+                   b.held_usd, 1.5)
+        """
+    ).fetchall()
+    text = "\n".join(row[0] for row in plan)
+    assert "day_spent_usd" in text and "billing." not in text.replace("billing.user_billing", "").replace(
+        "billing.config", ""
+    ), text
+
+
 def test_plpgsql_check_finds_no_errors(conn: psycopg.Connection[Any], plpgsql_check_available: str) -> None:
     functions = conn.execute(
         """

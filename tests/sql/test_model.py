@@ -14,6 +14,12 @@
   test clock (billing.config.clock_override) moves through hold expiries and day/month rollovers; the
   model is compared with the database after every step. Each example runs in its own database cloned
   from the migrated template.
+
+Both run twice: on the fast paths of charge, reserve and settle, and with the test-only switch
+``tollgate.force_exact_path = on`` that sends every call down the exact path (db/README.md, "Testing hooks").
+``test_fast_and_exact_paths_answer_alike`` runs one seeded operation sequence on two clones of one database,
+one per path, and compares every answer and the final state row for row; ``test_the_switch_forces_the_exact_path``
+proves the switch is not a no-op (the exact path is the one that calls billing._load_account).
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from hypothesis.stateful import (
     rule,
     run_state_machine_as_test,
 )
+from psycopg import sql
 from psycopg.rows import dict_row
 
 from api.ledger import db as api_db
@@ -64,6 +71,7 @@ from tests.helpers_concurrency import (
     assert_ledger_ok,
     cloned_database,
     count_rows,
+    funded_user,
     open_connections,
     run_together,
     set_clock,
@@ -73,6 +81,9 @@ D = Decimal
 CENT = D("0.01")
 Q8 = D("1E-8")
 SEED = int(os.environ.get("TOLLGATE_TEST_SEED", "20310514"))
+# The fast paths, and every call forced down the exact path by the test-only switch (db/README.md).
+PATHS = ("fast", "exact")
+FORCE_EXACT = "tollgate.force_exact_path"
 
 
 def q8(value: Decimal) -> Decimal:
@@ -305,10 +316,22 @@ def _workload(
     return acked
 
 
+def force_exact_path(conn: psycopg.Connection[Any]) -> None:
+    """Every connection to `conn`'s database from now on, and `conn` itself, takes the exact paths."""
+    dbname = conn.execute("SELECT current_database()").fetchone()
+    assert dbname is not None
+    switch = sql.Identifier(FORCE_EXACT)
+    conn.execute(sql.SQL("ALTER DATABASE {} SET {} = on").format(sql.Identifier(dbname[0]), switch))
+    conn.execute(sql.SQL("SET {} = on").format(switch))
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(120)
-def test_threaded_workload_matches_the_model(conn, connect, api_url):
+@pytest.mark.parametrize("path", PATHS)
+def test_threaded_workload_matches_the_model(conn, connect, api_url, path):
     print(f"TOLLGATE_TEST_SEED={SEED}")
+    if path == "exact":
+        force_exact_path(conn)
     api_db.configure(conn)
     set_clock(conn, WORKLOAD_NOW)
     users = [ledger.ensure_account(conn, f"model-{k}") for k in range(USERS)]
@@ -458,12 +481,15 @@ def note(outcome: str) -> None:
 class LedgerMachine(RuleBasedStateMachine):
     server_url: ClassVar[str] = ""
     template: ClassVar[str] = ""
+    path: ClassVar[str] = "fast"
 
     def __init__(self) -> None:
         super().__init__()
         self._stack = contextlib.ExitStack()
         url = self._stack.enter_context(cloned_database(self.server_url, self.template))
         self.conn = self._stack.enter_context(api_db.connect(url))
+        if self.path == "exact":
+            force_exact_path(self.conn)
         self.now = MACHINE_START
         self.tz = zoneinfo.ZoneInfo("UTC")
         self.users: list[MUser] = []
@@ -1046,9 +1072,11 @@ MACHINE_EXAMPLES = int(os.environ.get("TOLLGATE_MACHINE_EXAMPLES", "30"))
 
 @pytest.mark.slow
 @pytest.mark.timeout(120 + 3 * MACHINE_EXAMPLES)
-def test_ledger_state_machine(pg_server_url: str, template_db: str) -> None:
+@pytest.mark.parametrize("path", PATHS)
+def test_ledger_state_machine(pg_server_url: str, template_db: str, path: str) -> None:
     LedgerMachine.server_url = pg_server_url
     LedgerMachine.template = template_db
+    LedgerMachine.path = path
     OUTCOMES.clear()
     run_state_machine_as_test(
         LedgerMachine,
@@ -1061,3 +1089,201 @@ def test_ledger_state_machine(pg_server_url: str, template_db: str) -> None:
         ),
     )
     print("\n".join(f"{count:6d}  {outcome}" for outcome, count in sorted(OUTCOMES.items())))
+
+
+# =========================================================================================================
+# The two paths of charge, reserve and settle, side by side
+# =========================================================================================================
+
+
+def _load_account_calls(conn: psycopg.Connection[Any]) -> int:
+    """How often this session's database ran billing._load_account (track_functions must be on)."""
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    row = conn.execute(
+        "SELECT coalesce(sum(calls), 0) FROM pg_stat_user_functions "
+        "WHERE schemaname = 'billing' AND funcname = '_load_account'"
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_the_switch_forces_the_exact_path(db: psycopg.Connection[Any], path: str) -> None:
+    """Only the exact path loads the account with billing._load_account (the fast paths are one UPDATE): with
+    the switch on, a charge, a hold and its settlement each call it once; without it, none does."""
+    user = funded_user(db, "switch", 50)
+    if path == "exact":
+        force_exact_path(db)
+    with db.transaction():
+        db.execute("SET LOCAL track_functions = 'pl'")
+        charged = ledger.charge(db, user, "switch-charge", D(1))
+        held = ledger.reserve(db, user, "switch-hold", D(2))
+        settled = ledger.settle(db, "switch-hold", D("1.5"))
+        row = db.execute(
+            "SELECT coalesce(sum(calls), 0) FROM pg_stat_xact_user_functions "
+            "WHERE schemaname = 'billing' AND funcname = '_load_account'"
+        ).fetchone()
+    assert row == (3 if path == "exact" else 0,)
+    assert (charged.status, held.status, settled.status) == ("charged", "held", "settled")
+    assert settled.charged_usd == D("1.5")
+    assert_ledger_ok(db)
+
+
+PATH_OPS = 400
+STEP = dt.timedelta(seconds=1)
+PATH_START = dt.datetime(2031, 3, 31, 20, 45, tzinfo=dt.UTC)  # a month ends within hours in Europe/Kyiv
+
+
+@dataclass(frozen=True)
+class Op:
+    """One call of the sequence both paths run: `name` of an api.ledger function and its arguments."""
+
+    name: str
+    args: tuple[Any, ...]
+    kwargs: tuple[tuple[str, Any], ...] = ()
+
+
+def _path_ops(rng: random.Random, users: list[uuid.UUID]) -> list[Op]:
+    """A seeded sequence built without looking at any answer, so both databases get the very same calls:
+    charges, holds and settlements (within, above and below the hold, of live, expired and released holds),
+    replays and conflicts, refusals (funds, limits, inactive accounts), flags, refunds, and a clock that
+    moves through hold expiries and day and month ends."""
+    ops: list[Op] = []
+    requests: list[tuple[uuid.UUID, str, Decimal]] = []  # every hold asked for (taken or refused)
+    charges: list[tuple[uuid.UUID, str, Decimal]] = []
+    now = PATH_START
+
+    def money() -> Decimal:
+        return D(rng.randint(1, 400)) * CENT if rng.random() < 0.8 else D(rng.randint(1, 4 * 10**8)) * Q8
+
+    for n in range(PATH_OPS):
+        user = rng.choice(users)
+        kind = rng.choices(
+            ["charge", "reserve", "settle", "release", "replay", "top_up", "settings", "refund", "clock", "read"],
+            [20, 18, 20, 4, 10, 6, 5, 4, 8, 4],
+        )[0]
+        key = f"p-{n}"
+        if kind == "charge":
+            amount = money()
+            charges.append((user, key, amount))
+            ops.append(Op("charge", (user, key, amount)))
+        elif kind == "reserve":
+            amount = money()
+            ttl = dt.timedelta(minutes=rng.choice([1, 5, 15, 60]))
+            requests.append((user, key, amount))
+            ops.append(Op("reserve", (user, key, amount), (("ttl", ttl),)))
+        elif kind == "settle" and requests:
+            _, request, held = rng.choice(requests[-4:] if rng.random() < 0.8 else requests)
+            factor = rng.choice([D(0), D("0.5"), D(1), D("1.5"), D(3)])
+            ops.append(Op("settle", (request, (held * factor).quantize(Q8))))
+        elif kind == "release" and requests:
+            ops.append(Op("release", (rng.choice(requests)[1],)))
+        elif kind == "replay" and (requests or charges):
+            owner, request, amount = rng.choice(requests + charges)
+            same = (owner, request, amount) in charges
+            if rng.random() < 0.3:  # a conflict: another user, or another amount
+                owner, amount = (rng.choice(users), amount) if rng.random() < 0.5 else (owner, amount + CENT)
+            ops.append(Op("charge" if same else "reserve", (owner, request, amount)))
+        elif kind == "top_up":
+            ops.append(Op("top_up", (user, D(rng.randint(1, 5)), "card", key)))
+        elif kind == "settings":
+            setting = rng.choices(
+                ["daily_limit_usd", "monthly_limit_usd", "is_active", "billing_enabled", "limit_override"],
+                [4, 3, 1, 1, 1],
+            )[0]
+            # Flags mostly back to their defaults, so that an account is not switched off for good.
+            value: Any = (
+                D(rng.randint(0, 30) if setting == "daily_limit_usd" else rng.randint(20, 200))
+                if setting.endswith("_usd")
+                else rng.random() < (0.3 if setting == "limit_override" else 0.8)
+            )
+            ops.append(Op("update_settings", (user,), ((setting, value),)))
+        elif kind == "refund" and charges:
+            ops.append(Op("refund_request", (rng.choice(charges)[1], money(), "model", key)))
+        elif kind == "clock":
+            now += rng.choice([STEP * 30, STEP * 420, STEP * 3 * 3600, STEP * 86400])
+            ops.append(Op("set_clock", (now,)))
+        else:
+            ops.append(Op(rng.choice(["check_limits", "check_balance"]), (user, money())))
+    return ops
+
+
+def _run_ops(conn: psycopg.Connection[Any], ops: list[Op]) -> list[Any]:
+    """Every answer: the result row, or the refusal's SQLSTATE, message and figures."""
+    answers: list[Any] = []
+    for op in ops:
+        try:
+            if op.name == "set_clock":
+                set_clock(conn, op.args[0])
+                answers.append(None)
+                continue
+            if op.name == "refund_request":
+                request, amount, reason, key = op.args
+                row = conn.execute(
+                    "SELECT id FROM billing.billing_transactions WHERE request_id = %s AND type = 'charge'", (request,)
+                ).fetchone()
+                if row is None:
+                    answers.append("not charged")
+                    continue
+                answers.append(ledger.refund(conn, row[0], amount, reason, key))
+                continue
+            answers.append(getattr(ledger, op.name)(conn, *op.args, **dict(op.kwargs)))
+        except BillingError as error:
+            answers.append((error.sqlstate, error.message, error.detail))
+    return answers
+
+
+def _final_state(conn: psycopg.Connection[Any]) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row the calls wrote, in a stable order (hash chain and times included)."""
+    tables = {
+        "user_billing": "user_id",
+        "billing_transactions": "id",
+        "reservations": "id",
+        "write_offs": "request_id",
+    }
+    return {
+        table: conn.execute(
+            sql.SQL("SELECT * FROM billing.{} ORDER BY {}").format(sql.Identifier(table), sql.Identifier(order))
+        ).fetchall()
+        for table, order in tables.items()
+    }
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_fast_and_exact_paths_answer_alike(pg_server_url: str, template_db: str) -> None:
+    print(f"TOLLGATE_TEST_SEED={SEED}")
+    rng = random.Random(SEED)
+    answers: dict[str, list[Any]] = {}
+    states: dict[str, dict[str, list[tuple[Any, ...]]]] = {}
+    load_account_calls: dict[str, int] = {}
+    # One seeded database (the same user ids, hence the same hash chains), cloned once per path.
+    with cloned_database(pg_server_url, template_db) as seeded_url:
+        with api_db.connect(seeded_url) as seed:
+            ledger.configure(seed, time_zone="Europe/Kyiv", hold_ttl=dt.timedelta(minutes=15))
+            set_clock(seed, PATH_START)
+            users = [ledger.ensure_account(seed, f"path-{k}") for k in range(3)]
+            for k, user in enumerate(users):
+                ledger.top_up(seed, user, D(15), "seed", f"seed-{k}")
+            seeded = seed.execute("SELECT current_database()").fetchone()
+        assert seeded is not None
+        ops = _path_ops(rng, users)
+        for path in PATHS:
+            with cloned_database(pg_server_url, seeded[0]) as url, api_db.connect(url) as conn:
+                if path == "exact":
+                    force_exact_path(conn)
+                conn.execute("SET track_functions = 'pl'")
+                answers[path] = _run_ops(conn, ops)
+                states[path] = _final_state(conn)
+                load_account_calls[path] = _load_account_calls(conn)
+                assert_ledger_ok(conn)
+    for n, (op, fast, exact) in enumerate(zip(ops, answers["fast"], answers["exact"], strict=True)):
+        assert fast == exact, f"seed {SEED}, call {n} {op}: fast path {fast!r} != exact path {exact!r}"
+    for table in states["fast"]:
+        assert states["fast"][table] == states["exact"][table], f"seed {SEED}: {table} differs"
+    # Not two runs of one path: the fast run skipped billing._load_account on many calls.
+    assert load_account_calls["exact"] - load_account_calls["fast"] >= 50, load_account_calls
+    outcomes = Counter(type(a).__name__ if not isinstance(a, tuple) else a[0] for a in answers["fast"])
+    print(dict(outcomes))
+    assert outcomes["Charge"] > 20 and outcomes["Settlement"] > 20, outcomes
+    assert outcomes["BL001"] >= 3 and outcomes["BL002"] + outcomes["BL003"] > 5, outcomes
