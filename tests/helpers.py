@@ -1,4 +1,4 @@
-"""Helpers shared by the function-level tests of the billing SQL API (tests/test_*.py).
+"""Helpers shared by the tiers (tests/sql, tests/gateway, tests/payments, tests/reliability, tests/ops).
 
 Fixtures live in conftest.py; these are plain functions. The ones that read tables directly must be
 given the owner (superuser) connection: the tables are private to every run-time role.
@@ -15,6 +15,7 @@ from typing import Any
 
 import psycopg
 
+from api.gateway.config import DEFAULT_DB_DIR as DB_DIR
 from api.ledger import sync as ledger
 
 Conn = psycopg.Connection[Any]
@@ -176,3 +177,40 @@ def verify_ledger_after(request: Any) -> Iterator[None]:
     yield
     with psycopg.connect(db_url, autocommit=True) as conn:
         assert_ledger_consistent(conn)
+
+
+# --- migrations: what the rollback/re-apply tests of every tier compare ---------------------------------
+
+
+def migration_ids() -> list[str]:
+    """The ids of db/migrations, in the order yoyo applies them."""
+    files = (DB_DIR / "migrations").glob("*.sql")
+    return sorted(p.name.removesuffix(".sql") for p in files if not p.name.endswith(".rollback.sql"))
+
+
+def catalog_snapshot(url: str) -> dict[str, list[tuple[Any, ...]]]:
+    """What an upgrade must leave unchanged: code, its comments and every privilege in billing."""
+    with psycopg.connect(url) as conn:
+        return {
+            "routines": conn.execute(
+                """
+                SELECT p.oid::regprocedure::text, pg_get_functiondef(p.oid), p.proacl::text,
+                       obj_description(p.oid, 'pg_proc')
+                FROM pg_proc p
+                WHERE p.pronamespace = 'billing'::regnamespace AND p.prokind IN ('f', 'p')
+                ORDER BY 1
+                """
+            ).fetchall(),
+            "relations": conn.execute(
+                """
+                SELECT c.relname, c.relkind::text, c.relacl::text, obj_description(c.oid, 'pg_class'),
+                       CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid) END
+                FROM pg_class c
+                WHERE c.relnamespace = 'billing'::regnamespace
+                ORDER BY 1
+                """
+            ).fetchall(),
+            "schema": conn.execute(
+                "SELECT nspacl::text FROM pg_namespace WHERE nspname = 'billing'"
+            ).fetchall(),
+        }

@@ -510,11 +510,11 @@ def test_webhook_racing_reconciliation_and_a_second_worker_credit_once(db, conne
 def test_migration_0005_rolls_back_alone_and_reapplies(db_url, conn):
     from api.ops import migrate
     from tests.conftest import DB_DIR
-    from tests.sql.test_migrations import _migration_ids, _snapshot
+    from tests.helpers import catalog_snapshot, migration_ids
 
-    before = _snapshot(db_url)
+    before = catalog_snapshot(db_url)
     # The later migrations (0006 role split, ...) go first and come back with it.
-    later = [m for m in _migration_ids() if m > "0005_payments"]
+    later = [m for m in migration_ids() if m > "0005_payments"]
     assert migrate.downgrade(db_url, DB_DIR, "0004_gateway") == [*later[::-1], "0005_payments"]
     gone = conn.execute(
         "SELECT to_regclass('billing.payment_intents'), to_regclass('billing.payment_events'),"
@@ -522,7 +522,7 @@ def test_migration_0005_rolls_back_alone_and_reapplies(db_url, conn):
     ).fetchone()
     assert gone == (None, None, None, None)
     assert migrate.upgrade(db_url, DB_DIR) == ["0005_payments", *later]
-    assert _snapshot(db_url) == before
+    assert catalog_snapshot(db_url) == before
 
 
 @pytest.mark.slow
@@ -699,9 +699,9 @@ def test_an_operator_credit_racing_the_intents_own_payment_credits_once(db, conn
 def test_migration_0007_labels_credits_made_as_paid_before_it_and_rolls_back_alone(db_url, conn):
     from api.ops import migrate
     from tests.conftest import DB_DIR
-    from tests.sql.test_migrations import _snapshot
+    from tests.helpers import catalog_snapshot
 
-    before = _snapshot(db_url)
+    before = catalog_snapshot(db_url)
     # What 0005's record_payment_event did with a mismatch: credit what was paid, flag it. Written before
     # rolling back, by the current functions (later migrations change what the ledger rows carry).
     user = ledger.ensure_account(conn, "legacy-user")
@@ -719,4 +719,4 @@ def test_migration_0007_labels_credits_made_as_paid_before_it_and_rolls_back_alo
                         (i.intent_id,)).fetchone() == (
         "migration:0007", "credited as paid before payments went to review: asked 50.00 USD, paid 40.00 USD")
     assert ledger.verify_ledger(conn) == []
-    assert _snapshot(db_url) == before
+    assert catalog_snapshot(db_url) == before

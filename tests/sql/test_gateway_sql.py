@@ -624,11 +624,11 @@ def test_the_same_request_from_many_connections_holds_once(db, connect, metering
 def test_migration_0004_rolls_back_alone_and_reapplies(db_url, conn):
     from api.ops import migrate
     from tests.conftest import DB_DIR
-    from tests.sql.test_migrations import _migration_ids, _snapshot
+    from tests.helpers import catalog_snapshot, migration_ids
 
-    before = _snapshot(db_url)
+    before = catalog_snapshot(db_url)
     # The later migrations (0005 payments, 0006 role split, ...) go first and come back with it.
-    later = [m for m in _migration_ids() if m > "0004_gateway"]
+    later = [m for m in migration_ids() if m > "0004_gateway"]
     assert migrate.downgrade(db_url, DB_DIR, "0003_owner_role") == [*later[::-1], "0004_gateway"]
     gone = conn.execute(
         "SELECT to_regclass('billing.api_keys'), to_regprocedure('billing.create_api_key(text, bytea, text, uuid)'),"
@@ -636,4 +636,4 @@ def test_migration_0004_rolls_back_alone_and_reapplies(db_url, conn):
     ).fetchone()
     assert gone == (None, None, None, None)
     assert migrate.upgrade(db_url, DB_DIR) == ["0004_gateway", *later]
-    assert _snapshot(db_url) == before
+    assert catalog_snapshot(db_url) == before

@@ -14,45 +14,12 @@ import pytest
 
 from api.ops import migrate
 from tests.conftest import DB_DIR
+from tests.helpers import catalog_snapshot, migration_ids
 
 MIGRATIONS = DB_DIR / "migrations"
 MIGRATION_NAME = re.compile(
     r"^(?P<number>\d{4})_(?P<name>[a-z0-9]+(?:_[a-z0-9]+)*)(?P<rollback>\.rollback)?\.sql$"
 )
-
-
-def _migration_ids() -> list[str]:
-    return sorted(
-        p.name.removesuffix(".sql") for p in MIGRATIONS.glob("*.sql") if not p.name.endswith(".rollback.sql")
-    )
-
-
-def _snapshot(url: str) -> dict[str, list[tuple[Any, ...]]]:
-    """What an upgrade must leave unchanged: code, its comments and every privilege in billing."""
-    with psycopg.connect(url) as conn:
-        return {
-            "routines": conn.execute(
-                """
-                SELECT p.oid::regprocedure::text, pg_get_functiondef(p.oid), p.proacl::text,
-                       obj_description(p.oid, 'pg_proc')
-                FROM pg_proc p
-                WHERE p.pronamespace = 'billing'::regnamespace AND p.prokind IN ('f', 'p')
-                ORDER BY 1
-                """
-            ).fetchall(),
-            "relations": conn.execute(
-                """
-                SELECT c.relname, c.relkind::text, c.relacl::text, obj_description(c.oid, 'pg_class'),
-                       CASE WHEN c.relkind IN ('v', 'm') THEN pg_get_viewdef(c.oid) END
-                FROM pg_class c
-                WHERE c.relnamespace = 'billing'::regnamespace
-                ORDER BY 1
-                """
-            ).fetchall(),
-            "schema": conn.execute(
-                "SELECT nspacl::text FROM pg_namespace WHERE nspname = 'billing'"
-            ).fetchall(),
-        }
 
 
 def _schema_exists(url: str) -> bool:
@@ -77,19 +44,19 @@ def test_migration_files_are_numbered_without_gaps_each_with_a_rollback() -> Non
 
 
 def test_each_migration_depends_on_the_one_before_it() -> None:
-    ids = _migration_ids()
+    ids = migration_ids()
     for previous, migration in itertools.pairwise(ids):
         first_line = (MIGRATIONS / f"{migration}.sql").read_text(encoding="utf-8").splitlines()[0]
         assert first_line == f"-- depends: {previous}", f"{migration} must start with '-- depends: {previous}'"
 
 
 def test_walk_up_down_to_zero_and_up_again(fresh_db_url: str) -> None:
-    ids = _migration_ids()
+    ids = migration_ids()
     assert migrate.status(fresh_db_url, DB_DIR) == [(i, False) for i in ids]
 
     assert migrate.upgrade(fresh_db_url, DB_DIR) == ids
     assert migrate.status(fresh_db_url, DB_DIR) == [(i, True) for i in ids]
-    first = _snapshot(fresh_db_url)
+    first = catalog_snapshot(fresh_db_url)
     assert first["routines"] and first["relations"]
 
     assert migrate.downgrade(fresh_db_url, DB_DIR, None) == ids[::-1]
@@ -97,19 +64,19 @@ def test_walk_up_down_to_zero_and_up_again(fresh_db_url: str) -> None:
     assert not _schema_exists(fresh_db_url)
 
     assert migrate.upgrade(fresh_db_url, DB_DIR) == ids
-    assert _snapshot(fresh_db_url) == first
+    assert catalog_snapshot(fresh_db_url) == first
 
 
 def test_downgrade_to_a_target_keeps_it(db_url: str) -> None:
-    ids = _migration_ids()
-    before = _snapshot(db_url)
+    ids = migration_ids()
+    before = catalog_snapshot(db_url)
 
     assert migrate.downgrade(db_url, DB_DIR, ids[0]) == ids[1:][::-1]
     assert migrate.status(db_url, DB_DIR) == [(i, i == ids[0]) for i in ids]
     assert _schema_exists(db_url)
 
     assert migrate.upgrade(db_url, DB_DIR) == ids[1:]
-    assert _snapshot(db_url) == before
+    assert catalog_snapshot(db_url) == before
 
 
 def test_downgrade_to_an_unknown_migration_is_refused(db_url: str) -> None:
@@ -119,18 +86,18 @@ def test_downgrade_to_an_unknown_migration_is_refused(db_url: str) -> None:
 
 
 def test_upgrade_twice_changes_nothing(db_url: str) -> None:
-    before = _snapshot(db_url)
+    before = catalog_snapshot(db_url)
     assert migrate.upgrade(db_url, DB_DIR) == []
-    assert _snapshot(db_url) == before
+    assert catalog_snapshot(db_url) == before
 
 
 def test_concurrent_upgrades_take_turns(db_url: str) -> None:
     # Several gateway instances may start at once; each runs `upgrade`.
-    before = _snapshot(db_url)
+    before = catalog_snapshot(db_url)
     with ThreadPoolExecutor(max_workers=3) as pool:
         results = list(pool.map(lambda _: migrate.upgrade(db_url, DB_DIR), range(3)))
     assert results == [[], [], []]
-    assert _snapshot(db_url) == before
+    assert catalog_snapshot(db_url) == before
 
 
 def test_every_function_and_view_file_defines_its_namesake(conn: psycopg.Connection[Any]) -> None:

@@ -490,10 +490,10 @@ OLD_SIGNATURES = {
 def test_migration_0008_replaces_the_old_signatures_and_rolls_back_alone(db_url, conn):
     from api.ops import migrate
     from tests.conftest import DB_DIR
-    from tests.sql.test_migrations import _migration_ids, _snapshot
+    from tests.helpers import catalog_snapshot, migration_ids
 
-    before = _snapshot(db_url)
-    later = [m for m in _migration_ids() if m > "0008_price_bounds"]  # 0009 ledger chain, ...: first, and back
+    before = catalog_snapshot(db_url)
+    later = [m for m in migration_ids() if m > "0008_price_bounds"]  # 0009 ledger chain, ...: first, and back
     assert migrate.downgrade(db_url, DB_DIR, "0007_payment_review") == [*later[::-1], "0008_price_bounds"]
     gone = conn.execute(
         "SELECT to_regclass('billing.write_offs'), to_regclass('billing.written_off_calls'),"
@@ -510,4 +510,4 @@ def test_migration_0008_replaces_the_old_signatures_and_rolls_back_alone(db_url,
         (list(OLD_SIGNATURES),),
     ).fetchall()
     assert overloads == [(name, 1) for name in sorted(OLD_SIGNATURES)]
-    assert _snapshot(db_url) == before
+    assert catalog_snapshot(db_url) == before

@@ -575,10 +575,10 @@ def test_the_group_roles_cannot_log_in_or_do_more_than_their_grants(db):
 def test_migration_0006_rolls_back_to_the_single_app_role_and_reapplies(db_url, conn):
     from api.ops import migrate
     from tests.conftest import DB_DIR
-    from tests.sql.test_migrations import _migration_ids, _snapshot
+    from tests.helpers import catalog_snapshot, migration_ids
 
-    before = _snapshot(db_url)
-    later = [m for m in _migration_ids() if m > "0006_role_split"]
+    before = catalog_snapshot(db_url)
+    later = [m for m in migration_ids() if m > "0006_role_split"]
     assert migrate.downgrade(db_url, DB_DIR, "0005_payments") == [*later[::-1], "0006_role_split"]
     may = conn.execute(
         "SELECT r, bool_and(has_function_privilege(r, p.oid, 'EXECUTE')), bool_or(has_function_privilege(r, p.oid,"
@@ -595,4 +595,4 @@ def test_migration_0006_rolls_back_to_the_single_app_role_and_reapplies(db_url, 
         ("tollgate_payments", False, False),
     ]
     assert migrate.upgrade(db_url, DB_DIR) == ["0006_role_split", *later]
-    assert _snapshot(db_url) == before
+    assert catalog_snapshot(db_url) == before
