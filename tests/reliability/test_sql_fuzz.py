@@ -498,11 +498,17 @@ def _check_refusal(function: str, error: psycopg.Error, args: dict[str, Any]) ->
     return code
 
 
+# Every text argument sent so far in this session: a refusal may quote what an earlier call stored (an
+# idempotency conflict names the tool the request id was first tracked for), which is the fuzz's own input.
+SENT_TEXT: set[str] = set()
+
+
 def _without_echo(text: str, args: dict[str, Any]) -> str:
-    """The message minus the caller's own text arguments (a refusal may quote what it refuses)."""
-    for value in args.values():
-        if isinstance(value, str) and value:
-            text = text.replace(value, "")
+    """The message minus text the fuzz itself sent, in this call or an earlier one (a refusal may quote what
+    it refuses, or what the same request id stored before)."""
+    own = {value for value in args.values() if isinstance(value, str) and value}
+    for value in sorted(own | SENT_TEXT, key=len, reverse=True):
+        text = text.replace(value, "")
     return text
 
 
@@ -590,6 +596,7 @@ def test_generated_arguments_succeed_or_are_refused_cleanly(db, db_url, function
             ),
         )
         before = _fingerprint(db)
+        SENT_TEXT.update(value for value in args.values() if isinstance(value, str) and value)
         try:
             app.execute(query, [str(v) if isinstance(v, Raw) else v for v in args.values()]).fetchall()
         except psycopg.Error as error:
