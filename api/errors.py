@@ -3,8 +3,8 @@ machine-readable ``code`` of the JSON body, so the gateway needs one exception h
 
 A leaf: it imports nothing from ``api``; every layer may subclass it (``api.ledger.errors.BillingError``,
 the metering refusals, the payments errors, ``api.jsonio.JSONBodyError``, the HTTP API's ``ApiError``).
-The answer it makes is ``{"success": false, "error": {"code": code, "message": message, **extra}}`` with
-``status`` and ``headers``.
+The gateway answers it as ``{"success": false, "error": {"code": code, "message": message, **extra}}`` with
+``status`` and ``headers`` (``api.gateway.http.envelope.error_response``).
 """
 
 from __future__ import annotations
@@ -37,7 +37,3 @@ class TollgateError(Exception):
             self.code = code
         self.headers: dict[str, str] = dict(headers or {})
         self.extra: dict[str, Any] = extra
-
-    def error_object(self) -> dict[str, Any]:
-        """The ``error`` member of the answer's body."""
-        return {"code": self.code, "message": self.message, **self.extra}

@@ -54,7 +54,6 @@ access_log = logging.getLogger("tollgate.access")
 REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 
 
-
 class BodyTooLarge(TollgateError):
     status = 413
     code = "body_too_large"
@@ -88,10 +87,7 @@ class RequestContextMiddleware:
 
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > self.max_body):
-            response = json_response(
-                error_body("body_too_large", f"the request body is larger than {self.max_body} bytes"), 413
-            )
-            await response(scope, receive, send)
+            await error_response(BodyTooLarge(self.max_body))(scope, receive, send)
             request_id_var.reset(token)
             return
         received = 0

@@ -33,7 +33,7 @@ from api.gateway.http.admin import (
 )
 from api.gateway.http.billing import HISTORY_QUERY, SETTINGS_BODY, balance, history, settings
 from api.gateway.http.ops import health, metrics, openapi
-from api.gateway.http.payments import TOPUP_BODY, payment_status, payment_webhook, topup
+from api.gateway.http.payments import PROVIDER_NAME, TOPUP_BODY, payment_status, payment_webhook, topup
 from api.gateway.http.tools import call_tool, list_tools
 
 if TYPE_CHECKING:
@@ -173,9 +173,9 @@ ENDPOINTS: tuple[Endpoint, ...] = (
 )
 
 
-# What a path parameter of an open endpoint looks like, for is_public: a provider name as the providers'
-# registry spells them. Anything else on an open path is still routed (and answered 404 by the handler).
-PATH_PARAMETERS = {"provider": "[a-z][a-z0-9_]{0,49}"}
+# What a path parameter of an open endpoint looks like, for is_public: a provider name (PROVIDER_NAME).
+# Anything else on an open path is still routed (and answered 404 by the handler).
+PATH_PARAMETERS = {"provider": PROVIDER_NAME}
 
 
 def _path_pattern(path: str) -> re.Pattern[str]:

@@ -39,7 +39,8 @@ def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
 
 def error_response(error: TollgateError) -> Response:
     """The answer to any ``TollgateError``: its status, code, message, extra members and headers."""
-    return json_response({"success": False, "error": error.error_object()}, error.status, headers=error.headers or None)
+    body = error_body(error.code, error.message, **error.extra)
+    return json_response(body, error.status, headers=error.headers or None)
 
 
 def scoped_request_id(principal: str, key: str) -> str:

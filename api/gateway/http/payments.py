@@ -42,13 +42,17 @@ TOPUP_HINT = (
 )
 
 
+# A payment provider's name, as the providers' modules are named: the top-up body's `provider` and the webhook
+# path's `{provider}` (api.gateway.http.endpoints) both take it.
+PROVIDER_NAME = "[a-z][a-z0-9_]{0,49}"
+
 TOPUP_BODY = object_schema(
     {
         "amount_usd": {**MONEY_SCHEMA, "description": "USD to pay (users: whole cents) or credit (admins)"},
         "amount_uah": UAH_SCHEMA,
         "provider": {
             "type": "string",
-            "pattern": "^[a-z][a-z0-9_]{0,49}$",
+            "pattern": f"^{PROVIDER_NAME}$",
             "description": "users: the payment provider (default: the only or the configured default one)",
         },
         "user_id": {"type": "string", "format": "uuid", "description": "admins: the account to credit directly"},
