@@ -21,8 +21,9 @@ ALLOWED: dict[str, set[str]] = {
     "api.ledger": set(),
     "api.tools": set(),
     "api.payments": {"api.ledger"},
-    "api.gateway": {"api.ledger", "api.tools", "api.payments"},
-    "api.ops": {"api.ledger", "api.tools", "api.payments", "api.gateway"},
+    "api.abuse": {"api.ledger"},
+    "api.gateway": {"api.ledger", "api.tools", "api.payments", "api.abuse"},
+    "api.ops": {"api.ledger", "api.tools", "api.payments", "api.abuse", "api.gateway"},
 }
 COMPOSITION_ROOT = "api.gateway.app"
 MAY_IMPORT_ROOT = {"api.ops.cli"}

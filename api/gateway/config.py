@@ -7,12 +7,15 @@ laptop (embedded PostgreSQL, nothing to configure) and in production (a URL and 
 from __future__ import annotations
 
 import os
+import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg.conninfo
 
+from api.abuse.config import AbuseSettings, load_abuse_settings
 from api.ledger.roles import PASSWORD_VARIABLE, Authority, configured_logins
 
 # The migrations, functions and views of a source checkout. An installed package (e.g. in
@@ -80,6 +83,8 @@ class Settings:
     # TOLLGATE_DB_LOGIN_PASSWORD: the password of the derived logins (tollgate_gw_*), given to them
     # when the owner's URL makes them.
     login_password: str | None = None
+    # The abuse controls: tollgate.toml's [abuse] section and TOLLGATE_ABUSE_* (api.abuse.config).
+    abuse: AbuseSettings = field(default_factory=AbuseSettings)
 
     @property
     def embedded(self) -> bool:
@@ -148,9 +153,11 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
     payment_env = {name: value for name, value in env.items() if name.startswith(PAYMENT_PREFIXES)}
     _check_payments(payment_env)
 
+    gateway = _load_gateway(env)
     return Settings(
         payment_env=payment_env,
-        gateway=_load_gateway(env),
+        gateway=gateway,
+        abuse=load_abuse_settings(_abuse_table(gateway.tools_config), env),
         database_url=database_url,
         login_urls=login_urls,
         login_password=login_password,
@@ -159,6 +166,22 @@ def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
         pool_min=pool_min,
         pool_max=pool_max,
     )
+
+
+def _abuse_table(path: Path | None) -> dict[str, Any] | None:
+    """The [abuse] table of the tool configuration file (tollgate.toml), if any. The file's other sections are
+    read, and checked, by api.tools.config when the gateway loads its tools."""
+    if path is None:
+        return None
+    try:
+        with path.open("rb") as file:
+            data = tomllib.load(file)
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ValueError(f"{path}: cannot read the [abuse] section: {exc}") from None
+    table = data.get("abuse")
+    if table is not None and not isinstance(table, dict):
+        raise ValueError(f"{path}: abuse must be a table ([abuse])")
+    return table
 
 
 PAYMENT_PREFIXES = (

@@ -26,6 +26,8 @@ from api.ledger.errors import translate_errors
 from api.ledger.queries import QUERIES
 from api.ledger.types import *  # noqa: F403  (the row types: callers write ledger.RequestStart)
 from api.ledger.types import (
+    AbuseEvent,
+    AbusePolicy,
     AccountSettings,
     Adjustment,
     ApiKey,
@@ -528,3 +530,26 @@ async def open_payment_intents(
 async def expire_payment_intents(conn: AsyncConn, grace: dt.timedelta = dt.timedelta(0)) -> int:
     expired: int = await _value(conn, "expire_payment_intents", {"grace": grace})
     return expired
+
+
+async def set_abuse_policy(conn: AsyncConn, name: str, value: Money, actor: str) -> AbusePolicy:
+    """Store the figure of an abuse rule; ``changed`` is False when it already had that value."""
+    params = {"name": name, "value": money_param(value, "value"), "actor": actor}
+    return await _one(conn, "set_abuse_policy", params, AbusePolicy)
+
+
+async def list_abuse_policy(conn: AsyncConn) -> list[AbusePolicy]:
+    return await _rows(conn, "list_abuse_policy", {}, AbusePolicy)
+
+
+async def list_abuse_events(
+    conn: AsyncConn,
+    *,
+    user_id: uuid.UUID | None = None,
+    rule: str | None = None,
+    since: dt.datetime | None = None,
+    limit: int = 100,
+) -> list[AbuseEvent]:
+    """The audit trail of abuse rules, newest first; ``rule`` may be a dotted prefix ("payments")."""
+    params = {"user_id": user_id, "rule": rule, "since": since, "limit": limit}
+    return await _rows(conn, "list_abuse_events", params, AbuseEvent)

@@ -200,3 +200,15 @@ SELECT r.rolname AS role, r.rolsuper AS superuser, r.rolcreaterole AS createrole
   FROM pg_roles r
   JOIN pg_namespace n ON n.nspname = 'billing'
  WHERE r.rolname = current_user;
+
+-- set_abuse_policy --
+-- Store the figure of an abuse rule (no write when it is already that).
+SELECT * FROM billing.set_abuse_policy(%(name)s, %(value)s, %(actor)s);
+
+-- list_abuse_policy --
+-- The stored figures of the abuse rules, by name.
+SELECT * FROM billing.list_abuse_policy();
+
+-- list_abuse_events --
+-- The audit trail of abuse rules, newest first, filtered by user, rule (or dotted prefix) and time.
+SELECT * FROM billing.list_abuse_events(%(user_id)s, %(rule)s, %(since)s, %(limit)s);

@@ -19,6 +19,8 @@ from api.ledger.errors import translate_errors
 from api.ledger.queries import QUERIES
 from api.ledger.types import *  # noqa: F403  (the row types: callers write ledger.RequestStart)
 from api.ledger.types import (
+    AbuseEvent,
+    AbusePolicy,
     AccountSettings,
     Adjustment,
     ApiKey,
@@ -521,3 +523,26 @@ def open_payment_intents(
 def expire_payment_intents(conn: Conn, grace: dt.timedelta = dt.timedelta(0)) -> int:
     expired: int = _value(conn, "expire_payment_intents", {"grace": grace})
     return expired
+
+
+def set_abuse_policy(conn: Conn, name: str, value: Money, actor: str) -> AbusePolicy:
+    """Store the figure of an abuse rule; ``changed`` is False when it already had that value."""
+    params = {"name": name, "value": money_param(value, "value"), "actor": actor}
+    return _one(conn, "set_abuse_policy", params, AbusePolicy)
+
+
+def list_abuse_policy(conn: Conn) -> list[AbusePolicy]:
+    return _rows(conn, "list_abuse_policy", {}, AbusePolicy)
+
+
+def list_abuse_events(
+    conn: Conn,
+    *,
+    user_id: uuid.UUID | None = None,
+    rule: str | None = None,
+    since: dt.datetime | None = None,
+    limit: int = 100,
+) -> list[AbuseEvent]:
+    """The audit trail of abuse rules, newest first; ``rule`` may be a dotted prefix ("payments")."""
+    params = {"user_id": user_id, "rule": rule, "since": since, "limit": limit}
+    return _rows(conn, "list_abuse_events", params, AbuseEvent)

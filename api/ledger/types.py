@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any, TypeVar
 
 from psycopg.types.json import Jsonb
@@ -489,6 +490,31 @@ class ReviewedCredit:
     exchange_rate: Decimal | None
     reversed_usd: Decimal
     replayed: bool
+
+
+@dataclass(frozen=True)
+class AbusePolicy:
+    """A stored figure of an abuse rule (billing.abuse_policy). ``changed``: set_abuse_policy wrote it."""
+
+    name: str
+    value: Decimal
+    updated_at: dt.datetime
+    updated_by: str
+    changed: bool = False
+
+
+@dataclass(frozen=True)
+class AbuseEvent:
+    """One row of the audit trail of abuse rules (billing.abuse_events): a rule that fired or a decision."""
+
+    id: int
+    created_at: dt.datetime
+    rule: str
+    action: str
+    user_id: uuid.UUID | None
+    client_ip: IPv4Address | IPv6Address | None
+    detail: dict[str, Any]
+    actor: str
 
 
 def money_param(value: Money | None, field: str) -> Decimal | None:

@@ -57,7 +57,8 @@ MAX_MARKUP_PERCENT = 100_000
 PER_CHAR_DECIMALS = 12  # rates per input character are often below a micro-cent
 MAX_PER_CHAR_USD = Decimal(1_000_000)
 
-_TOP_KEYS = frozenset({"python_modules", "upstream", "pricing"})
+# [abuse] is read by api.abuse.config (through api.gateway.config), not here.
+_TOP_KEYS = frozenset({"python_modules", "upstream", "pricing", "abuse"})
 _UPSTREAM_KEYS = frozenset(
     {"name", "command", "url", "env", "cwd", "headers", "prefix", "tools", "timeout_seconds", "connect_timeout_seconds"}
 )
