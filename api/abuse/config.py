@@ -213,9 +213,10 @@ def _from_text(hint: Any, raw: str, variable: str) -> Any:
         raise AbuseConfigError(f"{variable}={raw!r} is not a boolean (use true or false)")
     if kind is int:
         try:
-            return _check_int(int(raw), variable)
+            number = int(raw)
         except ValueError:
             raise AbuseConfigError(f"{variable}={raw!r} is not an integer") from None
+        return _check_int(number, variable)
     if kind is Decimal:
         return _check_decimal(raw, variable)
     if typing.get_origin(kind) is tuple:
