@@ -12,6 +12,7 @@
 #   make bench-webhooks payment webhooks: Stripe deliveries verified and applied per second (bench/webhooks.py)
 #   make bench-chain    what the ledger's hash chain costs billing.charge / settle, against the code before it
 #   make bench-roles    what the role split costs: the same scripts as the metering login and as the superuser
+#   make bench-abuse    what the abuse controls cost (on vs off) and a paying user's p50 during an anonymous flood
 #   make bench-compare BEFORE=<rev>  one benchmark on <rev> and on this checkout, alternating: after/before ratios
 
 PYTHON ?= python3
@@ -22,7 +23,7 @@ STAMP := $(VENV)/.installed
 
 BENCH_STAMP := $(VENV)/.installed-bench
 
-.PHONY: $(VENV) run test test-system lint torture soak bench bench-ledger bench-gateway bench-webhooks bench-chain bench-roles \
+.PHONY: $(VENV) run test test-system lint torture soak bench bench-ledger bench-gateway bench-webhooks bench-chain bench-roles bench-abuse \
 	bench-compare clean
 
 $(VENV): $(STAMP)
@@ -108,6 +109,12 @@ bench-chain: $(STAMP)
 # Options: make bench-roles BENCH_ARGS="--duration 15 --rounds 4 --loop-calls 20000 --loop-rounds 4"
 bench-roles: $(STAMP)
 	$(BIN)/python -m bench.role_cost $(BENCH_ARGS)
+
+# The abuse controls (issue 14): billed throughput with every control on vs off, and a paying user's p50 during
+# a 500/s anonymous flood vs quiet, with the default controls and with none.
+# Options: make bench-abuse BENCH_ARGS="--duration 15 --rounds 6 --flood-seconds 30 --flood-rate 500"
+bench-abuse: $(STAMP)
+	$(BIN)/python -m bench.abuse $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis
