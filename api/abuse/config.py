@@ -119,8 +119,8 @@ class RateLimitSettings:
             )
         if not self.key_prefix or any(char.isspace() for char in self.key_prefix):
             raise AbuseConfigError("abuse.rate_limits.key_prefix must be a non-empty word without spaces")
-        if self.memory_max_keys < 1000:
-            raise AbuseConfigError(f"abuse.rate_limits.memory_max_keys={self.memory_max_keys} must be at least 1000")
+        if self.memory_max_keys < 100:
+            raise AbuseConfigError(f"abuse.rate_limits.memory_max_keys={self.memory_max_keys} must be at least 100")
         if not 1 <= self.redis_timeout_ms <= 60_000:
             raise AbuseConfigError(f"abuse.rate_limits.redis_timeout_ms={self.redis_timeout_ms} must be 1 to 60000")
 

@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from pyrate_limiter import GCRA, Rate
 from pyrate_limiter.abstracts.algorithm import Decision
 from pyrate_limiter.buckets import RedisStateStore
@@ -227,6 +227,12 @@ class RateLimiter:
         )
         for name in self.limits:
             self.limited.labels(name)
+        keys = Gauge(
+            "tollgate_rate_limit_keys",
+            "Keys held in this process's rate-limit counters (memory://, or while Redis is unreachable)",
+            registry=registry,
+        )
+        keys.set_function(lambda: len(self.local))
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[RateLimiter]:
