@@ -41,7 +41,7 @@ def test_a_misspelt_limit_stops_start_up_naming_its_knob(spec: str) -> None:
 
 
 def test_storage_must_be_memory_or_redis() -> None:
-    with pytest.raises(AbuseConfigError, match="abuse.rate_limits.storage"):
+    with pytest.raises(AbuseConfigError, match=r"abuse\.rate_limits\.storage"):
         load_abuse_settings({"rate_limits": {"storage": "postgres://x"}}, {})
     settings = load_abuse_settings(None, {"TOLLGATE_ABUSE_RATE_LIMITS_STORAGE": "redis://127.0.0.1:6379/0"})
     assert settings.rate_limits.storage == "redis://127.0.0.1:6379/0"
