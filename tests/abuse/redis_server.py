@@ -58,10 +58,11 @@ def redis_server_binary() -> str:
     return found
 
 
-def start_redis(directory: Path) -> RedisServer:
+def start_redis(directory: Path, port: int | None = None) -> RedisServer:
+    """A redis-server in ``directory`` on ``port`` (default: a free one), answering PING."""
     binary = redis_server_binary()
     directory.mkdir(parents=True, exist_ok=True)
-    port = free_port()
+    port = port or free_port()
     process = subprocess.Popen(
         [
             binary,
