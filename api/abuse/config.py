@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -42,16 +43,61 @@ class AbuseConfigError(ValueError):
     """The [abuse] configuration is wrong; the message names the key (or the environment variable)."""
 
 
+# A limit's spelling: "<count>/<period>[ burst <n>]", or "off".
+LIMIT_SPEC = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour|day)\s*(?:burst\s+(\d+)\s*)?$")
+PERIOD_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+STORAGE_SCHEMES = ("memory://", "redis://", "rediss://", "unix://")
+
+
+@dataclass(frozen=True)
+class LimitSpec:
+    """One rate limit: ``count`` per ``period`` sustained (GCRA), up to ``burst`` at once."""
+
+    name: str  # the knob: "tool_calls_per_ip"
+    count: int
+    period: str  # second, minute, hour or day
+    burst: int
+
+    @property
+    def period_seconds(self) -> int:
+        return PERIOD_SECONDS[self.period]
+
+    def describe(self) -> str:
+        return f"{self.count} per {self.period}, {self.burst} at once"
+
+
+def parse_limit(name: str, spec: str) -> LimitSpec | None:
+    """The limit of knob ``name`` spelled ``spec``; None for "off". AbuseConfigError names the knob."""
+    if spec.strip().lower() == "off":
+        return None
+    match = LIMIT_SPEC.match(spec.lower())
+    if match is None:
+        raise AbuseConfigError(
+            f'abuse.rate_limits.{name}={spec!r}: write "<count>/<second|minute|hour|day>", optionally followed by'
+            ' " burst <n>" ("600/minute burst 120"), or "off"'
+        )
+    count, period, burst = int(match[1]), match[2], int(match[3] or match[1])
+    if not 1 <= count <= 10**9 or not 1 <= burst <= 10**9:
+        raise AbuseConfigError(f"abuse.rate_limits.{name}={spec!r}: the count and the burst must be 1 to 1000000000")
+    return LimitSpec(name, count, period, burst)
+
+
 @dataclass(frozen=True)
 class RateLimitSettings:
-    """Rate limits at the edge (api.abuse.ratelimit). A limit is ``"<count>/<second|minute|hour|day>"``
-    with an optional ``" burst <n>"`` (GCRA: ``count`` per period sustained, up to ``n`` at once; the burst
-    defaults to the count); ``"off"`` disables that limit."""
+    """Rate limits at the edge (api.abuse.ratelimit, docs/abuse.md "Rate limits"). A limit is
+    ``"<count>/<second|minute|hour|day>"`` with an optional ``" burst <n>"`` (GCRA: ``count`` per period
+    sustained, up to ``n`` at once; the burst defaults to the count); ``"off"`` disables that limit. Every
+    limit is checked when the settings are made, so a misspelt one stops the gateway at start-up."""
 
     # memory:// keeps the counters in this process (the embedded default: one gateway). Several gateways
-    # serving one ledger must share them: redis://host:port/db.
+    # serving one ledger must share them: redis://host:port/db (or rediss://, unix://).
     storage: str = "memory://"
     key_prefix: str = "tollgate"
+    # memory:// only: at most this many keys (subjects x limits) are remembered; the least recently used
+    # go first (a key idle long enough to have refilled is dropped anyway).
+    memory_max_keys: int = 100_000
+    # redis://: how long one check may wait for Redis before the gateway falls back to its own counters.
+    redis_timeout_ms: int = 250
     tool_calls_per_ip: str = "600/minute burst 120"
     tool_calls_per_user: str = "600/minute burst 120"
     tool_calls_per_api_key: str = "1200/minute burst 240"
@@ -61,6 +107,31 @@ class RateLimitSettings:
     topups_per_ip: str = "20/hour burst 5"
     topups_per_user: str = "10/hour burst 3"
     webhooks_per_ip: str = "600/minute burst 120"
+    # New MCP sessions (POST /mcp without a session id, GET /sse) per client address.
+    sessions_per_ip: str = "120/minute burst 30"
+
+    def __post_init__(self) -> None:
+        self.limits()
+        if not self.storage.startswith(STORAGE_SCHEMES):
+            raise AbuseConfigError(
+                f"abuse.rate_limits.storage={self.storage!r}: use memory:// (this process) or redis://host:port/db"
+                " (shared by every gateway; also rediss:// and unix://)"
+            )
+        if not self.key_prefix or any(char.isspace() for char in self.key_prefix):
+            raise AbuseConfigError("abuse.rate_limits.key_prefix must be a non-empty word without spaces")
+        if self.memory_max_keys < 100:
+            raise AbuseConfigError(f"abuse.rate_limits.memory_max_keys={self.memory_max_keys} must be at least 100")
+        if not 1 <= self.redis_timeout_ms <= 60_000:
+            raise AbuseConfigError(f"abuse.rate_limits.redis_timeout_ms={self.redis_timeout_ms} must be 1 to 60000")
+
+    def limits(self) -> dict[str, LimitSpec]:
+        """The limits that are on, by knob name."""
+        parsed = {
+            item.name: parse_limit(item.name, getattr(self, item.name))
+            for item in dataclasses.fields(self)
+            if "_per_" in item.name
+        }
+        return {name: limit for name, limit in parsed.items() if limit is not None}
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@
     spool.py     completions the ledger could not take yet, on disk until it can
     metrics.py   Prometheus metrics
     mcp.py       the MCP transports (streamable HTTP, SSE) through the SDK
+    ratelimits.py  where the rate limits (api.abuse.ratelimit) apply: route classes, subjects, middleware
     http/        the HTTP API: the endpoint table (which binds each route with its access check), the
                  handlers by concern, the envelope, parsing, OpenAPI
 

@@ -42,6 +42,7 @@ from api.gateway.http.endpoints import is_public, routes
 from api.gateway.http.envelope import error_body, error_response, json_response
 from api.gateway.http.openapi import build_openapi
 from api.gateway.mcp import MCPTransports
+from api.gateway.ratelimits import ClientRateLimitMiddleware, PrincipalRateLimitMiddleware
 from api.ledger import aio as aledger
 from api.ledger import db, roles
 from api.ledger.roles import Authority
@@ -237,6 +238,7 @@ def create_app(
                 await pool.open(wait=True, timeout=30)
                 stack.push_async_callback(pool.close)
             stack.push_async_callback(gateway.payments.aclose)
+            await stack.enter_async_context(gateway.rate_limits.running(embedded_ledger=settings.embedded))
             if registry is None:
                 await _load_tools(settings, gateway, stack)
             await stack.enter_async_context(mcp.sessions.run())
@@ -271,7 +273,9 @@ def create_app(
         ],
         middleware=[
             Middleware(RequestContextMiddleware, gateway=gateway),
+            Middleware(ClientRateLimitMiddleware, limits=gateway.rate_limits),
             Middleware(AuthenticationMiddleware, backend=backend, on_error=_auth_error),
+            Middleware(PrincipalRateLimitMiddleware, limits=gateway.rate_limits),
         ],
         exception_handlers={
             TollgateError: _tollgate_error,

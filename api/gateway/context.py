@@ -17,6 +17,7 @@ from api.gateway.auth import Accounts, Identity
 from api.gateway.config import Settings
 from api.gateway.metering import CallOutcome, Meter
 from api.gateway.metrics import Metrics
+from api.gateway.ratelimits import RateLimits
 from api.gateway.spool import Spool
 from api.ledger.roles import Authority
 from api.payments.service import Payments
@@ -50,6 +51,7 @@ class Gateway:
         for authority, pool in self.pools.items():
             self.metrics.watch_pool(authority.value, pool)
         self.accounts = Accounts(self.pool)
+        self.rate_limits = RateLimits(settings.abuse, self.accounts, self.metrics.registry)
         self.spool = Spool(settings.data_dir / "spool")
         self.meter = Meter(
             self.pool,

@@ -10,6 +10,9 @@ Refusals (funds, limits, inactive account), unknown tools and invalid arguments 
 with ``isError`` and a message that says what to do; every result carries the billing outcome in
 ``_meta["tollgate/billing"]`` (amounts as decimal strings; ``written_off_usd`` only when part of the
 price was written off).
+
+A ``tools/call`` over a rate limit (``api.gateway.ratelimits``) is such a tool error too, with the limit's name
+and ``retry_after`` (seconds) in its structured content; nothing is tracked or held, and the session goes on.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api.abuse.ratelimit import Refusal
 from api.gateway.auth import ANONYMOUS, Identity, identity_of
 from api.gateway.metering import AlreadyCompleted, CallRefused, LedgerUnavailable, UnknownTool, refusal_result
 from api.tools.registry import InvalidArguments
@@ -35,12 +39,12 @@ if TYPE_CHECKING:
 BILLING_META = "tollgate/billing"
 
 
-def _identity(ctx: Any) -> tuple[Identity, str]:
+def _identity(ctx: Any) -> tuple[Identity, str, Request | None]:
     request = getattr(ctx, "request", None)
     if isinstance(request, Request):
         transport = "mcp-sse" if request.url.path.startswith("/messages") else "mcp-http"
-        return identity_of(request), transport
-    return ANONYMOUS, "mcp"
+        return identity_of(request), transport, request
+    return ANONYMOUS, "mcp", None
 
 
 def _error(text: str, code: str) -> types.CallToolResult:
@@ -51,12 +55,25 @@ def _error(text: str, code: str) -> types.CallToolResult:
     )
 
 
+def _rate_limited(refusal: Refusal) -> types.CallToolResult:
+    """A tool call refused by a rate limit: a tool error naming the limit and the wait; the session goes on."""
+    text = refusal.message()
+    error = {"code": "rate_limited", "message": text, "limit": refusal.limit.name, "retry_after": refusal.retry_after}
+    return types.CallToolResult(
+        content=[types.TextContent(type="text", text=text)], structured_content={"error": error}, is_error=True
+    )
+
+
 def build_server(gateway: Gateway) -> Server[Any]:
     async def on_list_tools(ctx: Any, params: types.PaginatedRequestParams | None) -> types.ListToolsResult:
         return types.ListToolsResult(tools=gateway.registry.definitions())
 
     async def on_call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
-        identity, transport = _identity(ctx)
+        identity, transport, request = _identity(ctx)
+        if request is not None:
+            refusal = await gateway.rate_limits.tool_call(identity, request.scope)
+            if refusal is not None:
+                return _rate_limited(refusal)
         try:
             outcome = await gateway.call_tool(identity, params.name, dict(params.arguments or {}), transport=transport)
         except CallRefused as refused:

@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 
+from api.abuse.config import RateLimitSettings
 from api.gateway.auth import mint_token
 from api.ledger.roles import Authority, derive_login_url
 
@@ -28,6 +29,13 @@ ROOT = Path(__file__).resolve().parents[2]
 TOOLS_CONFIG = ROOT / "tests" / "gateway" / "tools.toml"
 SECRET = "test-secret-" + "x" * 60  # >= 64 bytes: long enough for HS512 too
 ADMIN_SCOPE = "tollgate:admin"
+# The test gateways serve hundreds of calls, sessions and billing requests from one address (127.0.0.1) in a
+# few seconds: every rate limit is generous here, so that only the tests of the rate limits themselves (which
+# pass their own) meet one. The defaults are not weakened. A test may override any of these through `env`.
+GENEROUS_RATE_LIMITS = {
+    f"TOLLGATE_ABUSE_RATE_LIMITS_{knob.upper()}": "100000/second"
+    for knob in RateLimitSettings().limits()
+}
 
 
 def free_port() -> int:
@@ -94,6 +102,7 @@ def start_gateway(owner_url: str, data_dir: Path, **env: str) -> Gateway:
         "TOLLGATE_PORT": str(port),
         "TOLLGATE_SPOOL_RETRY_SECONDS": "1",
         "TOLLGATE_POOL_MAX": "8",
+        **GENEROUS_RATE_LIMITS,
         **env,
     }
     with log_path.open("wb") as log:

@@ -44,6 +44,8 @@ def _import_everything() -> None:
 
 def _examples() -> dict[str, tuple[TollgateError, int, str]]:
     """One instance of every answered error, with the status and code it must be answered with."""
+    from api.abuse.config import LimitSpec
+    from api.abuse.ratelimit import RateLimited, Refusal
     from api.gateway.app import BodyTooLarge
     from api.gateway.http.envelope import ApiError
     from api.gateway.metering import AlreadyCompleted, CallRefused, LedgerUnavailable, UnknownTool
@@ -56,6 +58,7 @@ def _examples() -> dict[str, tuple[TollgateError, int, str]]:
     examples: dict[str, tuple[TollgateError, int, str]] = {
         "ApiError": (ApiError(418, "teapot", "short and stout", field="spout"), 418, "teapot"),
         "BodyTooLarge": (BodyTooLarge(10), 413, "body_too_large"),
+        "RateLimited": (RateLimited(Refusal(LimitSpec("billing_per_ip", 60, "minute", 5), 1500)), 429, "rate_limited"),
         "JSONBodyError": (JSONBodyError("malformed JSON"), 400, "invalid_json"),
         "UnknownTool": (UnknownTool("nope"), 404, "unknown_tool"),
         "InvalidArguments": (InvalidArguments("invalid arguments at text"), 422, "invalid_arguments"),
