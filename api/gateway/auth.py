@@ -77,6 +77,8 @@ class Identity:
             return f"user:{self.subject}"
         if self.kind == "api_key":
             return f"key:{self.client_key}"
+        if self.kind == "metrics":
+            return "metrics"
         return "anonymous"
 
 

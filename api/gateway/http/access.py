@@ -43,7 +43,7 @@ def authorize(access: Access, request: Request) -> Identity:
         if caller.kind == "metrics" or (caller.kind == "user" and caller.admin):
             return caller
         if caller.kind == "user":
-            raise ApiError(403, "admin_required", "/metrics is for administrators and the metrics scraper")
+            raise ApiError(403, "admin_required", "this endpoint is for administrators (a JWT with the admin scope)")
         raise ApiError(
             401,
             "metrics_token_required",
