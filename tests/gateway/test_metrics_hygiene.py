@@ -12,6 +12,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
+from api.abuse.config import AbuseConfigError, load_abuse_settings
 from tests.gateway.server import Gateway, free_port, start_gateway
 
 pytestmark = pytest.mark.timeout(240)
@@ -163,3 +164,22 @@ def test_a_metrics_port_without_a_token_serves_its_scraper(
             assert anonymous.get("/metrics").status_code == 404
     finally:
         assert server.stop() == 0, server.logs()
+
+
+@pytest.mark.parametrize(
+    "environ,named",
+    [
+        ({"TOLLGATE_ABUSE_METRICS_PORT": "0"}, "abuse.metrics.port"),
+        ({"TOLLGATE_ABUSE_METRICS_PORT": "70000"}, "abuse.metrics.port"),
+        ({"TOLLGATE_ABUSE_METRICS_TOKEN": "short"}, "abuse.metrics.token"),
+    ],
+)
+def test_a_bad_metrics_port_or_a_guessable_token_stops_the_start(environ: dict[str, str], named: str) -> None:
+    with pytest.raises(AbuseConfigError, match=named.replace(".", r"\.")):
+        load_abuse_settings(None, environ)
+
+
+def test_metrics_settings_from_the_environment() -> None:
+    settings = load_abuse_settings(None, {"TOLLGATE_ABUSE_METRICS_PORT": "9100", "TOLLGATE_ABUSE_METRICS_TOKEN": TOKEN})
+    assert (settings.metrics.port, settings.metrics.token) == (9100, TOKEN)
+    assert load_abuse_settings(None, {"TOLLGATE_ABUSE_METRICS_PORT": "off"}).metrics.port is None
