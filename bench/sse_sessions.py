@@ -103,6 +103,12 @@ def measure(sessions: int, url: str, workdir: Path, anonymous: bool, batches: in
         TOLLGATE_LOG_LEVEL="WARNING",
         TOLLGATE_TOOLS_CONFIG=str(ROOT / "bench" / "gateway_tools.toml"),
         TOLLGATE_POOL_MAX="10",
+        # A capacity measurement: the session, stream and connection caps (docs/abuse.md) would stop it at
+        # their figures, so they are off here; the header timeout stays.
+        TOLLGATE_ABUSE_CONNECTIONS_MCP_SESSIONS_TOTAL="0",
+        TOLLGATE_ABUSE_CONNECTIONS_MCP_SESSIONS_PER_PRINCIPAL="0",
+        TOLLGATE_ABUSE_CONNECTIONS_SSE_STREAMS_PER_PRINCIPAL="0",
+        TOLLGATE_ABUSE_CONNECTIONS_MAX_CONNECTIONS="0",
     )
     hold = workdir / f"hold-{mode}-{sessions}"
     try:

@@ -136,23 +136,57 @@ class RateLimitSettings:
 
 @dataclass(frozen=True)
 class ConnectionSettings:
-    """Connection hygiene (api.abuse.connections): read timeouts and caps on MCP sessions and SSE streams."""
+    """Connection hygiene (api.abuse.connections): read timeouts, a cap on connections, and caps on MCP sessions
+    and SSE streams. 0 turns a knob off. With ``abuse.enabled = false`` only the header timeout and the header
+    size cap stay (``relaxed``): they bound what a socket that never sends a request may cost."""
 
+    # A request's head (request line and headers) must arrive within this many seconds of its first byte (of
+    # the connection, for the first request); otherwise the connection is closed. uvicorn has no such timeout.
     header_timeout_seconds: int = 10
+    # A request head larger than this is answered 431 and the connection closed (httptools has no limit).
+    header_max_bytes: int = 65_536
+    # A request's body must have arrived this many seconds after its head: 408, and the connection is closed.
     body_timeout_seconds: int = 30
+    # Open connections of this process (uvicorn's limit_concurrency): past it, requests are answered 503.
+    max_connections: int = 4096
+    # Open MCP sessions (/mcp and /sse together): in total (503), and per principal (429). A principal is a JWT
+    # user, an API key, or an anonymous client by its address (api.abuse.clientip).
     mcp_sessions_total: int = 1000
     mcp_sessions_per_principal: int = 20
+    # A session with no request for this long is ended (/mcp: no request in flight and no open GET stream;
+    # /sse: no message posted and none sent).
     mcp_session_idle_seconds: int = 600
+    # Open event streams per principal: GET /sse (each also a session) and the GET /mcp stream of a session.
     sse_streams_per_principal: int = 5
+
+    def relaxed(self) -> ConnectionSettings:
+        """What is left with abuse.enabled = false: the header timeout and size cap, nothing else."""
+        return dataclasses.replace(
+            self,
+            body_timeout_seconds=0,
+            max_connections=0,
+            mcp_sessions_total=0,
+            mcp_sessions_per_principal=0,
+            mcp_session_idle_seconds=0,
+            sse_streams_per_principal=0,
+        )
 
 
 @dataclass(frozen=True)
 class MetricsSettings:
-    """Who may read /metrics: a bearer token (the secret is best set in the environment), or a port of its own.
-    Neither set: /metrics answers administrators only."""
+    """Who may read /metrics (api.gateway.http.ops): an administrator's JWT, or ``Authorization: Bearer <token>``
+    when a token is set (best set in the environment, TOLLGATE_ABUSE_METRICS_TOKEN). With a port, /metrics is
+    served on that port of the gateway's host only (the token, when set, is required there too) and not on the
+    main port. Unlike the other sections, ``abuse.enabled = false`` does not open /metrics: it shows revenue."""
 
     token: str | None = None
     port: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.port is not None and not 1 <= self.port <= 65535:
+            raise AbuseConfigError(f"abuse.metrics.port={self.port} must be a TCP port (1-65535)")
+        if self.token is not None and len(self.token) < 16:
+            raise AbuseConfigError("abuse.metrics.token must be at least 16 characters (a random secret)")
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,9 @@ payments (a user's top-up start, provider webhooks, the intent expiry loop) and 
 endpoints, the initial prices of the tool configuration). Its lifespan first checks each login and
 refuses to serve over one that is a superuser, owns schema billing or holds more than its authority;
 then it opens the pools, loads the tools (``TOLLGATE_TOOLS_CONFIG``, by default ``./tollgate.toml``),
-applies configured initial prices, starts the MCP session manager and the spool retry loop; at
-shutdown it closes them in reverse order after uvicorn has let in-flight calls finish (and settle).
+applies configured initial prices, starts the MCP session manager and the spool retry loop (and, with
+``[abuse.metrics] port``, the metrics listener); at shutdown it closes them in reverse order after uvicorn has
+let in-flight calls finish (and settle).
 """
 
 from __future__ import annotations
@@ -25,7 +26,6 @@ from typing import Any
 import anyio
 import psycopg
 import psycopg_pool
-from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.authentication import AuthenticationMiddleware
@@ -34,14 +34,19 @@ from starlette.responses import Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.abuse import connections
+from api.abuse.clientip import TrustedProxies
+from api.abuse.connections import BodyDeadline, BodyTimeout, ConnectionLimits
 from api.errors import TollgateError
 from api.gateway.auth import GatewayAuthBackend, InvalidCredentials, JWTVerifier, load_jwt_key
 from api.gateway.config import Settings
 from api.gateway.context import VERSION, Gateway
-from api.gateway.http.endpoints import is_public, routes
+from api.gateway.http.endpoints import is_public, routes, served_endpoints
 from api.gateway.http.envelope import error_body, error_response, json_response
 from api.gateway.http.openapi import build_openapi
 from api.gateway.mcp import MCPTransports
+from api.gateway.metrics import STREAM_ROUTES, method_label, route_label
+from api.gateway.metrics_port import metrics_listener
 from api.gateway.ratelimits import ClientRateLimitMiddleware, PrincipalRateLimitMiddleware
 from api.ledger import aio as aledger
 from api.ledger import db, roles
@@ -65,12 +70,14 @@ class BodyTooLarge(TollgateError):
 
 
 class RequestContextMiddleware:
-    """Request id, body size cap, access log and HTTP metrics, as plain ASGI (no buffering of streams)."""
+    """Request id, body size cap and body timeout, access log and HTTP metrics, as plain ASGI (no buffering of
+    streams). Metric labels are route templates and a fixed set of methods (``api.gateway.metrics``)."""
 
     def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
         self.app = app
         self.gateway = gateway
         self.max_body = gateway.settings.gateway.max_body_bytes
+        self.body_timeout = connections.effective(gateway.settings.abuse).body_timeout_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -92,10 +99,23 @@ class RequestContextMiddleware:
             request_id_var.reset(token)
             return
         received = 0
+        # Only a request that has a body is timed (GET streams have none).
+        has_body = (length is not None and length != b"0") or b"transfer-encoding" in headers
+        body_receive = BodyDeadline(receive, self.body_timeout).receive if has_body and self.body_timeout else receive
+        response_started = False
+        # Set once this middleware has answered on its own (a body timeout): what the app sends is dropped.
+        answered = False
 
         async def limited_receive() -> Message:
-            nonlocal received
-            message = await receive()
+            nonlocal received, answered
+            try:
+                message = await body_receive()
+            except BodyTimeout as exc:
+                # Answer here: the application (the MCP SDK, say) may swallow the exception.
+                if not response_started and not answered:
+                    await error_response(exc)(scope, receive, send_with_id)
+                    answered = True
+                raise
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_body:
@@ -103,20 +123,26 @@ class RequestContextMiddleware:
             return message
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_started
+            if answered:
+                return
             if message["type"] == "http.response.start":
                 status = message["status"]
+                response_started = True
                 message.setdefault("headers", [])
                 message["headers"] = [*message["headers"], (b"x-request-id", request_id.encode())]
             await send(message)
 
         try:
             await self.app(scope, limited_receive, send_with_id)
+        except BodyTimeout:
+            if not answered:
+                raise
         finally:
             elapsed = time.perf_counter() - started
-            route = _route_label(path)
-            self.gateway.metrics.http_requests.labels(scope["method"], route, str(status)).inc()
-            if route not in ("/sse", "/mcp"):
+            route = route_label(scope)
+            self.gateway.metrics.http_requests.labels(method_label(scope["method"]), route, str(status)).inc()
+            if route not in STREAM_ROUTES:
                 self.gateway.metrics.http_latency.labels(route).observe(elapsed)
             if access_log.isEnabledFor(logging.INFO):
                 access_log.info(
@@ -127,25 +153,6 @@ class RequestContextMiddleware:
                     extra={"status": status, "ms": round(elapsed * 1000, 2), "path": path, "method": scope["method"]},
                 )
             request_id_var.reset(token)
-
-
-def _route_label(path: str) -> str:
-    """Metric label without unbounded values (tool names are bounded by the registry, ids are not)."""
-    if path.startswith("/api/tools/"):
-        return "/api/tools/{name}"
-    if path.startswith("/api/admin/users/"):
-        return "/api/admin/users/{user_id}/" + path.rsplit("/", 1)[-1][:16]
-    if path.startswith("/api/admin/transactions/"):
-        return "/api/admin/transactions/{id}/refund"
-    if path.startswith("/api/admin/payments/"):
-        return "/api/admin/payments/{intent_id}/credit"
-    if path.startswith("/api/payments/"):
-        return "/api/payments/{provider}/webhook"
-    if path.startswith("/api/billing/payments/"):
-        return "/api/billing/payments/{intent_id}"
-    if path.startswith("/messages"):
-        return "/messages/"
-    return path if len(path) <= 40 else "(other)"
 
 
 def _auth_error(conn: HTTPConnection, exc: Exception) -> Response:
@@ -224,11 +231,20 @@ def create_app(
         for authority in Authority
     }
     tools = registry if registry is not None else ToolRegistry()
-    gateway = Gateway(settings, pools, tools, build_openapi(VERSION))
+    endpoints = served_endpoints(settings)
+    gateway = Gateway(settings, pools, tools, build_openapi(VERSION, endpoints))
     host = settings.gateway.host
     loopback = host in ("127.0.0.1", "localhost", "::1")
     allowed_hosts = [f"{name}:*" for name in ("127.0.0.1", "localhost", "[::1]")] if loopback else None
-    mcp = MCPTransports(gateway, max_body_bytes=settings.gateway.max_body_bytes, allowed_hosts=allowed_hosts)
+    limits = ConnectionLimits(connections.effective(settings.abuse), on_refusal=gateway.metrics.count_refusal)
+    gateway.metrics.watch_connections(limits)
+    mcp = MCPTransports(
+        gateway,
+        max_body_bytes=settings.gateway.max_body_bytes,
+        allowed_hosts=allowed_hosts,
+        limits=limits,
+        proxies=TrustedProxies(settings.abuse.trusted_proxies),
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -242,6 +258,9 @@ def create_app(
             if registry is None:
                 await _load_tools(settings, gateway, stack)
             await stack.enter_async_context(mcp.sessions.run())
+            if settings.abuse.metrics.port is not None:
+                # Bound here, before the gateway is ready: a port in use fails the start-up, not later.
+                await stack.enter_async_context(metrics_listener(gateway, host, settings.abuse.metrics.port))
             async with anyio.create_task_group() as tasks:
                 tasks.start_soon(_spool_loop, gateway)
                 if gateway.payments.providers:
@@ -261,15 +280,20 @@ def create_app(
 
     jwt_key = load_jwt_key(settings.gateway, settings.data_dir)
     backend_type = GatewayAuthBackend if settings.gateway.allow_anonymous else AnonymousGuard
-    backend = backend_type(settings.gateway, JWTVerifier(settings.gateway, jwt_key), gateway.pool)
+    backend = backend_type(
+        settings.gateway,
+        JWTVerifier(settings.gateway, jwt_key),
+        gateway.pool,
+        metrics_token=settings.abuse.metrics.token,
+    )
 
     app = Starlette(
         routes=[
-            *routes(gateway),
-            Route("/sse", mcp.handle_sse, methods=["GET"]),
-            Mount("/messages/", app=mcp.sse.handle_post_message),
+            *routes(gateway, endpoints),
+            Route("/sse", mcp.sse, methods=["GET"]),
+            Mount("/messages/", app=mcp.messages),
             # A Route, not a Mount: /mcp answers as is (a Mount would redirect it to /mcp/).
-            Route("/mcp", StreamableHTTPASGIApp(mcp.sessions), methods=["GET", "POST", "DELETE"]),
+            Route("/mcp", mcp.streamable, methods=["GET", "POST", "DELETE"]),
         ],
         middleware=[
             Middleware(RequestContextMiddleware, gateway=gateway),

@@ -11,6 +11,9 @@
   Keys are stored as SHA-256 digests; the row is found by digest and the digest compared with
   ``hmac.compare_digest``.
 * nothing -> anonymous: tracked with user NULL, unless anonymous callers are switched off.
+* ``Authorization: Bearer <metrics token>`` on ``/metrics`` only, when ``[abuse.metrics] token`` is set -> the
+  metrics scraper (``METRICS_SCRAPER``), which may read /metrics and nothing else. Anywhere else the same
+  header is an ordinary (refused) bearer token.
 
 Credentials that are present but wrong are a 401 with the reason, never a fall-back to anonymous.
 Identities are ``GatewayUser`` objects, subclasses of the MCP SDK's ``AuthenticatedUser``: the SDK's
@@ -59,7 +62,7 @@ class InvalidCredentials(AuthenticationError):
 class Identity:
     """The caller of one request or MCP session."""
 
-    kind: str  # "user" (JWT), "api_key" or "anonymous"
+    kind: str  # "user" (JWT), "api_key", "anonymous", or "metrics" (the metrics token, on /metrics only)
     subject: str | None = None  # JWT sub
     issuer: str | None = None
     email: str | None = None
@@ -74,10 +77,19 @@ class Identity:
             return f"user:{self.subject}"
         if self.kind == "api_key":
             return f"key:{self.client_key}"
+        if self.kind == "metrics":
+            return "metrics"
         return "anonymous"
 
 
 ANONYMOUS = Identity(kind="anonymous")
+METRICS_SCRAPER = Identity(kind="metrics")
+METRICS_PATH = "/metrics"
+
+
+def is_metrics_token(credentials: str, token: str | None) -> bool:
+    """Whether ``credentials`` (what follows ``Bearer``) is the configured metrics token, in constant time."""
+    return token is not None and hmac.compare_digest(credentials.encode(), token.encode())
 
 
 class GatewayUser(AuthenticatedUser):
@@ -100,6 +112,20 @@ class GatewayUser(AuthenticatedUser):
     @property
     def display_name(self) -> str:
         return self.caller.email or self.caller.label
+
+
+class MetricsScraper(BaseUser):
+    """Whoever presented the metrics token on /metrics."""
+
+    caller = METRICS_SCRAPER
+
+    @property
+    def is_authenticated(self) -> bool:
+        return True
+
+    @property
+    def display_name(self) -> str:
+        return "metrics"
 
 
 class AnonymousUser(BaseUser):
@@ -325,10 +351,18 @@ class Accounts:
 
 
 class GatewayAuthBackend(AuthenticationBackend):
-    def __init__(self, settings: GatewaySettings, verifier: JWTVerifier, pool: AsyncConnectionPool[Any]) -> None:
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        verifier: JWTVerifier,
+        pool: AsyncConnectionPool[Any],
+        *,
+        metrics_token: str | None = None,
+    ) -> None:
         self._settings = settings
         self._verifier = verifier
         self._pool = pool
+        self._metrics_token = metrics_token
 
     async def authenticate(self, conn: HTTPConnection) -> tuple[AuthCredentials, BaseUser] | None:
         authorization = conn.headers.get("authorization")
@@ -342,6 +376,8 @@ class GatewayAuthBackend(AuthenticationBackend):
                 raise InvalidCredentials(
                     "unsupported_authorization", "the Authorization header must be 'Bearer <token or API key>'"
                 )
+            if conn.scope["path"] == METRICS_PATH and is_metrics_token(credentials, self._metrics_token):
+                return AuthCredentials(["metrics"]), MetricsScraper()
             if credentials.startswith(API_KEY_PREFIX):
                 return await self._api_key(credentials)
             identity, scopes, exp = self._verifier.verify(credentials)

@@ -13,21 +13,27 @@ price was written off).
 
 A ``tools/call`` over a rate limit (``api.gateway.ratelimits``) is such a tool error too, with the limit's name
 and ``retry_after`` (seconds) in its structured content; nothing is tracked or held, and the session goes on.
+
+Sessions and event streams are capped per principal and in total, and idle sessions end
+(``api.abuse.connections``: ``StreamableGuard`` serves /mcp, ``SseGuard`` /sse). A principal is the
+session's JWT user or API key, or for anonymous callers the client address (``api.abuse.clientip``).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any
 
 import mcp_types as types
 from mcp.server.lowlevel import Server
 from mcp.server.sse import SseServerTransport
-from mcp.server.streamable_http_manager import StreamableHTTPSessionManager
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from api.abuse.clientip import TrustedProxies
+from api.abuse.connections import ConnectionLimits, SseGuard, StreamableGuard, StreamableSessionManager
 from api.abuse.ratelimit import Refusal
 from api.gateway.auth import ANONYMOUS, Identity, identity_of
 from api.gateway.metering import AlreadyCompleted, CallRefused, LedgerUnavailable, UnknownTool, refusal_result
@@ -96,10 +102,33 @@ def build_server(gateway: Gateway) -> Server[Any]:
     return Server("tollgate", version=gateway.version, on_list_tools=on_list_tools, on_call_tool=on_call_tool)
 
 
-class MCPTransports:
-    """The SDK transports of one gateway, mounted by ``api.gateway.app``."""
+def principal_of(proxies: TrustedProxies) -> Callable[[Scope], str]:
+    """The key MCP sessions and streams are counted under: the caller's label (``user:<sub>``, ``key:<name>``),
+    or ``ip:<address>`` for an anonymous caller."""
 
-    def __init__(self, gateway: Gateway, *, max_body_bytes: int, allowed_hosts: list[str] | None) -> None:
+    def key(scope: Scope) -> str:
+        caller = getattr(scope.get("user"), "caller", None)
+        if isinstance(caller, Identity) and caller.kind != "anonymous":
+            return caller.label
+        address = proxies.client_ip(scope)
+        return f"ip:{address}" if address is not None else "ip:unknown"
+
+    return key
+
+
+class MCPTransports:
+    """The SDK transports of one gateway, mounted by ``api.gateway.app``: ``streamable`` at /mcp, ``sse`` at
+    /sse and ``messages`` at /messages/, each behind the session and stream caps of ``limits``."""
+
+    def __init__(
+        self,
+        gateway: Gateway,
+        *,
+        max_body_bytes: int,
+        allowed_hosts: list[str] | None,
+        limits: ConnectionLimits,
+        proxies: TrustedProxies,
+    ) -> None:
         self.server = build_server(gateway)
         # DNS-rebinding protection (Host/Origin checks) when the gateway listens on loopback only.
         security = (
@@ -111,12 +140,23 @@ class MCPTransports:
             if allowed_hosts
             else TransportSecuritySettings(enable_dns_rebinding_protection=False)
         )
-        self.sse = SseServerTransport("/messages/", security_settings=security, max_request_body_size=max_body_bytes)
-        self.sessions = StreamableHTTPSessionManager(
-            app=self.server, security_settings=security, max_request_body_size=max_body_bytes, max_sessions=None
+        self.transport = SseServerTransport(
+            "/messages/", security_settings=security, max_request_body_size=max_body_bytes
         )
+        self.sessions = StreamableSessionManager(
+            app=self.server,
+            security_settings=security,
+            max_request_body_size=max_body_bytes,
+            # Our own caps (StreamableGuard) come first, with a clear answer; the SDK's is the same figure.
+            max_sessions=limits.settings.mcp_sessions_total or None,
+            session_idle_timeout=limits.idle_seconds,
+        )
+        key = principal_of(proxies)
+        self.streamable: ASGIApp = StreamableGuard(self.sessions, limits, key)
+        sse = SseGuard(self._serve_sse, limits, key)
+        self.sse: ASGIApp = sse
+        self.messages: ASGIApp = sse.messages(self.transport.handle_post_message)
 
-    async def handle_sse(self, request: Request) -> Response:
-        async with self.sse.connect_sse(request.scope, request.receive, request._send) as (read, write):
+    async def _serve_sse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with self.transport.connect_sse(scope, receive, send) as (read, write):
             await self.server.run(read, write, self.server.create_initialization_options())
-        return Response()

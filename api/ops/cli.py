@@ -139,6 +139,7 @@ def cmd_db(args: argparse.Namespace, settings: Settings) -> int:
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
+    from api.abuse import connections
     from api.gateway.app import create_app
     from api.logs import configure_logging
 
@@ -182,6 +183,11 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         received: list[int] = []
         for signum in (signal.SIGINT, signal.SIGTERM):
             signal.signal(signum, lambda number, _frame: received.append(number))
+        # Connection hygiene (api.abuse.connections): a deadline and a size cap on each request head, a
+        # backstop on bodies, a cap on open connections.
+        hygiene = connections.server_options(
+            connections.effective(settings.abuse), app.state.gateway.metrics.count_refusal
+        )
         uvicorn.run(
             app,
             host=host,
@@ -191,6 +197,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             timeout_graceful_shutdown=30,
             backlog=4096,
             lifespan="on",
+            **hygiene,
         )
     finally:
         if started_here and embedded.stop(settings):

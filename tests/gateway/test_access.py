@@ -22,7 +22,7 @@ from starlette.testclient import TestClient
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from api.gateway import apikeys
-from api.gateway.auth import GatewayUser, Identity
+from api.gateway.auth import GatewayUser, Identity, MetricsScraper
 from api.gateway.http.access import Access
 from api.gateway.http.endpoints import ENDPOINTS, Endpoint, bind, is_public, routes
 from api.gateway.http.envelope import ok
@@ -37,6 +37,9 @@ REFUSALS = {
     "credentials_required": "calling tools over HTTP needs a JWT or an API key",
     "jwt_required": "this endpoint needs a user's JWT (Authorization: Bearer <token>)",
     "admin_required": "this endpoint is for administrators (a JWT with the admin scope)",
+    "metrics_token_required": (
+        "/metrics needs the metrics token (Authorization: Bearer <token>) or an administrator's JWT"
+    ),
 }
 
 
@@ -50,8 +53,10 @@ def expected_refusal(access: Access, caller: str) -> tuple[int, str] | None:
     if access.open or caller == "admin":
         return None
     if caller == "anonymous":
+        if access is Access.METRICS:
+            return (401, "metrics_token_required")
         return (401, "credentials_required") if access is Access.CALLER else (401, "jwt_required")
-    return (403, "admin_required") if access is Access.ADMIN else None
+    return (403, "admin_required") if access in (Access.ADMIN, Access.METRICS) else None
 
 
 def ask(client: httpx.Client, endpoint: Endpoint) -> httpx.Response:
@@ -89,6 +94,8 @@ def test_an_api_key_is_a_caller_but_not_a_user(gateway: Any, gdb: psycopg.Connec
         reply = client.request(endpoint.method, concrete(endpoint.path), headers={"X-API-Key": key})
     if endpoint.access in (Access.USER, Access.ADMIN):
         assert (reply.status_code, loads(reply.content)["error"]["code"]) == (401, "jwt_required")
+    elif endpoint.access is Access.METRICS:
+        assert (reply.status_code, loads(reply.content)["error"]["code"]) == (401, "metrics_token_required")
     else:
         assert reply.status_code not in (401, 403) and reply.status_code < 500, reply.text
 
@@ -141,6 +148,8 @@ class _FixedCaller:
             scope["user"] = GatewayUser(Identity(kind="user", subject="a", admin=True), "t", [], None)
         elif kind == "api_key":
             scope["user"] = GatewayUser(Identity(kind="api_key", client_key="k"), "", [], None)
+        elif kind == "metrics":
+            scope["user"] = MetricsScraper()
         await self.app(scope, receive, send)
 
 
@@ -155,7 +164,10 @@ async def _checks_nothing(gateway: Any, request: Request, caller: Identity) -> R
         (Access.PROVIDER, {"": 200, "api_key": 200, "user": 200, "admin": 200}),
         (Access.CALLER, {"": 401, "api_key": 200, "user": 200, "admin": 200}),
         (Access.USER, {"": 401, "api_key": 401, "user": 200, "admin": 200}),
-        (Access.ADMIN, {"": 401, "api_key": 401, "user": 403, "admin": 200}),
+        (Access.ADMIN, {"": 401, "api_key": 401, "user": 403, "admin": 200, "metrics": 401}),
+        (Access.METRICS, {"": 401, "api_key": 401, "user": 403, "admin": 200, "metrics": 200}),
+        (Access.CALLER, {"metrics": 401}),
+        (Access.USER, {"metrics": 401}),
     ],
 )
 def test_the_binding_enforces_access_for_a_handler_that_checks_nothing(access: Access, answers: dict[str, int]) -> None:
@@ -174,6 +186,5 @@ def test_the_binding_enforces_access_for_a_handler_that_checks_nothing(access: A
             reply = client.get("/dummy", headers={"X-Test-Caller": kind} if kind else {})
             assert reply.status_code == status, (kind, reply.text)
             if status == 200:
-                assert loads(reply.content)["caller"] == {"": "anonymous", "api_key": "key:k"}.get(
-                    kind, f"user:{'a' if kind == 'admin' else 'u'}"
-                )
+                labels = {"": "anonymous", "api_key": "key:k", "metrics": "metrics"}
+                assert loads(reply.content)["caller"] == labels.get(kind, f"user:{'a' if kind == 'admin' else 'u'}")

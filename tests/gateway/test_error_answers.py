@@ -45,6 +45,7 @@ def _import_everything() -> None:
 def _examples() -> dict[str, tuple[TollgateError, int, str]]:
     """One instance of every answered error, with the status and code it must be answered with."""
     from api.abuse.config import LimitSpec
+    from api.abuse.connections import BodyTimeout, SessionsExhausted, TooManySessions, TooManyStreams
     from api.abuse.ratelimit import RateLimited, Refusal
     from api.gateway.app import BodyTooLarge
     from api.gateway.http.envelope import ApiError
@@ -59,6 +60,10 @@ def _examples() -> dict[str, tuple[TollgateError, int, str]]:
         "ApiError": (ApiError(418, "teapot", "short and stout", field="spout"), 418, "teapot"),
         "BodyTooLarge": (BodyTooLarge(10), 413, "body_too_large"),
         "RateLimited": (RateLimited(Refusal(LimitSpec("billing_per_ip", 60, "minute", 5), 1500)), 429, "rate_limited"),
+        "BodyTimeout": (BodyTimeout(30), 408, "body_timeout"),
+        "TooManySessions": (TooManySessions("20 sessions open"), 429, "too_many_sessions"),
+        "SessionsExhausted": (SessionsExhausted("1000 sessions open"), 503, "sessions_exhausted"),
+        "TooManyStreams": (TooManyStreams("5 streams open"), 429, "too_many_streams"),
         "JSONBodyError": (JSONBodyError("malformed JSON"), 400, "invalid_json"),
         "UnknownTool": (UnknownTool("nope"), 404, "unknown_tool"),
         "InvalidArguments": (InvalidArguments("invalid arguments at text"), 422, "invalid_arguments"),

@@ -83,7 +83,8 @@ def test_metrics_count_calls_and_refusals(gateway: Any, gdb: psycopg.Connection[
     with gateway.client(token) as client:
         assert client.post("/api/tools/micro", json={}).status_code == 200
         assert client.post("/api/tools/priced", json={"text": "x"}).status_code == 402
-        text = client.get("/metrics").text
+    with gateway.client(gateway.token("ops", admin=True)) as admin:
+        text = admin.get("/metrics").text
     assert 'tollgate_refusals_total{reason="insufficient_funds"}' in text
     assert "tollgate_tool_calls_total" in text
     assert "tollgate_http_request_seconds_bucket" in text

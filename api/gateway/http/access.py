@@ -6,6 +6,8 @@ the handler (``api.gateway.http.endpoints``), so a handler is only ever given a 
     CALLER    a JWT user or an API key (anonymous: 401 credentials_required)
     USER      a JWT user (anonymous or an API key: 401 jwt_required)
     ADMIN     a JWT user holding the admin scope, TOLLGATE_ADMIN_SCOPE (no JWT: 401; no scope: 403)
+    METRICS   an administrator, or the metrics scraper: ``Authorization: Bearer <[abuse.metrics] token>``
+              (anyone else: 401 with a challenge; a user without the admin scope: 403)
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class Access(enum.Enum):
     CALLER = "caller"
     USER = "user"
     ADMIN = "admin"
+    METRICS = "metrics"
 
     @property
     def open(self) -> bool:
@@ -36,8 +39,18 @@ def authorize(access: Access, request: Request) -> Identity:
     caller = identity_of(request)
     if access.open:
         return caller
+    if access is Access.METRICS:
+        if caller.kind == "metrics" or (caller.kind == "user" and caller.admin):
+            return caller
+        if caller.kind == "user":
+            raise ApiError(403, "admin_required", "this endpoint is for administrators (a JWT with the admin scope)")
+        raise ApiError(
+            401,
+            "metrics_token_required",
+            "/metrics needs the metrics token (Authorization: Bearer <token>) or an administrator's JWT",
+        ).with_auth_header()
     if access is Access.CALLER:
-        if caller.kind == "anonymous":
+        if caller.kind not in ("user", "api_key"):
             # Only the tool call is CALLER today, hence the wording.
             raise ApiError(
                 401, "credentials_required", "calling tools over HTTP needs a JWT or an API key"

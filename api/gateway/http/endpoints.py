@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from api.gateway.auth import Identity
+from api.gateway.config import Settings
 from api.gateway.http.access import Access, authorize
 from api.gateway.http.admin import (
     ADJUST_BODY,
@@ -57,7 +58,16 @@ class Endpoint:
 
 ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("GET", "/health", health, "Liveness and database check", Access.PUBLIC, tag="operations"),
-    Endpoint("GET", "/metrics", metrics, "Prometheus metrics", Access.PUBLIC, tag="operations"),
+    Endpoint(
+        "GET",
+        "/metrics",
+        metrics,
+        "Prometheus metrics (revenue included): an administrator's JWT or the metrics token "
+        "([abuse.metrics] token); not served here when [abuse.metrics] port is set",
+        Access.METRICS,
+        responses={401: "no metrics token or administrator's JWT", 403: "not an administrator"},
+        tag="operations",
+    ),
     Endpoint("GET", "/openapi.json", openapi, "This document", Access.PUBLIC, tag="operations"),
     Endpoint("GET", "/api/tools", list_tools, "The tools this gateway serves", Access.PUBLIC, tag="tools"),
     Endpoint(
@@ -206,5 +216,12 @@ def bind(gateway: Gateway, endpoint: Endpoint) -> Route:
     return Route(endpoint.path, handle, methods=[endpoint.method], name=endpoint.handler.__name__)
 
 
-def routes(gateway: Gateway) -> list[Route]:
-    return [bind(gateway, endpoint) for endpoint in ENDPOINTS]
+def served_endpoints(settings: Settings) -> tuple[Endpoint, ...]:
+    """The endpoints the main port serves: all of them, but /metrics when it has a port of its own."""
+    if settings.abuse.metrics.port is None:
+        return ENDPOINTS
+    return tuple(endpoint for endpoint in ENDPOINTS if endpoint.path != "/metrics")
+
+
+def routes(gateway: Gateway, endpoints: tuple[Endpoint, ...] = ENDPOINTS) -> list[Route]:
+    return [bind(gateway, endpoint) for endpoint in endpoints]

@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from api.gateway.http.access import Access
-from api.gateway.http.endpoints import ENDPOINTS
+from api.gateway.http.endpoints import ENDPOINTS, Endpoint
 
 ERROR_SCHEMA = {
     "type": "object",
@@ -68,9 +68,10 @@ MCP_PATHS: dict[str, Any] = {
 }
 
 
-def build_openapi(version: str) -> dict[str, Any]:
+def build_openapi(version: str, endpoints: tuple[Endpoint, ...] = ENDPOINTS) -> dict[str, Any]:
+    """The document of ``endpoints`` (those the main port serves: ``endpoints.served_endpoints``) and MCP."""
     paths: dict[str, Any] = {}
-    for endpoint in ENDPOINTS:
+    for endpoint in endpoints:
         operation: dict[str, Any] = {
             "summary": endpoint.summary,
             "operationId": endpoint.handler.__name__,

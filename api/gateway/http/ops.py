@@ -1,4 +1,5 @@
-"""Operations: liveness with a database check, Prometheus metrics, the OpenAPI document. Public."""
+"""Operations: liveness with a database check and the OpenAPI document (public), Prometheus metrics (for
+administrators and the metrics scraper: ``Access.METRICS``; or on a port of their own, ``api.gateway.metrics_port``)."""
 
 from __future__ import annotations
 
