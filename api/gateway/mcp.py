@@ -6,7 +6,8 @@ the HTTP request that carries each message; the SDK binds every session to the p
 opened it (``api.gateway.auth.GatewayUser`` is an SDK ``AuthenticatedUser``) and answers "session not
 found" to a request with other credentials, so the identity is fixed for the session.
 
-Refusals (funds, limits, inactive account), unknown tools and invalid arguments are MCP tool results
+Refusals (funds, limits, inactive account; for callers without credentials the tool's anonymous policy:
+sign in, or its free calls of the day are used), unknown tools and invalid arguments are MCP tool results
 with ``isError`` and a message that says what to do; every result carries the billing outcome in
 ``_meta["tollgate/billing"]`` (amounts as decimal strings; ``written_off_usd`` only when part of the
 price was written off).
@@ -25,6 +26,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api.abuse.clientip import IPAddress
 from api.gateway.auth import ANONYMOUS, Identity, identity_of
 from api.gateway.metering import AlreadyCompleted, CallRefused, LedgerUnavailable, UnknownTool, refusal_result
 from api.tools.registry import InvalidArguments
@@ -43,6 +45,12 @@ def _identity(ctx: Any) -> tuple[Identity, str]:
     return ANONYMOUS, "mcp"
 
 
+def _client_ip(gateway: Gateway, ctx: Any) -> IPAddress | None:
+    """The address of the HTTP request that carried the message (None without one)."""
+    request = getattr(ctx, "request", None)
+    return gateway.client_ip(request.scope) if isinstance(request, Request) else None
+
+
 def _error(text: str, code: str) -> types.CallToolResult:
     return types.CallToolResult(
         content=[types.TextContent(type="text", text=text)],
@@ -58,7 +66,13 @@ def build_server(gateway: Gateway) -> Server[Any]:
     async def on_call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
         identity, transport = _identity(ctx)
         try:
-            outcome = await gateway.call_tool(identity, params.name, dict(params.arguments or {}), transport=transport)
+            outcome = await gateway.call_tool(
+                identity,
+                params.name,
+                dict(params.arguments or {}),
+                transport=transport,
+                client_ip=_client_ip(gateway, ctx),
+            )
         except CallRefused as refused:
             return refusal_result(refused)
         except UnknownTool as exc:

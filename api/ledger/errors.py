@@ -51,7 +51,7 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
     ErrorCode("BL015", "unknown_api_key", 404, "no API key with that name"),
     ErrorCode("BL016", "unknown_payment", 404, "no payment intent with that id (for this user)"),
     ErrorCode("BL040", "anonymous_denied", 401, "the tool is not served to callers without credentials: sign in"),
-    ErrorCode("BL041", "anonymous_quota_exceeded", 429, "the tool's free daily calls for this anonymous client are used"),
+    ErrorCode("BL041", "anonymous_quota_exceeded", 429, "this anonymous client used the tool's free calls of the day"),
     ErrorCode("BL090", "ledger_append_only", 409, "ledger rows cannot be updated or deleted"),
 )
 

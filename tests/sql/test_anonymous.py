@@ -48,7 +48,8 @@ def usage(db: psycopg.Connection[Any]) -> list[dict[str, Any]]:
 
 def policy_of(db: psycopg.Connection[Any], tool: str) -> tuple[str | None, int | None, str]:
     row = db.execute(
-        "SELECT anonymous_policy, anonymous_daily_calls, anonymous_access FROM billing.tool_pricing WHERE tool_name = %s",
+        "SELECT anonymous_policy, anonymous_daily_calls, anonymous_access FROM billing.tool_pricing"
+        " WHERE tool_name = %s",
         (tool,),
     ).fetchone()
     assert row is not None
@@ -99,7 +100,8 @@ def test_set_tool_pricing_stores_the_anonymous_policy(db, spec, stored):
 
 
 @pytest.mark.parametrize(
-    "spec", ["", "  ", "allow", "free:0/day", "free:-1/day", "free:1000000000/day", "free:5/hour", "free:5", "deny:5/day"]
+    "spec",
+    ["", "  ", "allow", "free:0/day", "free:-1/day", "free:1000000000/day", "free:5/hour", "free:5", "deny:5/day"],
 )
 def test_an_unknown_anonymous_policy_is_refused_and_nothing_is_written(db, spec):
     with h.nothing_written(db), pytest.raises(InvalidArgument) as refused:
@@ -113,7 +115,8 @@ def test_the_table_refuses_a_daily_cap_without_free(db):
     for policy in ("deny", None):
         with pytest.raises(psycopg.errors.CheckViolation):
             db.execute(
-                "UPDATE billing.tool_pricing SET anonymous_policy = %s, anonymous_daily_calls = 5 WHERE tool_name = 't'",
+                "UPDATE billing.tool_pricing SET anonymous_policy = %s, anonymous_daily_calls = 5"
+                " WHERE tool_name = 't'",
                 (policy,),
             )
 
