@@ -192,6 +192,9 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             timeout_graceful_shutdown=30,
             backlog=4096,
             lifespan="on",
+            # uvicorn would rewrite the peer from X-Forwarded-For for any loopback client by default: the
+            # client address is decided in one place, api.abuse.clientip, from [abuse] trusted_proxies.
+            proxy_headers=False,
         )
     finally:
         if started_here and embedded.stop(settings):
