@@ -139,9 +139,9 @@ async def test_a_daily_quota_serves_n_calls_then_says_when_it_renews(
     async with anonymous_session(gateway.base_url, transport) as session:
         results = [await session.call_tool(tool, arguments) for _ in range(5)]
     refused = [r for r in results if (r.structured_content or {}).get("error", {}).get("code")]
-    quota = [r for r in refused if r.structured_content["error"]["code"] == "anonymous_quota_exceeded"]  # type: ignore[index]
+    quota = [r for r in refused if r.structured_content["error"]["code"] == "anonymous_quota_exceeded"]
     assert len(quota) == 2 and results[3] is quota[0]
-    error = quota[0].structured_content["error"]  # type: ignore[index]
+    error = quota[0].structured_content["error"]
     assert error["daily_calls"] == 3
     renews = dt.datetime.fromisoformat(error["resets_at"])
     assert dt.timedelta(0) < renews - dt.datetime.now(dt.UTC) <= dt.timedelta(days=1)
@@ -244,7 +244,7 @@ async def test_two_thousand_anonymous_calls_of_a_priced_tool_write_nothing(
     before = tracked(gdb, "priced")
     results = await _flood(gateway.base_url, "priced", {"text": "flood"}, 2000)
     assert len(results) == 2000
-    assert all(r.is_error and r.structured_content["error"]["code"] == "anonymous_denied" for r in results)  # type: ignore[index]
+    assert all(r.is_error and r.structured_content["error"]["code"] == "anonymous_denied" for r in results)
     assert tracked(gdb, "priced") == before
     assert usage(gdb, "priced") == []
 
