@@ -55,7 +55,7 @@ BEGIN
         WHERE daily_calls IS NULL OR u.calls < daily_calls
     RETURNING u.calls INTO calls_today;
     IF calls_today IS NULL THEN
-        RAISE EXCEPTION 'Anonymous quota reached: the tool % serves % free calls a day to each anonymous client, and this one has used them; they renew at % (%).',
+        RAISE EXCEPTION 'Anonymous quota reached: the tool % serves % free calls a day to each anonymous client, and this one has used them. They renew at % (%).',
                 p_tool_name, daily_calls,
                 to_char(resets_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'), v_tz
             USING ERRCODE = 'BL041',
