@@ -258,3 +258,29 @@ async def test_two_thousand_anonymous_calls_of_a_free_tool_are_one_aggregate_row
     rows = usage(gdb, "by_chars")
     assert [(str(r["client_network"]), r["calls"]) for r in rows] == [("127.0.0.1", 2000)]
     assert tracked(gdb, "by_chars") == 0
+
+
+def test_the_file_fills_in_an_unset_anonymous_policy_and_never_overrides_an_operator(
+    gateway_db: str, gdb: psycopg.Connection[Any], tmp_path: Path
+) -> None:
+    """A ledger priced before the anonymous policy existed takes the file's; an operator's choice stands."""
+    ledger.set_tool_pricing(gdb, "priced_before", Decimal("0.03"), description="the operator's price")
+    ledger.set_tool_pricing(gdb, "operator_chose", Decimal("0.03"), anonymous="deny")
+    config = tmp_path / "tools.toml"
+    config.write_text(
+        'python_modules = ["tests.gateway.tools"]\n'
+        '[pricing.priced_before]\nbase_price_usd = "0.5"\nanonymous = "free:7/day"\n'
+        '[pricing.operator_chose]\nbase_price_usd = "0.5"\nanonymous = "free"\n'
+        '[pricing.new_tool]\nbase_price_usd = "0.5"\nanonymous = "free:2/day"\n'
+    )
+    started = start_gateway(gateway_db, tmp_path / "data", TOLLGATE_TOOLS_CONFIG=str(config))
+    started.stop()
+    rows = {row.tool_name: row for row in ledger.list_tool_pricing(gdb)}
+    before = rows["priced_before"]
+    assert (before.anonymous_access, before.base_price_usd, before.description) == (
+        "free:7/day",
+        Decimal("0.03"),
+        "the operator's price",
+    )
+    assert rows["operator_chose"].anonymous_access == "deny"
+    assert (rows["new_tool"].anonymous_access, rows["new_tool"].base_price_usd) == ("free:2/day", Decimal("0.5"))
