@@ -2,7 +2,7 @@
 -- network (billing.anonymous_usage: aggregated by an upsert per call, never a row per call), with the
 -- tool's anonymous policy as it stands now. Sum over client_network for a tool's day; count the rows for
 -- its distinct anonymous clients. Refused calls are not here (a refusal writes nothing): the gateway's
--- metrics count them (tollgate_refusals_total{code="anonymous_denied" | "anonymous_quota_exceeded"}).
+-- metrics count them (tollgate_refusals_total{reason="anonymous_denied" | "anonymous_quota_exceeded"}).
 CREATE OR REPLACE VIEW billing.anonymous_usage_daily AS
 SELECT u.day,
        u.tool_name,
