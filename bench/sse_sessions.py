@@ -1,8 +1,9 @@
 """How many concurrent MCP sessions over the legacy SSE transport one gateway process holds.
 
 Run on demand: `python -m bench.sse_sessions [--sessions 500 1000 2000 3000] [--mode billed]`. For
-each mode (billed: every session its own funded JWT user; anonymous: no credentials, tracked but not
-charged) and each N, against one fresh metered gateway (one uvicorn worker) on an embedded PostgreSQL:
+each mode (billed: every session its own funded JWT user; anonymous: no credentials, counted but not
+charged: the benchmark tool is `anonymous = "free"` in bench/gateway_tools.toml)
+and each N, against one fresh metered gateway (one uvicorn worker) on an embedded PostgreSQL:
 
     1. N clients each open `GET /sse` and keep the stream open;
     2. each does the MCP handshake (initialize, notifications/initialized) and one `tools/call` of
@@ -10,8 +11,8 @@ charged) and each N, against one fresh metered gateway (one uvicorn worker) on a
     3. with all N sessions still open, the gateway's resident memory (VmRSS) is read and compared
        with its RSS before the first session: memory per session = delta / N;
     4. all sessions are closed (the RSS is read again); billed: the ledger must hold exactly one
-       charge per successful call, each result saying "charged"; anonymous: one completed tracking
-       row per call and no charge; billing.verify_ledger() empty.
+       charge per successful call, each result saying "charged"; anonymous: every call counted in
+       billing.anonymous_usage (aggregated, never a row per call) and no charge; billing.verify_ledger() empty.
 
 The open-files limit is raised to the hard limit (`ulimit -Hn`) for the client and the gateway.
 
@@ -55,10 +56,11 @@ def rss_kib(pid: int) -> int:
 
 
 def count_tracked(conn: Any, anonymous: bool) -> tuple[int, int]:
-    """(charges, completed tracking rows of anonymous callers)."""
+    """(charges, anonymous calls counted): anonymous calls are aggregated in billing.anonymous_usage (one row
+    per day, tool and client address), never tracked one by one."""
     row = conn.execute(
         "SELECT (SELECT count(*) FROM billing.billing_transactions WHERE type = 'charge'),"
-        " (SELECT count(*) FROM billing.cost_tracking WHERE user_id IS NULL AND status = 'completed')"
+        " (SELECT coalesce(sum(calls), 0) FROM billing.anonymous_usage)"
     ).fetchone()
     return int(row[0]), int(row[1])
 

@@ -36,6 +36,7 @@ BILLING_TABLES = (
     "payment_intents",
     "payment_events",
     "payment_reversals",
+    "anonymous_usage",
 )
 
 UTC = dt.UTC

@@ -16,6 +16,7 @@ when it fires).
     [abuse.metrics]                      # TOLLGATE_ABUSE_METRICS_<KNOB>
     [abuse.payments]                     # TOLLGATE_ABUSE_PAYMENTS_<KNOB>
     [abuse.velocity]                     # TOLLGATE_ABUSE_VELOCITY_<KNOB>
+    [abuse.anonymous]                    # TOLLGATE_ABUSE_ANONYMOUS_<KNOB>
 
 A knob's environment variable is ``TOLLGATE_ABUSE_`` + the section + ``_`` + the knob, upper case; it wins
 over the file. Types follow the dataclass fields: booleans (true/false), integers, exact decimals (strings or
@@ -223,6 +224,16 @@ class VelocityRules:
 
 
 @dataclass(frozen=True)
+class AnonymousSettings:
+    """Callers without credentials (docs/abuse.md, "Anonymous callers"). Who may call what is per tool, with
+    its price (``[pricing.<tool>] anonymous = "deny" | "free" | "free:N/day"``, billing.tool_pricing); this
+    section holds what the gateway adds to a refusal."""
+
+    # Where a person gets an API key or signs in; quoted in every anonymous refusal when set.
+    sign_in_url: str | None = None
+
+
+@dataclass(frozen=True)
 class AbuseSettings:
     enabled: bool = True
     # CIDRs (or addresses) of the reverse proxies whose X-Forwarded-For is believed (api.abuse.clientip).
@@ -232,6 +243,7 @@ class AbuseSettings:
     metrics: MetricsSettings = field(default_factory=MetricsSettings)
     payments: PaymentRules = field(default_factory=PaymentRules)
     velocity: VelocityRules = field(default_factory=VelocityRules)
+    anonymous: AnonymousSettings = field(default_factory=AnonymousSettings)
 
     def ledger_policy(self) -> dict[str, Decimal]:
         """The figures the ledger enforces, by their billing.abuse_policy name (booleans as 0/1)."""
@@ -250,6 +262,7 @@ _SECTIONS: dict[str, type[Any]] = {
     "metrics": MetricsSettings,
     "payments": PaymentRules,
     "velocity": VelocityRules,
+    "anonymous": AnonymousSettings,
 }
 _MAX_INT = 10**12
 
@@ -271,6 +284,11 @@ def load_abuse_settings(table: Mapping[str, Any] | None, environ: Mapping[str, s
         )
         values[name] = section_type(**section_values)
     settings = AbuseSettings(**values)
+    url = settings.anonymous.sign_in_url
+    if url is not None and not (
+        url.startswith(("https://", "http://")) and len(url) <= 500 and url.isprintable() and " " not in url
+    ):
+        raise AbuseConfigError(f"abuse.anonymous.sign_in_url: {url!r} is not an http(s) URL of at most 500 characters")
     for proxy in settings.trusted_proxies:
         try:
             ipaddress.ip_network(proxy, strict=False)
@@ -343,7 +361,7 @@ def _from_toml(hint: Any, value: Any, key: str) -> Any:
         return _check_int(value, key)
     if kind is Decimal:
         if isinstance(value, float):
-            raise AbuseConfigError(f"{key}: write amounts as strings or integers (\"0.50\"), never TOML floats")
+            raise AbuseConfigError(f'{key}: write amounts as strings or integers ("0.50"), never TOML floats')
         if isinstance(value, bool) or not isinstance(value, int | str):
             raise AbuseConfigError(f"{key} must be a decimal string or an integer")
         return _check_decimal(str(value), key)

@@ -354,10 +354,15 @@ async def _load_tools(settings: Settings, gateway: Gateway, stack: contextlib.As
     if config.pricing:
         # An initial price is an operator's act, applied through the operator's login.
         async with gateway.operator_pool.connection() as conn:
-            priced = {row.tool_name for row in await aledger.list_tool_pricing(conn)}
+            priced = {row.tool_name: row for row in await aledger.list_tool_pricing(conn)}
             for name, price in config.pricing.items():
-                if name in priced:
-                    continue  # a price set by an operator is never overwritten by the file
+                stored = priced.get(name)
+                if stored is not None:
+                    # A price set by an operator is never overwritten by the file; only an anonymous policy
+                    # that was never set (a ledger priced before there was one) is filled in from it.
+                    if price.anonymous is not None and stored.anonymous_policy is None:
+                        await _apply_anonymous_policy(conn, stored, price.anonymous)
+                    continue
                 await aledger.set_tool_pricing(
                     conn,
                     name,
@@ -368,8 +373,26 @@ async def _load_tools(settings: Settings, gateway: Gateway, stack: contextlib.As
                     description=price.description,
                     max_price_usd=price.max_price_usd,
                     per_input_char_usd=price.per_input_char_usd,
+                    anonymous=price.anonymous,
                 )
                 log.info("initial price applied", extra={"tool": name, "base_price_usd": str(price.base_price_usd)})
+
+
+async def _apply_anonymous_policy(conn: Any, stored: aledger.ToolPricingRow, anonymous: str) -> None:
+    """The file's anonymous policy on a tool priced without one: its stored price kept as it is."""
+    await aledger.set_tool_pricing(
+        conn,
+        stored.tool_name,
+        stored.base_price_usd,
+        markup_percent=stored.markup_percent,
+        estimate_usd=stored.estimate_usd,
+        variable_cost=stored.variable_cost,
+        description=stored.description,
+        max_price_usd=stored.max_price_usd,
+        per_input_char_usd=stored.per_input_char_usd,
+        anonymous=anonymous,
+    )
+    log.info("initial anonymous policy applied", extra={"tool": stored.tool_name, "anonymous": anonymous})
 
 
 async def _expiry_loop(gateway: Gateway, interval: float = 300.0) -> None:

@@ -12,10 +12,12 @@ from importlib.metadata import version as package_version
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
+from starlette.types import Scope
 
+from api.abuse.clientip import IPAddress, TrustedProxies
 from api.gateway.auth import Accounts, Identity
 from api.gateway.config import Settings
-from api.gateway.metering import CallOutcome, Meter
+from api.gateway.metering import CallOutcome, Meter, sign_in_advice
 from api.gateway.metrics import Metrics
 from api.gateway.ratelimits import RateLimits
 from api.gateway.spool import Spool
@@ -61,11 +63,28 @@ class Gateway:
             self.spool,
             metering=settings.gateway.metering,
             tool_timeout_seconds=settings.gateway.tool_timeout_seconds,
+            sign_in=sign_in_advice(settings.abuse.anonymous.sign_in_url),
         )
+        self.trusted_proxies = TrustedProxies(settings.abuse.trusted_proxies)
         self.payments = Payments.from_env(self.payments_pool, settings.payment_env)
         self.openapi = openapi
 
+    def client_ip(self, scope: Scope) -> IPAddress | None:
+        """The client's address of a request (the peer, or X-Forwarded-For past the trusted proxies)."""
+        return self.trusted_proxies.client_ip(scope)
+
     async def call_tool(
-        self, identity: Identity, name: str, arguments: dict[str, Any], *, transport: str, request_id: str | None = None
+        self,
+        identity: Identity,
+        name: str,
+        arguments: dict[str, Any],
+        *,
+        transport: str,
+        request_id: str | None = None,
+        client_ip: IPAddress | None = None,
     ) -> CallOutcome:
-        return await self.meter.call(identity, name, arguments, transport=transport, request_id=request_id)
+        """One metered call; ``client_ip`` is the caller's address (``client_ip(scope)`` of the request that
+        carried it), which an anonymous caller's daily quota counts by."""
+        return await self.meter.call(
+            identity, name, arguments, transport=transport, request_id=request_id, client_ip=client_ip
+        )

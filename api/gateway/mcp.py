@@ -6,7 +6,8 @@ the HTTP request that carries each message; the SDK binds every session to the p
 opened it (``api.gateway.auth.GatewayUser`` is an SDK ``AuthenticatedUser``) and answers "session not
 found" to a request with other credentials, so the identity is fixed for the session.
 
-Refusals (funds, limits, inactive account), unknown tools and invalid arguments are MCP tool results
+Refusals (funds, limits, inactive account; for callers without credentials the tool's anonymous policy:
+sign in, or its free calls of the day are used), unknown tools and invalid arguments are MCP tool results
 with ``isError`` and a message that says what to do; every result carries the billing outcome in
 ``_meta["tollgate/billing"]`` (amounts as decimal strings; ``written_off_usd`` only when part of the
 price was written off).
@@ -32,7 +33,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.abuse.clientip import TrustedProxies
+from api.abuse.clientip import IPAddress, TrustedProxies
 from api.abuse.connections import ConnectionLimits, SseGuard, StreamableGuard, StreamableSessionManager
 from api.abuse.ratelimit import Refusal
 from api.gateway.auth import ANONYMOUS, Identity, identity_of
@@ -51,6 +52,12 @@ def _identity(ctx: Any) -> tuple[Identity, str, Request | None]:
         transport = "mcp-sse" if request.url.path.startswith("/messages") else "mcp-http"
         return identity_of(request), transport, request
     return ANONYMOUS, "mcp", None
+
+
+def _client_ip(gateway: Gateway, ctx: Any) -> IPAddress | None:
+    """The address of the HTTP request that carried the message (None without one)."""
+    request = getattr(ctx, "request", None)
+    return gateway.client_ip(request.scope) if isinstance(request, Request) else None
 
 
 def _error(text: str, code: str) -> types.CallToolResult:
@@ -81,7 +88,13 @@ def build_server(gateway: Gateway) -> Server[Any]:
             if refusal is not None:
                 return _rate_limited(refusal)
         try:
-            outcome = await gateway.call_tool(identity, params.name, dict(params.arguments or {}), transport=transport)
+            outcome = await gateway.call_tool(
+                identity,
+                params.name,
+                dict(params.arguments or {}),
+                transport=transport,
+                client_ip=_client_ip(gateway, ctx),
+            )
         except CallRefused as refused:
             return refusal_result(refused)
         except UnknownTool as exc:

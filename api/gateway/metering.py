@@ -13,6 +13,12 @@
   caller: the completion is spooled (``api.gateway.spool``) and retried; meanwhile the call is listed by
   ``billing.unbilled_calls``.
 * Metering off (``TOLLGATE_METERING=false``): tools run with no tracking and no charge.
+* Anonymous callers (no credentials) take their own path (``Meter._anonymous``): the tool's anonymous
+  policy is applied by ``billing.begin_anonymous_call`` (refused: deny, or past its daily calls per client
+  network; else counted in the daily aggregate ``billing.anonymous_usage``), then the tool runs; a failure
+  is marked on the aggregate (``billing.record_anonymous_failure``). No tracking row, no hold, no charge.
+  A refusal says how to sign in (``sign_in_advice``): over HTTP 401 with ``WWW-Authenticate`` or 429 with
+  ``Retry-After``, over MCP a graceful tool error.
 
 Prices: the database prices every call (``billing.tool_price`` inside ``complete_request``) from the
 costs a tool reports through its ``ToolContext``. The hold is ``billing.estimate_price``: the tool's
@@ -39,6 +45,7 @@ import psycopg
 import psycopg_pool
 from psycopg_pool import AsyncConnectionPool
 
+from api.abuse.clientip import IPAddress
 from api.errors import TollgateError
 from api.gateway.auth import Accounts, Identity
 from api.gateway.metrics import Metrics
@@ -52,6 +59,8 @@ log = logging.getLogger("tollgate.metering")
 
 # Refusals that are the caller's situation (funds, limits, account state), answered gracefully.
 REFUSALS = frozenset({"BL001", "BL002", "BL003", "BL004"})
+# The anonymous policy's refusals (billing.begin_anonymous_call): sign in, or wait for the daily quota.
+ANONYMOUS_REFUSALS = frozenset({"BL040", "BL041"})
 # How many times begin_request is sent when its connection breaks (see Meter._begin).
 BEGIN_ATTEMPTS = 3
 # How many abandoned request ids (503 with begin_request in doubt) a process remembers.
@@ -68,18 +77,18 @@ class UnknownTool(TollgateError):
 
 
 class CallRefused(TollgateError):
-    """The reservation was refused: ``error`` is the database's reason, with its figures. Answered with the
-    refusal's status and code; a spend limit's answer says when to retry (Retry-After)."""
+    """The reservation (or an anonymous call) was refused: ``error`` is the database's reason, with its
+    figures. Answered with the refusal's status and code; a spend limit's or a daily quota's answer says
+    when to retry (Retry-After); a 401 (sign in) carries the ``WWW-Authenticate`` challenge. ``advice`` is
+    what the gateway adds to the database's hint (how to sign in here)."""
 
-    def __init__(self, error: BillingError) -> None:
+    def __init__(self, error: BillingError, advice: str | None = None) -> None:
         hint = error.hint or ("Top up your balance to continue." if error.sqlstate == "BL001" else None)
-        super().__init__(
-            f"{error.message} {hint}" if hint else error.message,
-            status=error.status,
-            code=error.code,
-            headers=_retry_after(error),
-            details=error.detail,
-        )
+        text = " ".join(part for part in (error.message, hint, advice) if part)
+        headers = _retry_after(error)
+        if error.status == 401:
+            headers["WWW-Authenticate"] = 'Bearer realm="tollgate"'
+        super().__init__(text, status=error.status, code=error.code, headers=headers, details=error.detail)
         self.error = error
 
     @property
@@ -98,6 +107,16 @@ def _retry_after(error: BillingError) -> dict[str, str]:
     except ValueError:
         return {}
     return {"Retry-After": str(max(1, int(seconds) + 1))}
+
+
+def sign_in_advice(sign_in_url: str | None = None) -> str:
+    """How a caller signs in to this gateway, added to every anonymous refusal (docs/gateway.md, Callers)."""
+    advice = (
+        "Send it with each request (MCP: when connecting to /mcp or /sse): an API key as 'X-API-Key: tg_...' "
+        "or 'Authorization: Bearer tg_...' (the operator of this gateway issues keys), or a user's JWT as "
+        "'Authorization: Bearer <token>'."
+    )
+    return f"{advice} Get credentials at {sign_in_url}" if sign_in_url else advice
 
 
 class LedgerUnavailable(TollgateError):
@@ -198,6 +217,7 @@ class Meter:
         *,
         metering: bool,
         tool_timeout_seconds: float,
+        sign_in: str | None = None,
     ) -> None:
         self.pool = pool
         self.registry = registry
@@ -206,6 +226,7 @@ class Meter:
         self.spool = spool
         self.metering = metering
         self.tool_timeout_seconds = tool_timeout_seconds
+        self.sign_in = sign_in if sign_in is not None else sign_in_advice()
         # Request ids this process is running, and those it answered 503 with their begin in doubt.
         self._running: set[str] = set()
         self._abandoned: dict[str, None] = {}  # an ordered set: the oldest are evicted first
@@ -218,7 +239,10 @@ class Meter:
         *,
         transport: str,
         request_id: str | None = None,
+        client_ip: IPAddress | None = None,
     ) -> CallOutcome:
+        """Run one call of ``tool_name`` for ``identity``. ``client_ip`` is the caller's address at the edge
+        (api.abuse.clientip; None when unknown): an anonymous caller's daily quota counts by it."""
         tool = self.registry.get(tool_name)
         if tool is None:
             self.metrics.tool_calls.labels("(unknown)", transport, "unknown_tool").inc()
@@ -231,6 +255,8 @@ class Meter:
                 result = await self._run(tool_name, arguments, ctx)
                 self.metrics.tool_calls.labels(tool_name, transport, "unmetered").inc()
                 return CallOutcome(None, result, "unmetered")
+            if identity.kind == "anonymous":
+                return await self._anonymous(tool_name, arguments, transport, request_id or uuid.uuid4().hex, client_ip)
             return await self._metered(identity, tool_name, arguments, transport, request_id or uuid.uuid4().hex)
         finally:
             self.metrics.tool_latency.labels(tool_name).observe(time.perf_counter() - started)
@@ -349,25 +375,7 @@ class Meter:
     ) -> CallOutcome:
         ctx = ToolContext(request_id=request_id, tool_name=tool_name)
         started = time.perf_counter()
-        error: str | None = None
-        result: types.CallToolResult
-        try:
-            result = _without_upstream_meta(await self._run(tool_name, arguments, ctx))
-            if result.is_error:
-                error = _result_text(result) or "the tool returned an error result"
-        except InvalidArguments as exc:
-            error = str(exc)
-            result = _error_result(error)
-        except ToolError as exc:
-            error = str(exc)
-            result = _error_result(error)
-        except TimeoutError:
-            error = f"the tool did not answer within {self.tool_timeout_seconds:g} seconds"
-            result = _error_result(error)
-        except Exception as exc:  # a bug or crash in a tool must not leave its hold behind
-            log.exception("tool %s crashed", tool_name, extra={"request_id": request_id})
-            error = f"the tool failed: {type(exc).__name__}"
-            result = _error_result(error)
+        result, error = await self._run_safely(tool_name, arguments, ctx)
         completion = PendingCompletion(
             request_id=request_id,
             success=error is None,
@@ -401,6 +409,62 @@ class Meter:
             self.metrics.written_off_usd.labels(tool_name).inc(float(done.written_off_usd))
         status = "charged" if done.billed else "not_charged"
         return CallOutcome(request_id, result, status, done.price_usd, done.transaction_id, done.written_off_usd)
+
+    async def _run_safely(
+        self, tool_name: str, arguments: dict[str, Any], ctx: ToolContext
+    ) -> tuple[types.CallToolResult, str | None]:
+        """Run the tool: (its result, None), or (an error result, why it failed). Never raises for the tool:
+        a bug or crash in a tool must not leave its hold (or its count) behind."""
+        error: str | None = None
+        result: types.CallToolResult
+        try:
+            result = _without_upstream_meta(await self._run(tool_name, arguments, ctx))
+            if result.is_error:
+                error = _result_text(result) or "the tool returned an error result"
+        except InvalidArguments as exc:
+            error = str(exc)
+            result = _error_result(error)
+        except ToolError as exc:
+            error = str(exc)
+            result = _error_result(error)
+        except TimeoutError:
+            error = f"the tool did not answer within {self.tool_timeout_seconds:g} seconds"
+            result = _error_result(error)
+        except Exception as exc:
+            log.exception("tool %s crashed", tool_name, extra={"request_id": ctx.request_id})
+            error = f"the tool failed: {type(exc).__name__}"
+            result = _error_result(error)
+        return result, error
+
+    async def _anonymous(
+        self, tool_name: str, arguments: dict[str, Any], transport: str, request_id: str, client_ip: IPAddress | None
+    ) -> CallOutcome:
+        """A call without credentials: the tool's anonymous policy (billing.begin_anonymous_call), then the
+        tool. Never tracked per call, held or charged; counted in the daily aggregate, and marked there when
+        it fails (one more statement, only then)."""
+        try:
+            async with self.pool.connection() as conn:
+                counted = await aledger.begin_anonymous_call(conn, tool_name, client_ip)
+        except (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout) as exc:
+            log.error("ledger unreachable before %s ran: %s", tool_name, exc, extra={"request_id": request_id})
+            self.metrics.tool_calls.labels(tool_name, transport, "ledger_unavailable").inc()
+            raise LedgerUnavailable(exc) from exc
+        except BillingError as error:
+            if error.sqlstate not in ANONYMOUS_REFUSALS:
+                raise
+            self.metrics.refusals.labels(error.code).inc()
+            self.metrics.tool_calls.labels(tool_name, transport, "refused").inc()
+            raise CallRefused(error, self.sign_in) from None
+        ctx = ToolContext(request_id=request_id, tool_name=tool_name)
+        result, error_text = await self._run_safely(tool_name, arguments, ctx)
+        if error_text is not None:
+            try:
+                async with self.pool.connection() as conn:
+                    await aledger.record_anonymous_failure(conn, counted.usage_day, tool_name, counted.client_network)
+            except Exception as exc:  # a statistic: never worth failing the caller's answer for
+                log.warning("could not mark an anonymous call of %s failed: %s", tool_name, exc)
+        self.metrics.tool_calls.labels(tool_name, transport, "ok" if error_text is None else "tool_error").inc()
+        return CallOutcome(request_id, result, "not_charged")
 
     async def complete(self, completion: PendingCompletion) -> Any:
         async with self.pool.connection() as conn:

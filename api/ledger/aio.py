@@ -30,6 +30,7 @@ from api.ledger.types import (
     AbusePolicy,
     AccountSettings,
     Adjustment,
+    AnonymousCall,
     ApiKey,
     ApiKeyIdentity,
     ApiKeyRevocation,
@@ -41,6 +42,7 @@ from api.ledger.types import (
     Configuration,
     ExchangeRate,
     IntentStatus,
+    IPAddressParam,
     LedgerHead,
     LimitCheck,
     Limits,
@@ -350,7 +352,10 @@ async def set_tool_pricing(
     description: str | None = None,
     max_price_usd: Money | None = None,
     per_input_char_usd: Money | None = None,
+    anonymous: str | None = None,
 ) -> ToolPricingRow:
+    """Create or replace a tool's price; ``anonymous`` is "deny", "free" or "free:N/day" (None: the default,
+    deny for a priced tool, free for a free one)."""
     params = {
         "tool_name": tool_name,
         "base_price_usd": money_param(base_price_usd, "base_price_usd"),
@@ -360,6 +365,7 @@ async def set_tool_pricing(
         "description": description,
         "max_price_usd": money_param(max_price_usd, "max_price_usd"),
         "per_input_char_usd": money_param(per_input_char_usd, "per_input_char_usd"),
+        "anonymous": anonymous,
     }
     return await _one(conn, "set_tool_pricing", params, ToolPricingRow)
 
@@ -553,3 +559,25 @@ async def list_abuse_events(
     """The audit trail of abuse rules, newest first; ``rule`` may be a dotted prefix ("payments")."""
     params = {"user_id": user_id, "rule": rule, "since": since, "limit": limit}
     return await _rows(conn, "list_abuse_events", params, AbuseEvent)
+
+
+async def begin_anonymous_call(conn: AsyncConn, tool_name: str, client_ip: IPAddressParam | None) -> AnonymousCall:
+    """Apply the tool's anonymous policy to a caller without credentials and count the call (no tracking
+    row, no hold). Refusals: AnonymousDenied (BL040), AnonymousQuotaExceeded (BL041)."""
+    params = {"tool_name": tool_name, "client_ip": client_ip}
+    return await _one(conn, "begin_anonymous_call", params, AnonymousCall)
+
+
+async def record_anonymous_failure(
+    conn: AsyncConn, usage_day: dt.date, tool_name: str, client_network: IPAddressParam
+) -> bool:
+    """Mark one anonymous call counted by begin_anonymous_call as failed; False when nothing was marked."""
+    params = {"usage_day": usage_day, "tool_name": tool_name, "client_network": client_network}
+    result: bool = await _value(conn, "record_anonymous_failure", params)
+    return result
+
+
+async def prune_anonymous_usage(conn: AsyncConn, before: dt.date) -> int:
+    """Delete the anonymous aggregate's rows of days before ``before`` (never today's); how many."""
+    result: int = await _value(conn, "prune_anonymous_usage", {"before": before})
+    return result

@@ -50,6 +50,8 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
     ErrorCode("BL014", "unsupported_currency", 422, "the currency is not USD or UAH"),
     ErrorCode("BL015", "unknown_api_key", 404, "no API key with that name"),
     ErrorCode("BL016", "unknown_payment", 404, "no payment intent with that id (for this user)"),
+    ErrorCode("BL040", "anonymous_denied", 401, "the tool is not served to callers without credentials: sign in"),
+    ErrorCode("BL041", "anonymous_quota_exceeded", 429, "this anonymous client used the tool's free calls of the day"),
     ErrorCode("BL090", "ledger_append_only", 409, "ledger rows cannot be updated or deleted"),
 )
 
@@ -151,6 +153,16 @@ class UnknownPayment(BillingError):
     sqlstate = "BL016"
 
 
+class AnonymousDenied(BillingError):
+    sqlstate = "BL040"
+
+
+class AnonymousQuotaExceeded(BillingError):
+    """``detail``: daily_calls (the limit) and resets_at (when it renews)."""
+
+    sqlstate = "BL041"
+
+
 class LedgerAppendOnly(BillingError):
     sqlstate = "BL090"
 
@@ -174,6 +186,8 @@ EXCEPTIONS: dict[str, type[BillingError]] = {
         UnsupportedCurrency,
         UnknownApiKey,
         UnknownPayment,
+        AnonymousDenied,
+        AnonymousQuotaExceeded,
         LedgerAppendOnly,
     )
 }

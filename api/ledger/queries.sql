@@ -94,7 +94,7 @@ SELECT * FROM billing.set_exchange_rate(%(currency)s, %(per_usd)s, %(valid_from)
 -- Create or replace a tool's price.
 SELECT * FROM billing.set_tool_pricing(%(tool_name)s, %(base_price_usd)s, %(markup_percent)s, %(estimate_usd)s,
                                        %(variable_cost)s, %(description)s, %(max_price_usd)s,
-                                       %(per_input_char_usd)s);
+                                       %(per_input_char_usd)s, %(anonymous)s);
 
 -- list_tool_pricing --
 -- Every priced tool.
@@ -212,3 +212,15 @@ SELECT * FROM billing.list_abuse_policy();
 -- list_abuse_events --
 -- The audit trail of abuse rules, newest first, filtered by user, rule (or dotted prefix) and time.
 SELECT * FROM billing.list_abuse_events(%(user_id)s, %(rule)s, %(since)s, %(limit)s);
+
+-- begin_anonymous_call --
+-- An anonymous call's pre-flight: its tool's policy applied, the call counted in the daily aggregate.
+SELECT * FROM billing.begin_anonymous_call(%(tool_name)s, %(client_ip)s::inet);
+
+-- record_anonymous_failure --
+-- Mark one counted anonymous call as failed.
+SELECT billing.record_anonymous_failure(%(usage_day)s, %(tool_name)s, %(client_network)s::inet) AS recorded;
+
+-- prune_anonymous_usage --
+-- Delete the anonymous aggregate's rows of days before a date.
+SELECT billing.prune_anonymous_usage(%(before)s) AS deleted;

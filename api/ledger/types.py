@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from decimal import Decimal
-from ipaddress import IPv4Address, IPv6Address
+from ipaddress import IPv4Address, IPv4Interface, IPv6Address, IPv6Interface
 from typing import Any, TypeVar
 
 from psycopg.types.json import Jsonb
@@ -58,6 +58,8 @@ __all__ = [  # the row types and Money, re-exported by api.ledger.aio and api.le
 
 Row = TypeVar("Row")
 Money = Decimal | int
+# An address or network for an inet parameter (psycopg adapts each; text is cast by the query).
+IPAddressParam = IPv4Address | IPv6Address | IPv4Interface | IPv6Interface | str
 
 
 @dataclass(frozen=True)
@@ -260,6 +262,16 @@ class ToolPricingRow:
     updated_at: dt.datetime
     max_price_usd: Decimal | None
     per_input_char_usd: Decimal | None
+    # What callers without credentials get: the setting (deny / free, with a daily cap; None: the default
+    # that follows the price) and the effective answer: "deny", "free" or "free:N/day".
+    anonymous_policy: str | None = None
+    anonymous_daily_calls: int | None = None
+    anonymous_access: str = "free"
+
+    @property
+    def anonymous_label(self) -> str:
+        """The effective anonymous policy, marked "(default)" when it follows the price."""
+        return self.anonymous_access if self.anonymous_policy is not None else f"{self.anonymous_access} (default)"
 
 
 @dataclass(frozen=True)
@@ -515,6 +527,22 @@ class AbuseEvent:
     client_ip: IPv4Address | IPv6Address | None
     detail: dict[str, Any]
     actor: str
+
+
+@dataclass(frozen=True)
+class AnonymousCall:
+    """billing.begin_anonymous_call: an anonymous call counted (not tracked, never charged).
+
+    ``usage_day`` and ``client_network`` name its billing.anonymous_usage row (for
+    record_anonymous_failure); ``access`` is the policy applied ("free" or "free:N/day"), ``calls_today``
+    the count with this call, ``daily_calls`` N (None: unlimited), ``resets_at`` when today's count ends."""
+
+    usage_day: dt.date
+    client_network: IPv4Interface | IPv6Interface | IPv4Address | IPv6Address
+    access: str
+    calls_today: int
+    daily_calls: int | None
+    resets_at: dt.datetime
 
 
 def money_param(value: Money | None, field: str) -> Decimal | None:

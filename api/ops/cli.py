@@ -14,6 +14,7 @@ with status 2; anything else is a bug and keeps its traceback.
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import os
 import signal
 import sys
@@ -198,6 +199,9 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             backlog=4096,
             lifespan="on",
             **hygiene,
+            # uvicorn would rewrite the peer from X-Forwarded-For for any loopback client by default: the
+            # client address is decided in one place, api.abuse.clientip, from [abuse] trusted_proxies.
+            proxy_headers=False,
         )
     finally:
         if started_here and embedded.stop(settings):
@@ -327,13 +331,14 @@ def cmd_pricing(args: argparse.Namespace, settings: Settings) -> int:
                     description=args.description,
                     max_price_usd=args.max_price,
                     per_input_char_usd=args.per_input_char,
+                    anonymous=args.anonymous,
                 )
             ]
         else:
             rows = ledger.list_tool_pricing(conn)
     print(
         f"{'tool':<32} {'base_usd':>16} {'markup_%':>10} {'estimate_usd':>16} {'max_price_usd':>16} "
-        f"{'per_input_char_usd':>20} variable"
+        f"{'per_input_char_usd':>20} variable anonymous"
     )
     for row in rows:
         base, markup = _plain(row.base_price_usd), _plain(row.markup_percent)
@@ -343,7 +348,7 @@ def cmd_pricing(args: argparse.Namespace, settings: Settings) -> int:
         )
         print(
             f"{row.tool_name:<32} {base:>16} {markup:>10} {estimate:>16} "
-            f"{max_price:>16} {per_char:>20} {'yes' if row.variable_cost else 'no'}"
+            f"{max_price:>16} {per_char:>20} {'yes' if row.variable_cost else 'no':<8} {row.anonymous_label}"
         )
     return 0
 
@@ -410,6 +415,12 @@ def cmd_ledger(args: argparse.Namespace, settings: Settings) -> int:
     with _ledger_connection(settings) as conn:
         if args.action == "reap":
             print(f"expired holds reaped: {ledger.reap_expired_holds(conn)}")
+            return 0
+        if args.action == "prune-anonymous":
+            if not 0 <= args.keep_days <= 36500:
+                raise UsageError("--keep-days must be from 0 to 36500")
+            before = dt.datetime.now(dt.UTC).date() - dt.timedelta(days=args.keep_days)
+            print(f"anonymous usage rows deleted (days before {before}): {ledger.prune_anonymous_usage(conn, before)}")
             return 0
         if args.action == "anchor":
             heads = ledger.ledger_heads(conn)
@@ -653,6 +664,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="hold = base + characters of the arguments' strings x this x (1 + markup), at most --max-price",
     )
     pricing_set.add_argument("--variable", action="store_true", help="cost known only after the call")
+    pricing_set.add_argument(
+        "--anonymous",
+        metavar="POLICY",
+        help='callers without credentials: "deny", "free" or "free:N/day" (N calls a day per client address); '
+        "default: deny when the tool can cost money, free otherwise",
+    )
     pricing_set.add_argument("--description")
     pricing_actions.add_parser("list", help="list tool prices")
 
@@ -684,6 +701,12 @@ def build_parser() -> argparse.ArgumentParser:
         "anchor", help="print every account's hash-chain head, to keep elsewhere (verify --anchors checks it)"
     )
     ledger_actions.add_parser("reap", help="expire holds past their expiry")
+    prune_parser = ledger_actions.add_parser(
+        "prune-anonymous", help="delete the daily aggregate of anonymous calls older than --keep-days (never today's)"
+    )
+    prune_parser.add_argument(
+        "--keep-days", type=int, default=90, metavar="N", help="days of billing.anonymous_usage to keep (90)"
+    )
     reconcile_parser = ledger_actions.add_parser(
         "reconcile", help="bill spooled completions (calls that ran while the ledger was unreachable); list the rest"
     )

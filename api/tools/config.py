@@ -24,6 +24,10 @@
     # per_input_char_usd = "0.0000013"            # hold = base + characters of the arguments' strings
     #                                             #   x this x (1 + markup), at most max_price_usd
     description = "…"
+    anonymous = "free:20/day"                     # callers without credentials: "deny", "free" or
+    #                                             #   "free:N/day" (N calls a day per client address);
+    #                                             #   unset: deny when priced, free when free. Applied
+    #                                             #   also to a priced tool whose policy was never set
 
 ``"{python}"`` in a command is this interpreter (``sys.executable``). Relative paths resolve
 against the config file's directory: ``cwd``, a command's program when it contains a ``/``, and,
@@ -71,8 +75,11 @@ _PRICING_KEYS = frozenset(
         "description",
         "max_price_usd",
         "per_input_char_usd",
+        "anonymous",
     }
 )
+# What callers without credentials get (billing.set_tool_pricing checks the same forms).
+ANONYMOUS_POLICY = re.compile(r"^(deny|free|free:[1-9][0-9]{0,8}/day)$")
 
 
 class ToolConfigError(ValueError):
@@ -91,6 +98,8 @@ class ToolPricing:
     description: str | None = None
     max_price_usd: Decimal | None = None
     per_input_char_usd: Decimal | None = None
+    # "deny", "free" or "free:N/day"; None: the default (deny when the tool can cost money, else free).
+    anonymous: str | None = None
 
 
 @dataclass(frozen=True)
@@ -338,6 +347,12 @@ def _pricing(where: _Where, name: str, raw: Any) -> ToolPricing:
     per_char = where.money(raw, "per_input_char_usd", f"{key}.per_input_char_usd", PER_CHAR_DECIMALS)
     if per_char is not None and per_char >= MAX_PER_CHAR_USD:
         where.fail(f"{key}.per_input_char_usd", f"must be below {MAX_PER_CHAR_USD}")
+    anonymous = where.string(raw, "anonymous", f"{key}.anonymous")
+    if anonymous is not None and not ANONYMOUS_POLICY.match(anonymous):
+        where.fail(
+            f"{key}.anonymous",
+            f'{anonymous!r} is not "deny", "free" or "free:N/day" (N from 1 to 999999999 calls a day per client)',
+        )
     return ToolPricing(
         tool_name=name,
         base_price_usd=base,
@@ -347,6 +362,7 @@ def _pricing(where: _Where, name: str, raw: Any) -> ToolPricing:
         description=description,
         max_price_usd=max_price,
         per_input_char_usd=per_char,
+        anonymous=anonymous,
     )
 
 

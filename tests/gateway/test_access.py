@@ -34,7 +34,8 @@ pytestmark = pytest.mark.timeout(120)
 
 SAMPLE_PARAMETERS = {"name": "no-such-tool", "provider": "stripe", "transaction_id": "1"}
 REFUSALS = {
-    "credentials_required": "calling tools over HTTP needs a JWT or an API key",
+    "credentials_required": "calling tools over HTTP needs a JWT or an API key: send 'Authorization: Bearer "
+    "<token>', 'Authorization: Bearer tg_...' or 'X-API-Key: tg_...'",
     "jwt_required": "this endpoint needs a user's JWT (Authorization: Bearer <token>)",
     "admin_required": "this endpoint is for administrators (a JWT with the admin scope)",
     "metrics_token_required": (

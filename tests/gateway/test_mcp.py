@@ -126,18 +126,6 @@ async def test_api_key_is_tracked_not_charged(gateway: Any, gdb: psycopg.Connect
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
-async def test_anonymous_is_tracked_with_user_null(gateway: Any, gdb: psycopg.Connection[Any], transport: str) -> None:
-    async with mcp_session(gateway, transport) as session:
-        result = await session.call_tool("priced", {"text": "anon"})
-    assert not result.is_error
-    billing = (result.meta or {})["tollgate/billing"]
-    row = tracking_row(gdb, billing["request_id"])
-    assert row["user_id"] is None
-    assert row["client_key"] is None
-    assert row["status"] == "completed"
-
-
-@pytest.mark.parametrize("transport", TRANSPORTS)
 async def test_refusal_is_a_graceful_tool_error(gateway: Any, gdb: psycopg.Connection[Any], transport: str) -> None:
     headers, user_id = funded(gateway, gdb, "0.01")
     async with mcp_session(gateway, transport, headers) as session:

@@ -69,6 +69,10 @@ def test_the_shipped_configuration() -> None:
         # summarize's most expensive text (100000 characters) is priced 0.156: the declared maximum covers it
         "summarize": (Decimal(0), Decimal(20), None, True, Decimal("0.16"), Decimal("0.0000013")),
     }
+    # the example shows the anonymous knob: a taste of echo, the rest by the default (priced: denied)
+    assert {name: p.anonymous for name, p in items} == {
+        "lookup_law": None, "count_words": None, "echo": "free:20/day", "summarize": None
+    }
 
 
 def test_declared_price_bounds(tmp_path: Path) -> None:
@@ -85,6 +89,12 @@ def test_declared_price_bounds(tmp_path: Path) -> None:
     price = load_tool_config(path).pricing["summarize"]
     assert (price.max_price_usd, price.per_input_char_usd, price.estimate_usd) == (
         Decimal("0.16"), Decimal("0.000000037"), None)
+
+
+@pytest.mark.parametrize("policy", ["deny", "free", "free:1/day", "free:999999999/day"])
+def test_an_anonymous_policy(tmp_path: Path, policy: str) -> None:
+    path = write(tmp_path, f'[pricing.echo]\nbase_price_usd = "0.02"\nanonymous = "{policy}"\n')
+    assert load_tool_config(path).pricing["echo"].anonymous == policy
 
 
 def test_a_full_upstream_entry(tmp_path: Path) -> None:
@@ -144,6 +154,9 @@ def test_a_full_upstream_entry(tmp_path: Path) -> None:
         ('[pricing.echo]\nbase_price_usd = "0"\nper_input_char_usd = "1000000"\n', r"must be below 1000000"),
         ('[pricing.echo]\nbase_price_usd = "0"\nper_input_char_usd = "-1"\n', r"must be a finite amount"),
         ('[pricing."a b"]\nbase_price_usd = "1"\n', r'pricing\."a b": \'a b\' is not a valid tool name'),
+        ('[pricing.echo]\nbase_price_usd = "1"\nanonymous = "allow"\n', r"pricing\.echo\.anonymous: 'allow' is not"),
+        ('[pricing.echo]\nbase_price_usd = "1"\nanonymous = "free:0/day"\n', r"pricing\.echo\.anonymous: 'free:0/day'"),
+        ('[pricing.echo]\nbase_price_usd = "1"\nanonymous = true\n', r"pricing\.echo\.anonymous: must be a string"),
         ('python_module = ["x"]\n', r"unknown key 'python_module'"),
         ('python_modules = "x"\n', r"python_modules: must be an array of strings"),
         ('python_modules = ["x-y"]\n', r"python_modules\[0\]: 'x-y' is not a dotted module path"),

@@ -160,13 +160,36 @@ def test_pricing_set_and_list_show_the_declared_bounds(env: str, capsys: pytest.
     assert cli.main(["pricing", "list"]) == 0
     header, echo, summarize = capsys.readouterr().out.splitlines()
     assert header.split() == ["tool", "base_usd", "markup_%", "estimate_usd", "max_price_usd", "per_input_char_usd",
-                              "variable"]
-    assert echo.split() == ["echo", "0.00030000", "0.0000", "-", "-", "-", "no"]
-    assert summarize.split() == ["summarize", "0.00000000", "20.0000", "-", "0.16000000", "0.000001300000", "yes"]
+                              "variable", "anonymous"]
+    assert echo.split() == ["echo", "0.00030000", "0.0000", "-", "-", "-", "no", "deny", "(default)"]
+    assert summarize.split() == [
+        "summarize", "0.00000000", "20.0000", "-", "0.16000000", "0.000001300000", "yes", "deny", "(default)"
+    ]
     # a maximum below the base price is refused by the database, as a one-line error
     assert cli.main(["pricing", "set", "echo", "--base", "0.01", "--max-price", "0.005"]) == cli.EXIT_ERROR
     err = capsys.readouterr().err
     assert err.startswith("tollgate: error: ") and "max_price_usd" in err and err.count("\n") == 1
+
+
+def test_pricing_set_anonymous_stores_the_policy_and_refuses_an_unknown_one(
+    env: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert cli.main(["pricing", "set", "echo", "--base", "0.0003", "--anonymous", "free:20/day"]) == 0
+    assert cli.main(["pricing", "set", "free", "--base", "0"]) == 0
+    capsys.readouterr()
+    assert cli.main(["pricing", "list"]) == 0
+    _, echo, free = capsys.readouterr().out.splitlines()
+    assert echo.split()[-1] == "free:20/day"
+    assert free.split()[-2:] == ["free", "(default)"]
+    assert cli.main(["pricing", "set", "echo", "--base", "0.0003", "--anonymous", "sometimes"]) == cli.EXIT_ERROR
+    err = capsys.readouterr().err
+    assert "anonymous must be deny, free or free:N/day" in err and err.count("\n") == 1
+
+
+def test_ledger_prune_anonymous_deletes_old_days(env: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(["ledger", "prune-anonymous", "--keep-days", "30"]) == 0
+    assert "anonymous usage rows deleted" in capsys.readouterr().out
+    assert cli.main(["ledger", "prune-anonymous", "--keep-days", "-1"]) == cli.EXIT_ERROR
 
 
 def test_token_lifetime_is_capped_like_the_gateway_caps_it(

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import ipaddress
 import json
 import re
 import uuid
@@ -63,6 +64,7 @@ FUNCTIONS = (
     "adjust",
     "attach_payment_checkout",
     "authenticate_api_key",
+    "begin_anonymous_call",
     "begin_request",
     "charge",
     "check_balance",
@@ -84,7 +86,9 @@ FUNCTIONS = (
     "list_tool_pricing",
     "open_payment_intents",
     "payment_intent",
+    "prune_anonymous_usage",
     "reap_expired_holds",
+    "record_anonymous_failure",
     "record_payment_event",
     "refund",
     "release",
@@ -194,6 +198,8 @@ def _seed_world(db: psycopg.Connection[Any]) -> World:
         max_price_usd=D("0.16"),
         per_input_char_usd=D("0.0000013"),
     )
+    ledger.set_tool_pricing(db, "free-quota", D(0), anonymous="free:2/day")
+    ledger.begin_anonymous_call(db, "free-quota", ipaddress.ip_address("203.0.113.7"))
     charged = ledger.charge(db, rich, "fz-charged", D(2), "seed", {"k": "v"})
     ledger.reserve(db, rich, "fz-held", D(1))
     ledger.reserve(db, rich, "fz-settled", D(1))
@@ -245,7 +251,7 @@ def _seed_world(db: psycopg.Connection[Any]) -> World:
         transaction_ids=[charged.transaction_id, topup.transaction_id, refund.transaction_id],
         key_names=["fz-key", "fz-bound"],
         key_hashes=[key_hash, bound_hash],
-        tools=["priced", "metered", "bounded", "search"],
+        tools=["priced", "metered", "bounded", "search", "free-quota"],
         payments=[("stripe", "pi-rich"), ("fondy", "order-1")],
         intents=[open_intent.intent_id, paid_intent.intent_id, review_intent.intent_id],
     )
@@ -368,6 +374,16 @@ INTERVALS = st.one_of(
         Raw
     ),
 )
+DATES = st.one_of(
+    st.dates(min_value=dt.date(1, 1, 1), max_value=dt.date(9999, 12, 31)),
+    st.sampled_from([dt.date(2031, 5, 14), dt.date.today()]),
+    st.sampled_from(["infinity", "-infinity", "epoch", "2031-02-30", "5874898-01-01", "garbage", ""]).map(Raw),
+)
+INETS = st.one_of(
+    st.ip_addresses(),
+    st.sampled_from([ipaddress.ip_address("203.0.113.7"), ipaddress.ip_network("0.0.0.0/0")]),
+    st.sampled_from(["10.0.0.0/8", "::1/128", "256.0.0.1", "1.2.3.4/33", "garbage", "", "::ffff:1.2.3.4"]).map(Raw),
+)
 INT4 = st.one_of(
     st.integers(-5, 2000),
     st.integers(-(2**31), 2**31 - 1),
@@ -416,6 +432,8 @@ def _strategy(arg: Arg, world: World) -> st.SearchStrategy[Any]:
             base = TIME_ZONES | HOSTILE_TEXT
         elif name == "p_type":
             base = TX_TYPES | HOSTILE_TEXT
+        elif name == "p_anonymous":
+            base = st.sampled_from(["deny", "free", "free:5/day", "free:0/day", "Free : 3 / DAY"]) | HOSTILE_TEXT
         elif name == "p_tool_name":
             base = st.one_of(st.sampled_from(world.tools), IDENT_TEXT, HOSTILE_TEXT)
         elif name == "p_name":
@@ -461,6 +479,10 @@ def _strategy(arg: Arg, world: World) -> st.SearchStrategy[Any]:
         base = TIMESTAMPS
     elif type_ == "interval":
         base = INTERVALS
+    elif type_ == "date":
+        base = DATES
+    elif type_ == "inet":
+        base = INETS
     else:
         raise AssertionError(f"no strategy for {name} {type_}: add one")
     return st.one_of(base, base, base, st.none())

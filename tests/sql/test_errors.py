@@ -44,6 +44,8 @@ FITTING_STATUSES: dict[str, set[int]] = {
     "unsupported_currency": {400, 422},
     "unknown_api_key": {404},
     "unknown_payment": {404},
+    "anonymous_denied": {401},
+    "anonymous_quota_exceeded": {429},
     "ledger_append_only": {403, 409, 500},
 }
 
@@ -163,6 +165,9 @@ def _scenarios(db) -> dict[str, Callable[[], Any]]:
     ledger.update_settings(db, inactive, is_active=False)
     capped = h.funded_user(db, 50)
     ledger.update_settings(db, capped, daily_limit_usd=D(100), monthly_limit_usd=D("2.5"))
+    ledger.set_tool_pricing(db, "priced-anonymously", D("0.02"))
+    ledger.set_tool_pricing(db, "quota-of-one", D(0), anonymous="free:1/day")
+    ledger.begin_anonymous_call(db, "quota-of-one", None)
 
     def append_only() -> None:
         with errors.translate_errors():
@@ -185,6 +190,8 @@ def _scenarios(db) -> dict[str, Callable[[], Any]]:
         "BL014": lambda: ledger.top_up(db, user_id, D("100.5"), "stripe", "eur-1", currency="EUR"),
         "BL015": lambda: ledger.revoke_api_key(db, "no-such-key"),
         "BL016": lambda: ledger.payment_intent(db, uuid.uuid4()),
+        "BL040": lambda: ledger.begin_anonymous_call(db, "priced-anonymously", None),
+        "BL041": lambda: ledger.begin_anonymous_call(db, "quota-of-one", None),
         "BL090": append_only,
     }
 

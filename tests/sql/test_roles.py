@@ -31,6 +31,7 @@ from tests.conftest import url_for
 D = Decimal
 M, P, OP = "metering", "payments", "operator"
 VIEWS = (
+    "anonymous_usage_daily",
     "charges_by_day",
     "charges_by_tool",
     "payments",
@@ -39,7 +40,13 @@ VIEWS = (
     "user_billing_summary",
     "written_off_calls",
 )
-OPERATOR_VIEWS = {"payments_needing_review", "unbilled_calls", "user_billing_summary", "written_off_calls"}
+OPERATOR_VIEWS = {
+    "anonymous_usage_daily",
+    "payments_needing_review",
+    "unbilled_calls",
+    "user_billing_summary",
+    "written_off_calls",
+}
 
 # Who may EXECUTE each public function of schema billing.
 MATRIX: dict[str, frozenset[str]] = {
@@ -59,6 +66,8 @@ MATRIX: dict[str, frozenset[str]] = {
         "tool_price": {M},
         "authenticate_api_key": {M},
         "update_limits": {M},
+        "begin_anonymous_call": {M},
+        "record_anonymous_failure": {M},
         # reads and sweeps both need
         "ensure_account": {M, OP},
         "summary": {M, OP},
@@ -88,6 +97,10 @@ MATRIX: dict[str, frozenset[str]] = {
         "credit_reviewed_payment": {OP},
         "ledger_heads": {OP},
         "verify_anchors": {OP},
+        "prune_anonymous_usage": {OP},
+        "set_abuse_policy": {OP},
+        "list_abuse_policy": {OP},
+        "list_abuse_events": {OP},
     }.items()
 }
 

@@ -53,7 +53,10 @@ def authorize(access: Access, request: Request) -> Identity:
         if caller.kind not in ("user", "api_key"):
             # Only the tool call is CALLER today, hence the wording.
             raise ApiError(
-                401, "credentials_required", "calling tools over HTTP needs a JWT or an API key"
+                401,
+                "credentials_required",
+                "calling tools over HTTP needs a JWT or an API key: send 'Authorization: Bearer <token>', "
+                "'Authorization: Bearer tg_...' or 'X-API-Key: tg_...'",
             ).with_auth_header()
         return caller
     if caller.kind != "user":

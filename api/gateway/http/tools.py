@@ -29,7 +29,9 @@ async def call_tool(gateway: Gateway, request: Request, caller: Identity) -> Res
         raise ApiError(422, "invalid_arguments", "the body must be the tool's arguments as a JSON object")
     key = idempotency_key(request)
     request_id = None if key is None else scoped_request_id(caller.label, key)
-    outcome = await gateway.call_tool(caller, name, arguments, transport="http", request_id=request_id)
+    outcome = await gateway.call_tool(
+        caller, name, arguments, transport="http", request_id=request_id, client_ip=gateway.client_ip(request.scope)
+    )
     result = outcome.result.model_dump(mode="json", by_alias=True, exclude_none=True)
     result.pop("resultType", None)
     if outcome.result.is_error:
