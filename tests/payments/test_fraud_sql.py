@@ -19,9 +19,11 @@ from typing import Any
 import pytest
 
 from api.abuse.config import PaymentRules
+from api.gateway.config import DEFAULT_DB_DIR
 from api.ledger import sync as ledger
 from api.ledger.errors import AccountInactive, InsufficientFunds, PaymentRefused
 from api.ledger.sync import PaymentFacts
+from api.ledger.types import AbuseEvent
 from tests import helpers as h
 from tests import helpers_concurrency as hc
 
@@ -62,7 +64,7 @@ def intents_of(db, user_id: uuid.UUID) -> int:
     return hc.count_rows(db, "payment_intents", "user_id = %s", (user_id,))
 
 
-def events(db, rule: str | None = None, user_id: uuid.UUID | None = None) -> list[ledger.AbuseEvent]:
+def events(db, rule: str | None = None, user_id: uuid.UUID | None = None) -> list[AbuseEvent]:
     return ledger.list_abuse_events(db, user_id=user_id, rule=rule, limit=1000)
 
 
@@ -123,7 +125,7 @@ def test_a_fresh_ledger_enforces_the_documented_defaults_and_they_match_the_conf
     PaymentRules' default (what the gateway writes when not configured otherwise)."""
     assert ledger.list_abuse_policy(db) == []
     defaults = PaymentRules()
-    sources = "\n".join(path.read_text() for path in (h.DB_DIR / "functions").glob("*.sql"))
+    sources = "\n".join(path.read_text() for path in (DEFAULT_DB_DIR / "functions").glob("*.sql"))
     for knob in h.PAYMENT_KNOBS:
         needle = f"billing._policy('payments.{knob}', {getattr(defaults, knob)})"
         assert needle in sources, f"{needle} not found: the ledger's default must be PaymentRules().{knob}"
