@@ -100,7 +100,9 @@ def checkouts_created(stripe_fake: FakeStripe) -> int:
 
 def age_account(pdb, user_id: uuid.UUID, days: int = 30) -> None:
     """Make the account `days` old (the new-account rule no longer applies to it)."""
-    pdb.execute("UPDATE billing.users SET created_at = now() - make_interval(days => %s) WHERE id = %s", (days, user_id))
+    pdb.execute(
+        "UPDATE billing.users SET created_at = now() - make_interval(days => %s) WHERE id = %s", (days, user_id)
+    )
 
 
 def attack(client: httpx.Client, starts: int, amount: str = "5.00") -> list[httpx.Response]:
@@ -128,7 +130,7 @@ def deliver(gw: Gateway, event: dict[str, Any]) -> httpx.Response:
 # ---- the card-testing surface ------------------------------------------------------------------------------
 
 
-def test_300_top_up_starts_from_one_new_account_make_3_intents_and_3_provider_checkouts(fraud_gateway, stripe_fake, pdb):
+def test_300_top_up_starts_from_one_new_account_make_3_intents_and_3_checkouts(fraud_gateway, stripe_fake, pdb):
     """Issue 14: "300 top-up starts in 16 s from one user: 300 intents and 300 provider checkouts"."""
     subject = f"attacker-{uuid.uuid4().hex[:8]}"
     client = user_client(fraud_gateway, unique_ip(), subject=subject)
