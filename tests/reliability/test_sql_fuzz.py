@@ -368,6 +368,12 @@ INTERVALS = st.one_of(
         Raw
     ),
 )
+INETS = st.one_of(
+    st.ip_addresses(),
+    st.sampled_from(
+        ["10.0.0.0/8", "2001:db8::/32", "::ffff:203.0.113.7", "0.0.0.0", "::", "255.255.255.255/0", "bogus", "1.2.3"]
+    ).map(Raw),
+)
 INT4 = st.one_of(
     st.integers(-5, 2000),
     st.integers(-(2**31), 2**31 - 1),
@@ -461,6 +467,8 @@ def _strategy(arg: Arg, world: World) -> st.SearchStrategy[Any]:
         base = TIMESTAMPS
     elif type_ == "interval":
         base = INTERVALS
+    elif type_ == "inet":
+        base = INETS
     else:
         raise AssertionError(f"no strategy for {name} {type_}: add one")
     return st.one_of(base, base, base, st.none())
