@@ -88,6 +88,10 @@ MATRIX: dict[str, frozenset[str]] = {
         "credit_reviewed_payment": {OP},
         "ledger_heads": {OP},
         "verify_anchors": {OP},
+        # the abuse controls' figures and audit trail (docs/abuse.md)
+        "set_abuse_policy": {OP},
+        "list_abuse_policy": {OP},
+        "list_abuse_events": {OP},
     }.items()
 }
 
