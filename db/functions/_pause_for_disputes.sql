@@ -28,7 +28,7 @@ BEGIN
     -- The account's disputes: the chargeback buckets of its intents' payments, and this one (its intent may
     -- not have its payment recorded yet).
     SELECT count(*), coalesce(jsonb_agg(jsonb_build_object('payment_ref', d.payment_ref, 'dispute', d.reversal_key)
-                                        ORDER BY d.created_at), '[]'::jsonb)
+                                        ORDER BY d.created_at, d.reversal_key), '[]'::jsonb)
       INTO v_count, v_disputes
       FROM (SELECT r.payment_ref, r.reversal_key, r.created_at
               FROM billing.payment_intents i
@@ -46,7 +46,7 @@ BEGIN
     IF NOT FOUND THEN
         RETURN false;
     END IF;
-    v_message := format('Account deactivated pending review: %s disputes (chargebacks) were opened on its payments, and %s deactivate an account. An operator reviews it; until then no calls are charged to it.',
+    v_message := format('Account deactivated pending review: %s disputes (chargebacks) were opened on its payments, and %s deactivate an account. An operator reviews it; until then it can make no paid calls (payments are still credited).',
                         v_count, v_limit);
     PERFORM billing._record_abuse_event(
         'payments.disputes_to_deactivate', 'paused', p_intent.user_id, p_intent.client_ip,
