@@ -6,6 +6,7 @@ given the owner (superuser) connection: the tables are private to every run-time
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import uuid
 from collections.abc import Iterator
@@ -15,6 +16,7 @@ from typing import Any
 
 import psycopg
 
+from api.abuse.config import PaymentRules
 from api.gateway.config import DEFAULT_DB_DIR as DB_DIR
 from api.ledger import sync as ledger
 
@@ -57,6 +59,19 @@ BAD_POSITIVE_AMOUNTS = (*NON_FINITE_OR_MALFORMED, Decimal(0), Decimal("-0.000000
 BAD_NON_NEGATIVE_AMOUNTS = (*NON_FINITE_OR_MALFORMED, Decimal("-0.00000001"), Decimal(-1))
 
 BAD_IDENTIFIERS = ("", "   ", "x" * 201)
+
+# The payment fraud rules' knobs ([abuse.payments], billing.abuse_policy 'payments.<knob>'). Tests of other
+# things (many top-ups of one new account, spending a fresh card top-up at once) turn them off in their
+# set-up, never by weakening the defaults; tests/payments/test_fraud_*.py test the rules themselves.
+PAYMENT_KNOBS = tuple(item.name for item in dataclasses.fields(PaymentRules))
+# The same, for a gateway subprocess: its start-up writes its configuration to billing.abuse_policy.
+PAYMENT_RULES_OFF_ENV = {f"TOLLGATE_ABUSE_PAYMENTS_{knob.upper()}": "0" for knob in PAYMENT_KNOBS}
+
+
+def payment_rules_off(conn: Conn) -> None:
+    """Every payment fraud rule off in this database (each figure 0), as an operator would set it."""
+    for knob in PAYMENT_KNOBS:
+        ledger.set_abuse_policy(conn, f"payments.{knob}", 0, "test")
 
 
 def snapshot(conn: Conn) -> dict[str, list[tuple[Any, ...]]]:

@@ -21,6 +21,7 @@ import re
 import time
 import uuid
 from collections.abc import AsyncIterator, Mapping
+from decimal import Decimal
 from typing import Any
 
 import anyio
@@ -255,6 +256,7 @@ def create_app(
                 stack.push_async_callback(pool.close)
             stack.push_async_callback(gateway.payments.aclose)
             await stack.enter_async_context(gateway.rate_limits.running(embedded_ledger=settings.embedded))
+            await _write_abuse_policy(settings, gateway)
             if registry is None:
                 await _load_tools(settings, gateway, stack)
             await stack.enter_async_context(mcp.sessions.run())
@@ -393,6 +395,29 @@ async def _apply_anonymous_policy(conn: Any, stored: aledger.ToolPricingRow, ano
         anonymous=anonymous,
     )
     log.info("initial anonymous policy applied", extra={"tool": stored.tool_name, "anonymous": anonymous})
+
+
+async def _write_abuse_policy(settings: Settings, gateway: Gateway) -> None:
+    """Write the figures of the ledger-enforced abuse rules ([abuse.payments], [abuse.velocity]) to
+    billing.abuse_policy through the operator's login (actor 'config'), so the ledger enforces this
+    configuration; with ``abuse.enabled = false`` every figure is 0 (the rules are off). Several gateways on
+    one ledger each write theirs at start: give them the same configuration. Logs what changed."""
+    policy = settings.abuse.ledger_policy()
+    if not settings.abuse.enabled:
+        policy = dict.fromkeys(policy, Decimal(0))
+    changed: list[str] = []
+    async with gateway.operator_pool.connection() as conn:
+        for name, value in policy.items():
+            stored = await aledger.set_abuse_policy(conn, name, value, "config")
+            if stored.changed:
+                changed.append(f"{name}={stored.value}")
+    if changed:
+        log.info(
+            "abuse policy written: %s", ", ".join(changed),
+            extra={"changed": len(changed), "enabled": settings.abuse.enabled},
+        )
+    else:
+        log.info("abuse policy unchanged", extra={"figures": len(policy), "enabled": settings.abuse.enabled})
 
 
 async def _expiry_loop(gateway: Gateway, interval: float = 300.0) -> None:

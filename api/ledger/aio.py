@@ -17,12 +17,13 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from decimal import Decimal
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 import psycopg
 from psycopg.rows import class_row, dict_row
 
-from api.ledger.errors import translate_errors
+from api.ledger.errors import PaymentRefused, translate_errors
 from api.ledger.queries import QUERIES
 from api.ledger.types import *  # noqa: F403  (the row types: callers write ledger.RequestStart)
 from api.ledger.types import (
@@ -190,9 +191,7 @@ async def top_up(
     return await _one(conn, "top_up", params, TopUp)
 
 
-async def refund(
-    conn: AsyncConn, transaction_id: int, amount_usd: Money, reason: str, idempotency_key: str
-) -> Refund:
+async def refund(conn: AsyncConn, transaction_id: int, amount_usd: Money, reason: str, idempotency_key: str) -> Refund:
     params = {
         "transaction_id": transaction_id,
         "amount_usd": money_param(amount_usd, "amount_usd"),
@@ -462,7 +461,11 @@ async def create_payment_intent(
     currency: str,
     idempotency_key: str | None = None,
     ttl: dt.timedelta = dt.timedelta(hours=1),
+    client_ip: IPv4Address | IPv6Address | None = None,
 ) -> PaymentIntent:
+    """Record a payment a user starts (``client_ip``: where from, for the per-network caps). A start refused
+    by a payment fraud rule raises PaymentRefused; its audit row is committed when the connection is in
+    autocommit mode (or when the caller commits)."""
     params = {
         "user_id": user_id,
         "provider": provider,
@@ -470,8 +473,14 @@ async def create_payment_intent(
         "currency": currency,
         "idempotency_key": idempotency_key,
         "ttl": ttl,
+        "client_ip": client_ip,
     }
-    return await _one(conn, "create_payment_intent", params, PaymentIntent)
+    intent = await _one(conn, "create_payment_intent", params, PaymentIntent)
+    if intent.status == "refused":
+        raise PaymentRefused(
+            intent.message or "top-up refused", intent.rule or "payments", intent.retry_at, intent.retry_after
+        )
+    return intent
 
 
 async def attach_payment_checkout(
@@ -516,9 +525,7 @@ async def credit_reviewed_payment(
     return await _one(conn, "credit_reviewed_payment", params, ReviewedCredit)
 
 
-async def payment_intent(
-    conn: AsyncConn, intent_id: uuid.UUID, user_id: uuid.UUID | None = None
-) -> PaymentDetails:
+async def payment_intent(conn: AsyncConn, intent_id: uuid.UUID, user_id: uuid.UUID | None = None) -> PaymentDetails:
     return await _one(conn, "payment_intent", {"intent_id": intent_id, "user_id": user_id}, PaymentDetails)
 
 

@@ -9,6 +9,7 @@ or message text.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -191,6 +192,28 @@ EXCEPTIONS: dict[str, type[BillingError]] = {
         LedgerAppendOnly,
     )
 }
+
+
+class PaymentRefused(TollgateError):
+    """A top-up start refused by a payment fraud rule (billing.create_payment_intent; docs/abuse.md).
+
+    Not a SQLSTATE: the function answers the refusal as a result row, so that the audit row it writes
+    (billing.abuse_events) commits, and the wrappers raise this from that row. Answered 429 with
+    ``Retry-After`` (seconds, from the ledger's clock), the rule's name, when it stops refusing, and the
+    message the ledger worded for the user."""
+
+    status = 429
+    code = "payment_refused"
+
+    def __init__(self, message: str, rule: str, retry_at: dt.datetime | None, retry_after: int | None) -> None:
+        headers = {"Retry-After": str(max(int(retry_after), 1))} if retry_after is not None else None
+        extra: dict[str, Any] = {"rule": rule}
+        if retry_at is not None:
+            extra["retry_at"] = retry_at.astimezone(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        super().__init__(message, headers=headers, **extra)
+        self.rule = rule
+        self.retry_at = retry_at
+        self.retry_after = retry_after
 
 
 MONEY_SUFFIXES = ("_usd", "_uah")

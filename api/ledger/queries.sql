@@ -150,9 +150,9 @@ SELECT * FROM billing.user_billing_summary WHERE external_id = %(external_id)s;
 SELECT request_id FROM billing.unbilled_calls WHERE created_at < now() - make_interval(mins => %(minutes)s);
 
 -- create_payment_intent --
--- Record a payment a user starts (nothing is credited until the provider confirms it).
+-- Record a payment a user starts (nothing is credited until the provider confirms it), or refuse it by a fraud rule.
 SELECT * FROM billing.create_payment_intent(%(user_id)s, %(provider)s, %(amount)s, %(currency)s,
-                                            %(idempotency_key)s, %(ttl)s);
+                                            %(idempotency_key)s, %(ttl)s, %(client_ip)s);
 
 -- attach_payment_checkout --
 -- Record the provider's checkout (id, URL) of an intent.

@@ -10,12 +10,13 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from decimal import Decimal
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 import psycopg
 from psycopg.rows import class_row, dict_row
 
-from api.ledger.errors import translate_errors
+from api.ledger.errors import PaymentRefused, translate_errors
 from api.ledger.queries import QUERIES
 from api.ledger.types import *  # noqa: F403  (the row types: callers write ledger.RequestStart)
 from api.ledger.types import (
@@ -183,9 +184,7 @@ def top_up(
     return _one(conn, "top_up", params, TopUp)
 
 
-def refund(
-    conn: Conn, transaction_id: int, amount_usd: Money, reason: str, idempotency_key: str
-) -> Refund:
+def refund(conn: Conn, transaction_id: int, amount_usd: Money, reason: str, idempotency_key: str) -> Refund:
     params = {
         "transaction_id": transaction_id,
         "amount_usd": money_param(amount_usd, "amount_usd"),
@@ -455,7 +454,11 @@ def create_payment_intent(
     currency: str,
     idempotency_key: str | None = None,
     ttl: dt.timedelta = dt.timedelta(hours=1),
+    client_ip: IPv4Address | IPv6Address | None = None,
 ) -> PaymentIntent:
+    """Record a payment a user starts (``client_ip``: where from, for the per-network caps). A start refused
+    by a payment fraud rule raises PaymentRefused; its audit row is committed when the connection is in
+    autocommit mode (or when the caller commits)."""
     params = {
         "user_id": user_id,
         "provider": provider,
@@ -463,8 +466,14 @@ def create_payment_intent(
         "currency": currency,
         "idempotency_key": idempotency_key,
         "ttl": ttl,
+        "client_ip": client_ip,
     }
-    return _one(conn, "create_payment_intent", params, PaymentIntent)
+    intent = _one(conn, "create_payment_intent", params, PaymentIntent)
+    if intent.status == "refused":
+        raise PaymentRefused(
+            intent.message or "top-up refused", intent.rule or "payments", intent.retry_at, intent.retry_after
+        )
+    return intent
 
 
 def attach_payment_checkout(
@@ -509,9 +518,7 @@ def credit_reviewed_payment(
     return _one(conn, "credit_reviewed_payment", params, ReviewedCredit)
 
 
-def payment_intent(
-    conn: Conn, intent_id: uuid.UUID, user_id: uuid.UUID | None = None
-) -> PaymentDetails:
+def payment_intent(conn: Conn, intent_id: uuid.UUID, user_id: uuid.UUID | None = None) -> PaymentDetails:
     return _one(conn, "payment_intent", {"intent_id": intent_id, "user_id": user_id}, PaymentDetails)
 
 

@@ -367,6 +367,11 @@ class PaymentIntent:
     expires_at: dt.datetime
     created_at: dt.datetime
     replayed: bool
+    # Set only on a refusal by a payment fraud rule, which the wrappers raise as PaymentRefused instead.
+    rule: str | None = None
+    message: str | None = None
+    retry_at: dt.datetime | None = None
+    retry_after: int | None = None
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,7 @@
 Who each command logs in as (api.ledger.roles): `migrate` and `db` use the owner's URL (TOLLGATE_DATABASE_URL or
 the embedded server's); `run` migrates with it, makes the gateway's logins where it may, and serves over
 the metering, payments and operator logins only; the ledger commands (`user`, `topup`, `pricing`, `rate`,
-`apikey`, `ledger`, `payments review`) log in as the operator, `payments reconcile` as payments.
+`apikey`, `ledger`, `payments review`, `abuse`) log in as the operator, `payments reconcile` as payments.
 
 Adding a command takes two pieces: a `cmd_<name>(args, settings) -> int` function, and a block
 in `build_parser` that adds its parser and sets `handler=cmd_<name>`. Expected failures (bad
@@ -512,7 +512,6 @@ def cmd_payments(args: argparse.Namespace, settings: Settings) -> int:
     `tollgate payments review`: what an operator must look at (billing.payments_needing_review).
     `tollgate payments credit`: credit a payment in review after looking (billing.credit_reviewed_payment)."""
     import asyncio
-    import datetime as dt
 
     from api.payments.service import Payments
 
@@ -572,6 +571,49 @@ def cmd_payments(args: argparse.Namespace, settings: Settings) -> int:
         return 0 if not report.errors else 1
 
     return asyncio.run(run())
+
+
+# --- tollgate abuse -----------------------------------------------------------------------------
+
+
+def iso_time_arg(text: str) -> dt.datetime:
+    """An argparse type: an ISO 8601 date or time (UTC unless it names a zone)."""
+    try:
+        value = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO 8601 date or time") from None
+    return value if value.tzinfo is not None else value.replace(tzinfo=dt.UTC)
+
+
+def cmd_abuse(args: argparse.Namespace, settings: Settings) -> int:
+    """`tollgate abuse events`: the audit trail of the abuse rules (billing.list_abuse_events), newest first.
+    `tollgate abuse policy`: the figures the ledger enforces (billing.list_abuse_policy; a rule with no row
+    uses its documented default)."""
+    from api.jsonio import dumps
+
+    with _ledger_connection(settings) as conn:
+        if args.action == "policy":
+            policy = ledger.list_abuse_policy(conn)
+            for item in policy:
+                print(f"{item.name}  {_plain(item.value)}  (set by {item.updated_by} at {item.updated_at.isoformat()})")
+            if not policy:
+                print("no figures stored: every rule uses its documented default (docs/abuse.md)")
+            return 0
+        user_id = None if args.user is None else _resolve_user(conn, args.user)
+        events = ledger.list_abuse_events(conn, user_id=user_id, rule=args.rule, since=args.since, limit=args.limit)
+    for event in events:
+        print(
+            f"{event.id}  {event.created_at.astimezone(dt.UTC):%Y-%m-%dT%H:%M:%SZ}  {event.rule}  {event.action}"
+            f"  user={event.user_id or '-'}  ip={event.client_ip or '-'}  actor={event.actor}"
+        )
+        message = event.detail.get("message")
+        if message:
+            print(f"    {message}")
+        figures = {key: value for key, value in event.detail.items() if key != "message"}
+        if figures:
+            print(f"    {dumps(figures)}")
+    print(f"{len(events)} event(s)" if events else "no abuse events")
+    return 0
 
 
 # --- parser -------------------------------------------------------------------------------------
@@ -748,6 +790,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     credit.add_argument("--currency", choices=["USD", "UAH"], help="currency to credit in (default: the paid one)")
     credit.add_argument("--actor", help="who credits it, for the audit trail (default: cli:<login name>)")
+
+    abuse = commands.add_parser("abuse", help="the abuse controls: the audit trail of their rules, their figures")
+    abuse.set_defaults(handler=cmd_abuse)
+    abuse_actions = abuse.add_subparsers(dest="action", required=True, metavar="ACTION")
+    abuse_events = abuse_actions.add_parser(
+        "events", help="every refusal, limit, flag and pause a rule caused, newest first, with its figures"
+    )
+    abuse_events.add_argument("--user", help="only this user (uuid or external subject)")
+    abuse_events.add_argument("--rule", help="only this rule, or a dotted prefix (payments)")
+    abuse_events.add_argument("--since", type=iso_time_arg, help="only events at or after this time (ISO 8601)")
+    abuse_events.add_argument("--limit", type=int, default=100, help="at most N events (1-1000, default 100)")
+    abuse_actions.add_parser("policy", help="the figures the ledger enforces (billing.abuse_policy)")
 
     return parser
 

@@ -14,6 +14,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from decimal import Decimal
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
@@ -137,18 +138,23 @@ class Payments:
         currency: str,
         provider_name: str | None,
         idempotency_key: str | None,
+        client_ip: IPv4Address | IPv6Address | None = None,
     ) -> StartedPayment:
         """Record the intent, create the provider's checkout, record it; the user pays at the URL.
 
         A replay (same Idempotency-Key) returns the same intent and URL; a replay of one whose checkout
         creation was cut off tries again with the same provider idempotency key (Stripe returns the
-        same session). Raises ProviderUnavailable (the intent is then marked failed) or a BillingError.
+        same session). The ledger's payment fraud rules (caps per account and per ``client_ip``'s network,
+        card testing, a new account's first top-ups) decide first: a refused start raises PaymentRefused
+        before any provider is called, its audit row committed. Raises ProviderUnavailable (the intent is
+        then marked failed) or a BillingError.
         """
         provider = self.provider(provider_name)
         self.check_amount(amount, currency)
         async with self.pool.connection() as conn:
             intent = await aledger.create_payment_intent(
-                conn, user_id, provider.name, amount, currency, idempotency_key, ttl=self.common.ttl
+                conn, user_id, provider.name, amount, currency, idempotency_key, ttl=self.common.ttl,
+                client_ip=client_ip,
             )
         # A replay returns the payment as it is, except one whose checkout was never created (cut off,
         # or the provider was down: a retry of the same request tries again).

@@ -8,6 +8,7 @@
 -- credited_usd * reported / paid. The difference from what was already clawed is written as one 'adjustment'
 -- ledger row referencing the top-up (refund_of): negative to claw back, positive to give back. The
 -- balance may go below zero: calls are then refused (insufficient funds) until it is topped up.
+-- Credit clawed back while the account cools off leaves its cooling credit (billing._uncool_clawback).
 -- A bucket in another currency than the payment is left alone and the intent is flagged for review.
 -- The caller holds the intent's row lock and the (provider, payment_ref) advisory lock.
 -- Returns the net USD taken back by this call (negative when given back) and the last ledger row.
@@ -96,6 +97,8 @@ BEGIN
                       DETAIL = jsonb_build_object('intent_id', p_intent.id, 'reversal', v_reversal.reversal_key)::text;
         END IF;
         PERFORM billing._save_account(billing._account_after(v_account, v_tx));
+        -- Card credit taken back during a cooling-off no longer cools (it is gone).
+        PERFORM billing._uncool_clawback(p_intent.user_id, v_delta, v_account.updated_at);
         UPDATE billing.payment_reversals r
            SET clawed_usd = v_target, revision = r.revision + 1, updated_at = v_tx.created_at
          WHERE r.provider = v_reversal.provider AND r.payment_ref = v_reversal.payment_ref

@@ -12,6 +12,8 @@
 -- their reservations marked 'expired', held_usd written down and holds_expire_at recomputed at once
 -- (so the fast paths, which only run while no hold can have expired, run again). The caller changes the
 -- returned row and writes it back with billing._save_account.
+-- A new payer's cooling credit (cooling_usd) whose cooling_until has passed stops counting the same way
+-- (written down with for_update).
 -- Without for_update (read-only answers), nothing is locked or written.
 -- Locks: user_billing row of the user and the reservations it reaps (for_update only).
 -- Errors: BL007 unknown_user.
@@ -51,6 +53,16 @@ BEGIN
     v_account.month_spent_usd := billing._window_spend(
         v_account.month_spent_usd, v_account.month_start, billing._local_month(v_now, p_time_zone));
     v_account.month_start := billing._local_month(v_now, p_time_zone);
+    -- A new payer's cooling credit (docs/abuse.md, cooling-off) is spendable once cooling_until has passed:
+    -- it stops counting, and (locked) is written down, so the fast paths, which count the stored figure,
+    -- run again.
+    IF v_account.cooling_usd > 0 AND v_account.cooling_until <= v_now THEN
+        v_account.cooling_usd := 0;
+        v_account.cooling_credit_usd := 0;
+        IF p_for_update THEN
+            UPDATE billing.user_billing SET cooling_usd = 0, cooling_credit_usd = 0 WHERE user_id = p_user_id;
+        END IF;
+    END IF;
     -- Holds can only have expired once the account's bound (holds_expire_at) has passed.
     IF v_account.held_usd > 0 AND (v_account.holds_expire_at IS NULL OR v_account.holds_expire_at <= v_now) THEN
         IF p_for_update THEN

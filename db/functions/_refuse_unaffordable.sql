@@ -1,6 +1,8 @@
 -- billing._refuse_unaffordable(account, amount, time_zone)
 -- Raises unless a new hold or charge of `amount` may be taken on the (locked, current) account:
--- the account must be active, the available balance (balance - open holds) must cover the amount, and
+-- the account must be active, the available balance (balance - open holds - a new payer's credit still
+-- cooling off) must cover the amount (when cooling credit is what is missing, the refusal says how much
+-- cools and until when, with cooling_usd and cooling_until in its DETAIL), and
 -- today's and this month's spend + open holds + amount must stay within the limits unless the admin
 -- override is set. The DETAIL of each refusal is a JSON object with the figures.
 -- Locks: none beyond the caller's.
@@ -12,7 +14,7 @@ RETURNS void
 LANGUAGE plpgsql
 AS $$
 DECLARE
-    v_available numeric := billing._available_usd(p_account.balance_usd, p_account.held_usd);
+    v_available numeric := billing._available_usd(p_account.balance_usd, p_account.held_usd, p_account.cooling_usd);
     v_limit     record;
 BEGIN
     IF NOT p_account.is_active THEN
@@ -20,6 +22,24 @@ BEGIN
             USING ERRCODE = 'BL004',
                   DETAIL = jsonb_build_object('user_id', p_account.user_id)::text,
                   HINT = 'Ask an administrator to reactivate the account.';
+    END IF;
+    IF v_available < p_amount AND p_account.cooling_usd > 0 THEN
+        -- A new payer's fresh card credit is part of the balance but not spendable yet: say how much and until when.
+        RAISE EXCEPTION 'Insufficient funds: this needs % USD but only % USD is available: % USD of your recent top-up is cooling off until % (a new payer''s first card payments are spendable up to % USD in their first % hours).',
+                billing._fmt_usd(p_amount), billing._fmt_usd(greatest(v_available, 0)),
+                billing._fmt_usd(p_account.cooling_usd),
+                to_char(p_account.cooling_until AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"'),
+                billing._fmt_usd(billing._policy('payments.cooling_off_spendable_usd', 5)),
+                billing._policy('payments.cooling_off_hours', 24)
+            USING ERRCODE = 'BL001',
+                  DETAIL = jsonb_build_object(
+                      'required_usd', p_amount, 'balance_usd', p_account.balance_usd,
+                      'held_usd', p_account.held_usd, 'available_usd', v_available,
+                      'shortfall_usd', p_amount - v_available,
+                      'cooling_usd', p_account.cooling_usd, 'cooling_until', p_account.cooling_until,
+                      'rule', 'payments.cooling_off')::text,
+                  HINT = format('The cooling credit becomes spendable at %s UTC; wait until then, or top up again.',
+                                to_char(p_account.cooling_until AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI'));
     END IF;
     IF v_available < p_amount THEN
         RAISE EXCEPTION 'Insufficient funds: this needs % USD but only % USD is available.',

@@ -19,7 +19,7 @@ CREATE OR REPLACE FUNCTION billing._settlement_cover(
 LANGUAGE plpgsql IMMUTABLE
 AS $$
 DECLARE
-    v_free       numeric := billing._available_usd(p_account.balance_usd, p_account.held_usd);
+    v_free       numeric := billing._available_usd(p_account.balance_usd, p_account.held_usd, p_account.cooling_usd);
     v_day_room   numeric := billing._limit_room(p_account.daily_limit_usd, p_account.day_spent_usd, p_account.held_usd);
     v_month_room numeric := billing._limit_room(p_account.monthly_limit_usd, p_account.month_spent_usd, p_account.held_usd);
     v_bound      numeric;

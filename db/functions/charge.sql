@@ -87,7 +87,7 @@ BEGIN
                -- A test clock read before the lock and older than the account's last change: exact path.
                AND (cfg.clock_override IS NULL OR cfg.clock_override >= b.updated_at)
                AND (b.held_usd = 0 OR b.holds_expire_at > billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at))
-               AND billing._available_usd(b.balance_usd, b.held_usd) >= p_amount_usd
+               AND billing._available_usd(b.balance_usd, b.held_usd, b.cooling_usd) >= p_amount_usd
                AND abs(b.balance_usd - p_amount_usd) < 1e12
                AND billing._within_limits(
                        b.limit_override,

@@ -1,5 +1,6 @@
 -- billing.check_balance(user_id, cost) -> (sufficient, balance_usd, held_usd, available_usd, shortfall_usd)
--- Whether the available balance (balance - open holds; expired holds no longer count) covers `cost`,
+-- Whether the available balance (balance - open holds - a new payer's credit still cooling off; expired
+-- holds and a finished cooling-off no longer count) covers `cost`,
 -- with the figures. A read-only answer: it takes no lock, so a concurrent call may change it; only
 -- billing.reserve and billing.charge decide atomically.
 -- Locks: none.  Errors: BL006 invalid_amount (cost), BL007 unknown_user.
@@ -21,7 +22,7 @@ BEGIN
     v_account := billing._load_account(p_user_id, v_tz, v_clock, false);
     balance_usd := v_account.balance_usd;
     held_usd := v_account.held_usd;
-    available_usd := v_account.balance_usd - v_account.held_usd;
+    available_usd := billing._available_usd(v_account.balance_usd, v_account.held_usd, v_account.cooling_usd);
     sufficient := available_usd >= p_cost;
     shortfall_usd := greatest(p_cost - available_usd, 0);
 END;

@@ -10,7 +10,8 @@
 -- review_reason, reviewed_at) and in the ledger row's metadata (reviewed_by, review_reason, and the
 -- mismatch that sent it to review, which is then cleared from the intent: looked at). Refunds and
 -- chargebacks the provider reported while the payment was in review (kept, not applied: nothing had
--- been credited) are applied at once (billing._apply_reversals).
+-- been credited) are applied at once (billing._apply_reversals). The credit of a new payer cools off
+-- like an automatic one (billing._cool_payment_credit).
 -- Idempotent on the intent: a replay on a payment this function credited, with the same amount and
 -- currency, returns the original credit (replayed = true, actor and reason as first recorded);
 -- another amount or currency is BL005.
@@ -115,6 +116,10 @@ BEGIN
                reviewed_by = p_actor, review_reason = p_reason, reviewed_at = v_now, updated_at = v_now
          WHERE i.id = v_intent.id
         RETURNING i.* INTO v_intent;
+        IF NOT v_topup.replayed THEN
+            -- A new payer's card credit cools off, whoever credits it.
+            PERFORM billing._cool_payment_credit(v_intent);
+        END IF;
         -- Refunds or chargebacks reported while the payment was in review apply to the credit now.
         SELECT * INTO v_applied FROM billing._apply_reversals(v_intent, 'review:' || v_intent.id);
         amount := v_amount;

@@ -30,7 +30,13 @@
 --                     (billing._apply_reversals: a clawback adjustment referencing the top-up; the balance
 --                     may go negative); kept and applied when the payment is credited otherwise (outcome
 --                     'deferred'): a payment in review, uncredited, has nothing clawed back.
+--                     A new dispute bucket counts towards payments.disputes_to_deactivate: repeated
+--                     disputes deactivate the account pending review (billing._pause_for_disputes; an abuse
+--                     event 'paused' records it and `detail` says so).
 --   action 'ignore'   stored only (event types Tollgate does not act on).
+-- A payment credited while the account is a new payer cools off (billing._cool_payment_credit); a
+-- failure reported for an open intent records failed_at, which the card-testing caps of
+-- billing.create_payment_intent count.
 -- The intent is found by intent_id, else (provider, external_id), else (provider, payment_ref); none:
 -- outcome 'unknown_intent', stored, nothing credited.
 -- The payload is at most 64 KiB (a provider never sends more for one event).
@@ -70,6 +76,7 @@ DECLARE
     v_ref       text;
     v_topup     record;
     v_applied   record;
+    v_new_bucket boolean;
 BEGIN
     IF p_provider IS NULL OR p_provider !~ '^[a-z][a-z0-9_]{0,49}$' THEN
         RAISE EXCEPTION 'Invalid argument: provider % is not a provider name (lowercase letters, digits, _).',
@@ -247,6 +254,10 @@ BEGIN
                 RETURNING i.* INTO v_intent;
                 credited_usd := v_topup.amount_usd;
                 transaction_id := v_topup.transaction_id;
+                IF NOT v_topup.replayed THEN
+                    -- A new payer's card credit cools off (spendable only up to a figure for a while).
+                    PERFORM billing._cool_payment_credit(v_intent);
+                END IF;
                 v_outcomes := v_outcomes || 'credited'::text;
                 v_details := v_details || format('credited %s USD to %s', v_topup.amount_usd, v_intent.user_id);
                 -- Refunds or chargebacks that arrived before the success are applied now.
@@ -265,6 +276,7 @@ BEGIN
         ELSIF v_intent.status IN ('created', 'pending') THEN
             UPDATE billing.payment_intents i
                SET status = p_action, failure = CASE WHEN p_action = 'failed' THEN left(p_event_type, 1000) END,
+                   failed_at = CASE WHEN p_action = 'failed' THEN v_now END,
                    payment_ref = coalesce(i.payment_ref, p_payment_ref), updated_at = v_now
              WHERE i.id = v_intent.id
             RETURNING i.* INTO v_intent;
@@ -293,7 +305,8 @@ BEGIN
                SET amount = CASE WHEN r.kind = 'refund' THEN greatest(r.amount, excluded.amount)
                                  WHEN r.reinstated THEN r.amount ELSE excluded.amount END,
                    reinstated = r.reinstated OR excluded.reinstated,
-                   updated_at = excluded.updated_at;
+                   updated_at = excluded.updated_at
+            RETURNING r.xmax = 0 INTO v_new_bucket;
             IF v_intent.id IS NOT NULL AND v_intent.status = 'succeeded' AND v_intent.payment_ref = v_ref THEN
                 SELECT * INTO v_applied FROM billing._apply_reversals(v_intent, p_event_id);
                 reversed_usd := reversed_usd + v_applied.reversed_usd;
@@ -308,6 +321,12 @@ BEGIN
                 v_outcomes := v_outcomes || 'deferred'::text;
                 v_details := v_details || format('%s %s of payment %s kept: applied once the payment is credited',
                                                  p_reversal_kind, p_reversal_key, v_ref);
+            END IF;
+            -- Repeated disputes deactivate the account pending review (payments.disputes_to_deactivate).
+            IF v_new_bucket AND p_reversal_kind = 'chargeback' AND v_intent.id IS NOT NULL
+               AND billing._pause_for_disputes(v_intent, v_ref, p_reversal_key, p_event_id) THEN
+                v_details := v_details || format('account %s deactivated pending review: repeated disputes',
+                                                 v_intent.user_id);
             END IF;
         END IF;
     END IF;

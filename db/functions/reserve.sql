@@ -73,13 +73,13 @@ BEGIN
                -- A test clock read before the lock and older than the account's last change: exact path.
                AND (cfg.clock_override IS NULL OR cfg.clock_override >= b.updated_at)
                AND (b.held_usd = 0 OR b.holds_expire_at > billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at))
-               AND billing._available_usd(b.balance_usd, b.held_usd) >= p_amount_usd
+               AND billing._available_usd(b.balance_usd, b.held_usd, b.cooling_usd) >= p_amount_usd
                AND billing._within_limits(
                        b.limit_override,
                        b.daily_limit_usd, billing._window_spend(b.day_spent_usd, b.day_start, billing._local_day(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone)),
                        b.monthly_limit_usd, billing._window_spend(b.month_spent_usd, b.month_start, billing._local_month(billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at), cfg.time_zone)),
                        b.held_usd, p_amount_usd)
-            RETURNING billing._available_usd(b.balance_usd, b.held_usd) AS available_usd, b.updated_at, coalesce(p_ttl, cfg.hold_ttl) AS ttl
+            RETURNING billing._available_usd(b.balance_usd, b.held_usd, b.cooling_usd) AS available_usd, b.updated_at, coalesce(p_ttl, cfg.hold_ttl) AS ttl
         ), held AS (
             INSERT INTO billing.reservations AS r (request_id, user_id, amount_usd, expires_at, created_at)
             SELECT p_request_id, p_user_id, p_amount_usd, m.updated_at + m.ttl, m.updated_at
@@ -125,7 +125,7 @@ BEGIN
         status := v_existing.status;
         amount_usd := v_existing.amount_usd;
         expires_at := v_existing.expires_at;
-        available_usd := v_account.balance_usd - v_account.held_usd;
+        available_usd := billing._available_usd(v_account.balance_usd, v_account.held_usd, v_account.cooling_usd);
         replayed := true;
         RETURN;
     END IF;
@@ -141,7 +141,7 @@ BEGIN
     IF NOT v_account.billing_enabled THEN
         status := 'not_billed';
         amount_usd := 0;
-        available_usd := v_account.balance_usd - v_account.held_usd;
+        available_usd := billing._available_usd(v_account.balance_usd, v_account.held_usd, v_account.cooling_usd);
         RETURN;
     END IF;
 
@@ -161,7 +161,7 @@ BEGIN
                                       ELSE least(v_account.holds_expire_at, v_now + v_ttl) END;
     v_account.held_usd := v_account.held_usd + p_amount_usd;
     PERFORM billing._save_account(v_account);
-    available_usd := v_account.balance_usd - v_account.held_usd;
+    available_usd := billing._available_usd(v_account.balance_usd, v_account.held_usd, v_account.cooling_usd);
 END;
 $$;
 

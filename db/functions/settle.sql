@@ -109,7 +109,7 @@ BEGIN
                -- Settlement policy: a price within the hold, and a hold the balance still covers (a debit
                -- or a clawback since may have taken it); anything else is bounded on the exact path.
                AND p_actual_usd <= hold.amount_usd
-               AND billing._available_usd(b.balance_usd, b.held_usd - hold.amount_usd) >= p_actual_usd
+               AND billing._available_usd(b.balance_usd, b.held_usd - hold.amount_usd, b.cooling_usd) >= p_actual_usd
                AND b.holds_expire_at > billing._effective_now(cfg.clock_override, cfg.clock, b.updated_at)
                AND abs(b.balance_usd - p_actual_usd) < 1e12
                AND b.total_spent_usd + p_actual_usd < 1e12

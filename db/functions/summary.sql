@@ -3,7 +3,9 @@
 -- adds: {"user_id", "balance_usd", "balance_uah", "held_usd", "available_usd", "total_spent_usd",
 -- "total_spent_uah", "total_requests", "limits": {"daily_usd", "monthly_usd"},
 -- "usage": {"today_usd", "month_usd"}, "is_active", "billing_enabled", "limit_override",
--- "last_request_at" (UTC, "YYYY-MM-DDTHH:MI:SSZ" or null)}.
+-- "last_request_at" (UTC, "YYYY-MM-DDTHH:MI:SSZ" or null), "cooling_usd", "cooling_until"}.
+-- cooling_usd is a new payer's fresh card credit that is not spendable before cooling_until (UTC, as
+-- above; null when nothing cools): available_usd = balance - held - cooling (docs/abuse.md, cooling-off).
 -- Today's and this month's spend come from the account's counters (rolled over lazily in the
 -- configured time zone), never from a scan of the ledger. Money values are JSON numbers with 8
 -- decimals (UAH: 2); parse them as decimals.
@@ -26,7 +28,10 @@ BEGIN
         'balance_usd', v_account.balance_usd,
         'balance_uah', v_account.balance_uah,
         'held_usd', v_account.held_usd,
-        'available_usd', v_account.balance_usd - v_account.held_usd,
+        'available_usd', billing._available_usd(v_account.balance_usd, v_account.held_usd, v_account.cooling_usd),
+        'cooling_usd', v_account.cooling_usd,
+        'cooling_until', CASE WHEN v_account.cooling_usd > 0
+                              THEN to_char(v_account.cooling_until AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"') END,
         'total_spent_usd', v_account.total_spent_usd,
         'total_spent_uah', v_account.total_spent_uah,
         'total_requests', v_account.total_requests,

@@ -7,6 +7,7 @@ few are provoked over real HTTP against a real `tollgate run`.
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib
 import pkgutil
 import uuid
@@ -81,6 +82,14 @@ def _examples() -> dict[str, tuple[TollgateError, int, str]]:
         "WebhookRejected": (WebhookRejected("bad signature"), 400, "invalid_webhook"),
         "BillingError": (ledger_errors.BillingError("a refusal"), 500, "internal_error"),
         "LimitExceeded": (ledger_errors.LimitExceeded("a limit"), 500, "internal_error"),
+        "PaymentRefused": (
+            ledger_errors.PaymentRefused(
+                "Top-up refused: too many", "payments.intents_per_hour_per_user",
+                dt.datetime(2030, 3, 10, 13, tzinfo=dt.UTC), 3000,
+            ),
+            429,
+            "payment_refused",
+        ),
     }
     for code in ledger_errors.ERROR_CODES:
         cls = ledger_errors.EXCEPTIONS[code.sqlstate]

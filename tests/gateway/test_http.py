@@ -481,7 +481,10 @@ def test_balance_has_the_original_shape(gateway: Any, gdb: psycopg.Connection[An
         "limits",
         "usage",
         "last_request_at",
+        "cooling_usd",
+        "cooling_until",
     }
+    assert (billing["cooling_usd"], billing["cooling_until"]) == (Decimal(0), None)  # an operator's credit never cools
     assert set(billing["limits"]) == {"daily_usd", "monthly_usd"}
     assert set(billing["usage"]) == {"today_usd", "month_usd"}
     assert billing["balance_usd"] == Decimal("9.98")

@@ -11,6 +11,7 @@ import pytest
 
 from api.ledger import db as api_db
 from api.ledger import sync as ledger
+from tests import helpers as h
 from tests.payments.fakes import FakeFondy, FakeStripe
 
 STRIPE_KEY = "sk_test_tollgate"
@@ -55,7 +56,22 @@ def pay_gateway(
     with api_db.connect(gateway_db) as conn:
         ledger.set_exchange_rate(conn, UAH_PER_USD)
     data_dir = tmp_path_factory.mktemp("pay-gateway")
-    server = start_gateway(gateway_db, data_dir, **provider_env(stripe_fake, fondy_fake))
+    # The payment fraud rules off: these tests start many top-ups per account and spend fresh card credit at
+    # once (the rules themselves: tests/payments/test_fraud_*.py).
+    server = start_gateway(gateway_db, data_dir, **provider_env(stripe_fake, fondy_fake), **h.PAYMENT_RULES_OFF_ENV)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def gateway(gateway_db: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """tests/conftest.py's gateway (no provider), with the payment fraud rules off like pay_gateway's: both
+    serve the module's ledger, and each writes its [abuse] figures to it when it starts."""
+    from tests.gateway.server import start_gateway
+
+    server = start_gateway(gateway_db, tmp_path_factory.mktemp("gateway"), **h.PAYMENT_RULES_OFF_ENV)
     try:
         yield server
     finally:

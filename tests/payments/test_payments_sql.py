@@ -39,6 +39,13 @@ def _verify_ledger_after_test(request):
     yield from h.verify_ledger_after(request)
 
 
+@pytest.fixture(autouse=True)
+def _payment_rules_off(db):
+    # These tests start many payments for new accounts and spend fresh card credit at once: the payment fraud
+    # rules (tests/payments/test_fraud_sql.py) would refuse or hold them.
+    h.payment_rules_off(db)
+
+
 def intent(db, user_id: uuid.UUID, amount: str = "10.00", currency: str = "USD", **kw: Any) -> ledger.PaymentIntent:
     started = ledger.create_payment_intent(db, user_id, kw.pop("provider", "stripe"), D(amount), currency, **kw)
     ledger.attach_payment_checkout(db, started.intent_id, f"cs_{started.intent_id.hex}", "https://pay.example/x")

@@ -144,6 +144,7 @@ def test_openapi_names_every_served_route(gateway: Any, gateway_db: str) -> None
         "/api/admin/users/{user_id}/adjust",
         "/api/admin/transactions/{transaction_id}/refund",
         "/api/admin/payments/{intent_id}/credit",
+        "/api/admin/abuse/events",
     }
     assert {path for path, _ in served} == expected_paths
     # Every route, bar the endless event streams, is fuzzed by tests/gateway/test_fuzz.py.

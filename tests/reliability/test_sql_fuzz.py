@@ -382,7 +382,22 @@ DATES = st.one_of(
 INETS = st.one_of(
     st.ip_addresses(),
     st.sampled_from([ipaddress.ip_address("203.0.113.7"), ipaddress.ip_network("0.0.0.0/0")]),
-    st.sampled_from(["10.0.0.0/8", "::1/128", "256.0.0.1", "1.2.3.4/33", "garbage", "", "::ffff:1.2.3.4"]).map(Raw),
+    st.sampled_from(
+        [
+            "10.0.0.0/8",
+            "::1/128",
+            "256.0.0.1",
+            "1.2.3.4/33",
+            "garbage",
+            "",
+            "::ffff:1.2.3.4",
+            "2001:db8::/32",
+            "0.0.0.0",  # noqa: S104 - an argument, not a bind
+            "::",
+            "255.255.255.255/0",
+            "1.2.3",
+        ]
+    ).map(Raw),
 )
 INT4 = st.one_of(
     st.integers(-5, 2000),

@@ -200,8 +200,11 @@ def test_unknown_users_are_refused_by_every_account_function(db):
 SUMMARY_KEYS = {
     "user_id", "balance_usd", "balance_uah", "held_usd", "available_usd", "total_spent_usd", "total_spent_uah",
     "total_requests", "limits", "usage", "is_active", "billing_enabled", "limit_override", "last_request_at",
+    "cooling_usd", "cooling_until",
 }
-MONEY_KEYS = {"balance_usd", "balance_uah", "held_usd", "available_usd", "total_spent_usd", "total_spent_uah"}
+MONEY_KEYS = {
+    "balance_usd", "balance_uah", "held_usd", "available_usd", "total_spent_usd", "total_spent_uah", "cooling_usd",
+}
 
 
 def test_summary_of_a_new_account(db):

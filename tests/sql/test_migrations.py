@@ -368,7 +368,7 @@ def test_the_rule_helpers_inline_into_a_fast_path_statement(conn: psycopg.Connec
         SELECT billing._window_spend(b.day_spent_usd, b.day_start, billing._local_day({now}, cfg.time_zone)),
                billing._local_month({now}, cfg.time_zone)
           FROM billing.user_billing b, cfg
-         WHERE billing._available_usd(b.balance_usd, b.held_usd) >= 1.5
+         WHERE billing._available_usd(b.balance_usd, b.held_usd, b.cooling_usd) >= 1.5
            AND billing._within_limits(
                    b.limit_override,
                    b.daily_limit_usd,

@@ -98,6 +98,7 @@ MATRIX: dict[str, frozenset[str]] = {
         "ledger_heads": {OP},
         "verify_anchors": {OP},
         "prune_anonymous_usage": {OP},
+        # the abuse controls' figures and audit trail (docs/abuse.md)
         "set_abuse_policy": {OP},
         "list_abuse_policy": {OP},
         "list_abuse_events": {OP},

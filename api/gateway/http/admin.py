@@ -1,18 +1,32 @@
 """Administrators' operations on any account (a JWT with the admin scope; the binding checks it), through
-the operator's login: read and change an account, signed corrections, refunds, crediting a payment in review.
+the operator's login: read and change an account, signed corrections, refunds, crediting a payment in review,
+and the audit trail of the abuse rules.
 """
 
 from __future__ import annotations
 
+import re
+import uuid
 from dataclasses import asdict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from api.gateway.auth import Identity
 from api.gateway.http.envelope import ApiError, ok
-from api.gateway.http.parsing import MONEY_SCHEMA, TEXT, money, object_schema, path_int, path_uuid, read_body
+from api.gateway.http.parsing import (
+    MONEY_SCHEMA,
+    TEXT,
+    int_param,
+    money,
+    object_schema,
+    path_int,
+    path_uuid,
+    read_body,
+    time_param,
+)
+from api.jsonio import iso_utc
 from api.ledger import aio as aledger
 
 if TYPE_CHECKING:
@@ -117,3 +131,51 @@ async def admin_credit_payment(gateway: Gateway, request: Request, caller: Ident
             conn, intent_id, caller.label, body["reason"], amount, body.get("currency")
         )
     return ok(payment=asdict(credit))
+
+
+# A rule's name, or a dotted prefix of names (billing.abuse_events.rule).
+RULE_NAME = "[a-z][a-z0-9_.]{0,62}"
+
+ABUSE_EVENTS_QUERY: tuple[tuple[str, dict[str, Any]], ...] = (
+    ("user_id", {"type": "string", "format": "uuid", "description": "only this account's events"}),
+    (
+        "rule",
+        {"type": "string", "pattern": f"^{RULE_NAME}$", "description": "a rule, or a dotted prefix: payments"},
+    ),
+    ("since", {"type": "string", "format": "date-time", "description": "only events at or after this time"}),
+    ("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "default": 100}),
+)
+
+
+async def admin_abuse_events(gateway: Gateway, request: Request, caller: Identity) -> Response:
+    """The audit trail of the abuse rules (billing.list_abuse_events), newest first: every refusal, limit,
+    flag and pause a rule caused, and every operator decision, with the figures and the user's message."""
+    raw_user = request.query_params.get("user_id") or None
+    try:
+        user_id = None if raw_user is None else uuid.UUID(raw_user)
+    except ValueError:
+        raise ApiError(422, "invalid_parameter", "user_id must be a UUID", field="user_id") from None
+    rule = request.query_params.get("rule") or None
+    if rule is not None and not re.fullmatch(RULE_NAME, rule):
+        raise ApiError(
+            422, "invalid_parameter", "rule must be a rule name or a dotted prefix (payments, payments.x)", field="rule"
+        )
+    since = time_param(request, "since")
+    limit = int_param(request, "limit", 100, 1, 1000)
+    assert limit is not None
+    async with gateway.operator_pool.connection() as conn:
+        rows = await aledger.list_abuse_events(conn, user_id=user_id, rule=rule, since=since, limit=limit)
+    events = [
+        {
+            "id": row.id,
+            "created_at": iso_utc(row.created_at),
+            "rule": row.rule,
+            "action": row.action,
+            "user_id": None if row.user_id is None else str(row.user_id),
+            "client_ip": None if row.client_ip is None else str(row.client_ip),
+            "detail": row.detail,
+            "actor": row.actor,
+        }
+        for row in rows
+    ]
+    return ok(events=events, count=len(events))

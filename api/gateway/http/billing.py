@@ -21,7 +21,8 @@ TRANSACTION_TYPES = ("charge", "refund", "topup", "adjustment")
 
 
 def _balance_shape(summary: dict[str, Any]) -> dict[str, Any]:
-    """The original system's ``billing`` object, exactly."""
+    """The original system's ``billing`` object, plus what the cooling-off adds (docs/abuse.md): ``cooling_usd``,
+    a new payer's fresh card credit not spendable yet, and ``cooling_until`` (UTC; null when nothing cools)."""
     return {
         "balance_usd": summary["balance_usd"],
         "balance_uah": summary["balance_uah"],
@@ -30,6 +31,8 @@ def _balance_shape(summary: dict[str, Any]) -> dict[str, Any]:
         "limits": {"daily_usd": summary["limits"]["daily_usd"], "monthly_usd": summary["limits"]["monthly_usd"]},
         "usage": {"today_usd": summary["usage"]["today_usd"], "month_usd": summary["usage"]["month_usd"]},
         "last_request_at": summary["last_request_at"],
+        "cooling_usd": summary["cooling_usd"],
+        "cooling_until": summary["cooling_until"],
     }
 
 

@@ -22,10 +22,12 @@ from api.gateway.auth import Identity
 from api.gateway.config import Settings
 from api.gateway.http.access import Access, authorize
 from api.gateway.http.admin import (
+    ABUSE_EVENTS_QUERY,
     ADJUST_BODY,
     ADMIN_BILLING_BODY,
     CREDIT_PAYMENT_BODY,
     REFUND_BODY,
+    admin_abuse_events,
     admin_adjust,
     admin_credit_payment,
     admin_get_billing,
@@ -109,6 +111,7 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         body=TOPUP_BODY,
         responses={
             201: "payment started: pay at payment.checkout_url",
+            429: "refused by a payment fraud rule (error.rule, error.retry_at, Retry-After): no payment started",
             502: "the payment provider refused or could not be reached",
             503: "no payment provider is configured",
         },
@@ -178,6 +181,16 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Refund part or all of a charge",
         Access.ADMIN,
         body=REFUND_BODY,
+        tag="admin",
+    ),
+    Endpoint(
+        "GET",
+        "/api/admin/abuse/events",
+        admin_abuse_events,
+        "The audit trail of the abuse rules, newest first: every refusal, limit, flag and pause a rule caused, "
+        "with its figures and the message the user got",
+        Access.ADMIN,
+        query=ABUSE_EVENTS_QUERY,
         tag="admin",
     ),
 )
