@@ -36,6 +36,10 @@ BILLING_TABLES = (
     "payment_intents",
     "payment_events",
     "payment_reversals",
+    "abuse_events",
+    "account_flags",
+    "spend_buckets",
+    "velocity_state",
 )
 
 UTC = dt.UTC

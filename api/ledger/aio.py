@@ -17,6 +17,7 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from decimal import Decimal
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 import psycopg
@@ -28,6 +29,7 @@ from api.ledger.types import *  # noqa: F403  (the row types: callers write ledg
 from api.ledger.types import (
     AbuseEvent,
     AbusePolicy,
+    AccountFlag,
     AccountSettings,
     Adjustment,
     ApiKey,
@@ -40,6 +42,7 @@ from api.ledger.types import (
     Completion,
     Configuration,
     ExchangeRate,
+    FlagDecision,
     IntentStatus,
     LedgerHead,
     LimitCheck,
@@ -62,6 +65,7 @@ from api.ledger.types import (
     TrackedRequest,
     Transaction,
     UnbilledCall,
+    VelocityRun,
     Violation,
     WrittenOffCall,
     anchor_params,
@@ -70,6 +74,7 @@ from api.ledger.types import (
 )
 
 AsyncConn = psycopg.AsyncConnection[Any]
+IPAddress = IPv4Address | IPv6Address
 
 
 async def _rows(conn: AsyncConn, query: str, params: dict[str, Any], row_type: type[Row]) -> list[Row]:
@@ -189,15 +194,38 @@ async def top_up(
 
 
 async def refund(
-    conn: AsyncConn, transaction_id: int, amount_usd: Money, reason: str, idempotency_key: str
+    conn: AsyncConn,
+    transaction_id: int,
+    amount_usd: Money,
+    reason: str,
+    idempotency_key: str,
+    actor: str | None = None,
 ) -> Refund:
+    """Refund part or all of a charge. ``actor`` is recorded on the ledger row (None: the database login).
+    Past the refund cap this raises ``RefundCapExceeded`` and writes nothing: record the refusal with
+    ``record_refused_refund`` (on a connection whose transaction is not the failed one)."""
     params = {
         "transaction_id": transaction_id,
         "amount_usd": money_param(amount_usd, "amount_usd"),
         "reason": reason,
         "idempotency_key": idempotency_key,
+        "actor": actor,
     }
     return await _one(conn, "refund", params, Refund)
+
+
+async def record_refused_refund(
+    conn: AsyncConn, transaction_id: int, amount_usd: Money, reason: str | None, actor: str | None = None
+) -> int | None:
+    """The abuse event of a refund the cap refused (its id), or None when the refund would not pass the cap."""
+    params = {
+        "transaction_id": transaction_id,
+        "amount_usd": money_param(amount_usd, "amount_usd"),
+        "reason": reason,
+        "actor": actor,
+    }
+    result: int | None = await _value(conn, "record_refused_refund", params)
+    return result
 
 
 async def adjust(
@@ -285,8 +313,15 @@ async def start_request(
     tool_name: str,
     user_id: uuid.UUID | None = None,
     client_key: str | None = None,
+    client_ip: IPAddress | None = None,
 ) -> TrackedRequest:
-    params = {"request_id": request_id, "tool_name": tool_name, "user_id": user_id, "client_key": client_key}
+    params = {
+        "request_id": request_id,
+        "tool_name": tool_name,
+        "user_id": user_id,
+        "client_key": client_key,
+        "client_ip": client_ip,
+    }
     return await _one(conn, "start_request", params, TrackedRequest)
 
 
@@ -389,11 +424,13 @@ async def begin_request(
     estimate_usd: Money | None = None,
     ttl: dt.timedelta | None = None,
     input_chars: int | None = None,
+    client_ip: IPAddress | None = None,
 ) -> RequestStart:
     """start_request + estimate + reserve in one transaction; a refused hold writes nothing.
 
     ``input_chars`` is the size of the call's arguments (``api.gateway.metering.input_characters``), from which a
-    tool priced per input character estimates its hold.
+    tool priced per input character estimates its hold. ``client_ip`` is the caller's address
+    (``api.abuse.clientip``), kept on the tracked call for the velocity detector's fan-out rule.
     """
     params = {
         "request_id": request_id,
@@ -403,6 +440,7 @@ async def begin_request(
         "estimate_usd": money_param(estimate_usd, "estimate_usd"),
         "ttl": ttl,
         "input_chars": input_chars,
+        "client_ip": client_ip,
     }
     return await _one(conn, "begin_request", params, RequestStart)
 
@@ -553,3 +591,24 @@ async def list_abuse_events(
     """The audit trail of abuse rules, newest first; ``rule`` may be a dotted prefix ("payments")."""
     params = {"user_id": user_id, "rule": rule, "since": since, "limit": limit}
     return await _rows(conn, "list_abuse_events", params, AbuseEvent)
+
+
+async def detect_velocity(conn: AsyncConn, force: bool = False) -> VelocityRun:
+    """One run of the velocity detector; ``force`` runs even when another ran within half the interval."""
+    return await _one(conn, "detect_velocity", {"force": force}, VelocityRun)
+
+
+async def list_account_flags(
+    conn: AsyncConn, *, user_id: uuid.UUID | None = None, status: str | None = "open", limit: int = 100
+) -> list[AccountFlag]:
+    """Flags raised on accounts, newest first; ``status`` None lists every status."""
+    params = {"user_id": user_id, "status": status, "limit": limit}
+    return await _rows(conn, "list_account_flags", params, AccountFlag)
+
+
+async def decide_account_flag(
+    conn: AsyncConn, flag_id: int, decision: str, actor: str, reason: str
+) -> FlagDecision:
+    """``decision`` is "clear" (reactivates an account the flag paused) or "confirm" (keeps it deactivated)."""
+    params = {"flag_id": flag_id, "decision": decision, "actor": actor, "reason": reason}
+    return await _one(conn, "decide_account_flag", params, FlagDecision)

@@ -50,6 +50,8 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
     ErrorCode("BL014", "unsupported_currency", 422, "the currency is not USD or UAH"),
     ErrorCode("BL015", "unknown_api_key", 404, "no API key with that name"),
     ErrorCode("BL016", "unknown_payment", 404, "no payment intent with that id (for this user)"),
+    ErrorCode("BL030", "refund_cap_exceeded", 409, "refunds to the account in the cap's period would pass the refund cap"),
+    ErrorCode("BL031", "unknown_flag", 404, "no account flag with that id"),
     ErrorCode("BL090", "ledger_append_only", 409, "ledger rows cannot be updated or deleted"),
 )
 
@@ -151,6 +153,18 @@ class UnknownPayment(BillingError):
     sqlstate = "BL016"
 
 
+class RefundCapExceeded(BillingError):
+    """A refund that would take the account's refunds in the cap's period past the cap (velocity.refund_cap_usd):
+    ``detail`` has cap_usd, period_days, refunded_usd, requested_usd and remaining_usd. Nothing was written: the
+    caller records the refusal with ``record_refused_refund``."""
+
+    sqlstate = "BL030"
+
+
+class UnknownFlag(BillingError):
+    sqlstate = "BL031"
+
+
 class LedgerAppendOnly(BillingError):
     sqlstate = "BL090"
 
@@ -174,6 +188,8 @@ EXCEPTIONS: dict[str, type[BillingError]] = {
         UnsupportedCurrency,
         UnknownApiKey,
         UnknownPayment,
+        RefundCapExceeded,
+        UnknownFlag,
         LedgerAppendOnly,
     )
 }

@@ -72,6 +72,8 @@ FUNCTIONS = (
     "create_api_key",
     "create_payment_intent",
     "credit_reviewed_payment",
+    "decide_account_flag",
+    "detect_velocity",
     "ensure_account",
     "estimate_price",
     "expire_payment_intents",
@@ -80,12 +82,14 @@ FUNCTIONS = (
     "ledger_heads",
     "list_abuse_events",
     "list_abuse_policy",
+    "list_account_flags",
     "list_api_keys",
     "list_tool_pricing",
     "open_payment_intents",
     "payment_intent",
     "reap_expired_holds",
     "record_payment_event",
+    "record_refused_refund",
     "refund",
     "release",
     "reserve",
@@ -113,6 +117,7 @@ READ_ONLY = frozenset(
         "ledger_heads",
         "list_abuse_events",
         "list_abuse_policy",
+        "list_account_flags",
         "list_api_keys",
         "list_tool_pricing",
         "open_payment_intents",
@@ -166,6 +171,7 @@ class World:
     tools: list[str]
     payments: list[tuple[str, str]]
     intents: list[uuid.UUID]
+    flags: list[int]
 
 
 # --- the seeded world ------------------------------------------------------------------------------------------
@@ -236,6 +242,10 @@ def _seed_world(db: psycopg.Connection[Any]) -> World:
             payment_ref="fz-pay-review-ref", amount=D(6), currency="USD",
         ),
     )
+    # A spend spike on rich (3 USD in the window, above 10 x a 0.1 USD floor): an open flag to decide.
+    ledger.set_abuse_policy(db, "velocity.min_spend_usd", D("0.1"), "fuzz")
+    assert ledger.detect_velocity(db, force=True).flags_raised == 1
+    flags = [flag.id for flag in ledger.list_account_flags(db)]
     return World(
         users=[rich, poor, inactive, unbilled],
         request_ids=[
@@ -248,6 +258,7 @@ def _seed_world(db: psycopg.Connection[Any]) -> World:
         tools=["priced", "metered", "bounded", "search"],
         payments=[("stripe", "pi-rich"), ("fondy", "order-1")],
         intents=[open_intent.intent_id, paid_intent.intent_id, review_intent.intent_id],
+        flags=flags,
     )
 
 
@@ -392,6 +403,11 @@ TIME_ZONES = st.sampled_from(
         "Europe/Kyiv\n",
     ]
 )
+INETS = st.one_of(
+    st.ip_addresses(),
+    st.sampled_from(["10.0.0.0/8", "::ffff:1.2.3.4", "fe80::1%eth0", "0.0.0.0", "255.255.255.255"]).map(Raw),
+    st.sampled_from(["not-an-ip", "", "300.1.1.1", "1.2.3.4/33", "::1/200", "1.2.3", "1.2.3.4:80"]).map(Raw),
+)
 CURRENCIES = st.sampled_from(["USD", "UAH", "usd", "EUR", "", " USD", "ГРН"])
 TX_TYPES = st.sampled_from(["charge", "refund", "topup", "adjustment", "Charge", ""])
 
@@ -426,6 +442,10 @@ def _strategy(arg: Arg, world: World) -> st.SearchStrategy[Any]:
             base = st.one_of(st.sampled_from([p for _, p in world.payments]), IDENT_TEXT, HOSTILE_TEXT)
         elif name == "p_action":
             base = st.sampled_from(["paid", "failed", "expired", "reversal", "ignore"]) | HOSTILE_TEXT
+        elif name == "p_decision":
+            base = st.sampled_from(["clear", "confirm"]) | HOSTILE_TEXT
+        elif name == "p_status":
+            base = st.sampled_from(["open", "cleared", "confirmed"]) | HOSTILE_TEXT
         elif name == "p_reversal_kind":
             base = st.sampled_from(["refund", "chargeback"]) | HOSTILE_TEXT
         elif name in ("p_reversal_currency",):
@@ -438,7 +458,7 @@ def _strategy(arg: Arg, world: World) -> st.SearchStrategy[Any]:
             base = st.one_of(IDENT_TEXT, HOSTILE_TEXT)
     elif type_ == "bigint":
         base = st.one_of(
-            st.sampled_from(world.transaction_ids),
+            st.sampled_from(world.flags if name == "p_flag_id" else world.transaction_ids),
             st.integers(-(2**63), 2**63 - 1),
             st.integers(2**63, 2**90),
             st.just(Raw("abc")),
@@ -461,6 +481,8 @@ def _strategy(arg: Arg, world: World) -> st.SearchStrategy[Any]:
         base = TIMESTAMPS
     elif type_ == "interval":
         base = INTERVALS
+    elif type_ == "inet":
+        base = INETS
     else:
         raise AssertionError(f"no strategy for {name} {type_}: add one")
     return st.one_of(base, base, base, st.none())

@@ -44,6 +44,8 @@ FITTING_STATUSES: dict[str, set[int]] = {
     "unsupported_currency": {400, 422},
     "unknown_api_key": {404},
     "unknown_payment": {404},
+    "refund_cap_exceeded": {409, 422},
+    "unknown_flag": {404},
     "ledger_append_only": {403, 409, 500},
 }
 
@@ -185,8 +187,16 @@ def _scenarios(db) -> dict[str, Callable[[], Any]]:
         "BL014": lambda: ledger.top_up(db, user_id, D("100.5"), "stripe", "eur-1", currency="EUR"),
         "BL015": lambda: ledger.revoke_api_key(db, "no-such-key"),
         "BL016": lambda: ledger.payment_intent(db, uuid.uuid4()),
+        "BL030": lambda: _refund_cap(db, charged.transaction_id),  # type: ignore[arg-type]
+        "BL031": lambda: ledger.decide_account_flag(db, 424242, "clear", "ops", "a false alarm"),
         "BL090": append_only,
     }
+
+
+def _refund_cap(db, transaction_id: int) -> Any:
+    """A cap of 0.5 USD of refunds per 30 days (this part commits), then a refund of 1 USD."""
+    ledger.set_abuse_policy(db, "velocity.refund_cap_usd", D("0.5"), "test")
+    return ledger.refund(db, transaction_id, D(1), "r", "k-cap")
 
 
 def _daily(db) -> Any:
