@@ -136,6 +136,8 @@ def _route_label(path: str) -> str:
         return "/api/admin/users/{user_id}/" + path.rsplit("/", 1)[-1][:16]
     if path.startswith("/api/admin/transactions/"):
         return "/api/admin/transactions/{id}/refund"
+    if path.startswith("/api/admin/abuse/flags/"):
+        return "/api/admin/abuse/flags/{flag_id}/" + path.rsplit("/", 1)[-1][:16]
     if path.startswith("/api/admin/payments/"):
         return "/api/admin/payments/{intent_id}/credit"
     if path.startswith("/api/payments/"):
@@ -244,6 +246,7 @@ def create_app(
                 tasks.start_soon(_spool_loop, gateway)
                 if gateway.payments.providers:
                     tasks.start_soon(_expiry_loop, gateway)
+                tasks.start_soon(_velocity_loop, gateway)
                 log.info(
                     "gateway ready",
                     extra={
@@ -356,6 +359,28 @@ async def _expiry_loop(gateway: Gateway, interval: float = 300.0) -> None:
                 log.info("payment intents expired", extra={"expired": expired})
         except Exception:
             log.exception("expiring payment intents failed; will retry")
+
+
+async def _velocity_loop(gateway: Gateway) -> None:
+    """Run the velocity detector (billing.detect_velocity: spend spikes, fan-out) every
+    ``[abuse.velocity] check_interval_seconds``, through the operator's login. Every gateway runs it; the ledger
+    lets one run at a time and skips a run within half the interval of another, so several gateways cost what
+    one does. Off when the abuse controls are off, or the interval or the window is 0."""
+    rules = gateway.settings.abuse.velocity
+    if not gateway.settings.abuse.enabled or rules.check_interval_seconds <= 0 or rules.window_minutes <= 0:
+        return
+    while True:
+        await anyio.sleep(rules.check_interval_seconds)
+        try:
+            async with gateway.operator_pool.connection() as conn:
+                run = await aledger.detect_velocity(conn)
+            if run.flags_raised:
+                log.warning(
+                    "velocity flags raised",
+                    extra={"flags_raised": run.flags_raised, "accounts_paused": run.accounts_paused},
+                )
+        except Exception:
+            log.exception("the velocity detector failed; will retry")
 
 
 async def _spool_loop(gateway: Gateway) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as package_version
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 from psycopg_pool import AsyncConnectionPool
@@ -59,11 +60,22 @@ class Gateway:
             self.spool,
             metering=settings.gateway.metering,
             tool_timeout_seconds=settings.gateway.tool_timeout_seconds,
+            review_contact=settings.abuse.velocity.review_contact,
         )
         self.payments = Payments.from_env(self.payments_pool, settings.payment_env)
         self.openapi = openapi
 
     async def call_tool(
-        self, identity: Identity, name: str, arguments: dict[str, Any], *, transport: str, request_id: str | None = None
+        self,
+        identity: Identity,
+        name: str,
+        arguments: dict[str, Any],
+        *,
+        transport: str,
+        request_id: str | None = None,
+        client_ip: IPv4Address | IPv6Address | None = None,
     ) -> CallOutcome:
-        return await self.meter.call(identity, name, arguments, transport=transport, request_id=request_id)
+        """The metered call (``Meter.call``); ``client_ip`` is the caller's address behind trusted proxies."""
+        return await self.meter.call(
+            identity, name, arguments, transport=transport, request_id=request_id, client_ip=client_ip
+        )

@@ -25,6 +25,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api.abuse.clientip import IPAddress, TrustedProxies
 from api.gateway.auth import ANONYMOUS, Identity, identity_of
 from api.gateway.metering import AlreadyCompleted, CallRefused, LedgerUnavailable, UnknownTool, refusal_result
 from api.tools.registry import InvalidArguments
@@ -43,6 +44,14 @@ def _identity(ctx: Any) -> tuple[Identity, str]:
     return ANONYMOUS, "mcp"
 
 
+def _client_ip(gateway: Gateway, ctx: Any) -> IPAddress | None:
+    """The address of the HTTP request carrying the message (behind trusted proxies: the forwarded client)."""
+    request = getattr(ctx, "request", None)
+    if isinstance(request, Request):
+        return TrustedProxies(gateway.settings.abuse.trusted_proxies).client_ip(request.scope)
+    return None
+
+
 def _error(text: str, code: str) -> types.CallToolResult:
     return types.CallToolResult(
         content=[types.TextContent(type="text", text=text)],
@@ -58,7 +67,13 @@ def build_server(gateway: Gateway) -> Server[Any]:
     async def on_call_tool(ctx: Any, params: types.CallToolRequestParams) -> types.CallToolResult:
         identity, transport = _identity(ctx)
         try:
-            outcome = await gateway.call_tool(identity, params.name, dict(params.arguments or {}), transport=transport)
+            outcome = await gateway.call_tool(
+                identity,
+                params.name,
+                dict(params.arguments or {}),
+                transport=transport,
+                client_ip=_client_ip(gateway, ctx),
+            )
         except CallRefused as refused:
             return refusal_result(refused)
         except UnknownTool as exc:

@@ -31,6 +31,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from decimal import Decimal
+from ipaddress import IPv4Address, IPv6Address
 from typing import Any
 
 import anyio
@@ -69,10 +70,14 @@ class UnknownTool(TollgateError):
 
 class CallRefused(TollgateError):
     """The reservation was refused: ``error`` is the database's reason, with its figures. Answered with the
-    refusal's status and code; a spend limit's answer says when to retry (Retry-After)."""
+    refusal's status and code; a spend limit's answer says when to retry (Retry-After). An account paused by
+    a velocity flag (BL004 with ``paused`` in its detail) is told how to reach the operator (``contact``,
+    ``[abuse.velocity] review_contact``) when one is configured."""
 
-    def __init__(self, error: BillingError) -> None:
+    def __init__(self, error: BillingError, contact: str = "") -> None:
         hint = error.hint or ("Top up your balance to continue." if error.sqlstate == "BL001" else None)
+        if contact and error.detail.get("paused") is True:
+            hint = f"{hint} Operator: {contact}." if hint else f"Contact the operator: {contact}."
         super().__init__(
             f"{error.message} {hint}" if hint else error.message,
             status=error.status,
@@ -198,6 +203,7 @@ class Meter:
         *,
         metering: bool,
         tool_timeout_seconds: float,
+        review_contact: str = "",
     ) -> None:
         self.pool = pool
         self.registry = registry
@@ -206,6 +212,7 @@ class Meter:
         self.spool = spool
         self.metering = metering
         self.tool_timeout_seconds = tool_timeout_seconds
+        self.review_contact = review_contact  # told to the caller of an account a velocity flag paused
         # Request ids this process is running, and those it answered 503 with their begin in doubt.
         self._running: set[str] = set()
         self._abandoned: dict[str, None] = {}  # an ordered set: the oldest are evicted first
@@ -218,7 +225,10 @@ class Meter:
         *,
         transport: str,
         request_id: str | None = None,
+        client_ip: IPv4Address | IPv6Address | None = None,
     ) -> CallOutcome:
+        """Run one tool call through the metered flow. ``client_ip`` is the caller's address
+        (``api.abuse.clientip``), kept on the tracked call for the velocity detector's fan-out rule."""
         tool = self.registry.get(tool_name)
         if tool is None:
             self.metrics.tool_calls.labels("(unknown)", transport, "unknown_tool").inc()
@@ -231,7 +241,9 @@ class Meter:
                 result = await self._run(tool_name, arguments, ctx)
                 self.metrics.tool_calls.labels(tool_name, transport, "unmetered").inc()
                 return CallOutcome(None, result, "unmetered")
-            return await self._metered(identity, tool_name, arguments, transport, request_id or uuid.uuid4().hex)
+            return await self._metered(
+                identity, tool_name, arguments, transport, request_id or uuid.uuid4().hex, client_ip
+            )
         finally:
             self.metrics.tool_latency.labels(tool_name).observe(time.perf_counter() - started)
 
@@ -243,7 +255,13 @@ class Meter:
         return result
 
     async def _metered(
-        self, identity: Identity, tool_name: str, arguments: dict[str, Any], transport: str, request_id: str
+        self,
+        identity: Identity,
+        tool_name: str,
+        arguments: dict[str, Any],
+        transport: str,
+        request_id: str,
+        client_ip: IPv4Address | IPv6Address | None = None,
     ) -> CallOutcome:
         try:
             user_id = await self.accounts.user_id(identity)
@@ -255,7 +273,7 @@ class Meter:
         with anyio.CancelScope(shield=True):
             try:
                 start, in_doubt = await self._begin(
-                    request_id, tool_name, user_id, identity.client_key, input_characters(arguments)
+                    request_id, tool_name, user_id, identity.client_key, input_characters(arguments), client_ip
                 )
             except (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout) as exc:
                 log.error("ledger unreachable before %s ran: %s", tool_name, exc, extra={"request_id": request_id})
@@ -265,7 +283,7 @@ class Meter:
                 if error.sqlstate in REFUSALS:
                     self.metrics.refusals.labels(error.code).inc()
                     self.metrics.tool_calls.labels(tool_name, transport, "refused").inc()
-                    raise CallRefused(error) from None
+                    raise CallRefused(error, self.review_contact) from None
                 raise
             # The same request id again: never run (or charge) a call twice. The replays that are ours:
             # the answer to our own resend of a begin_request whose answer was lost, and the caller's
@@ -308,7 +326,13 @@ class Meter:
             self._abandoned.pop(next(iter(self._abandoned)))
 
     async def _begin(
-        self, request_id: str, tool_name: str, user_id: uuid.UUID | None, client_key: str | None, input_chars: int
+        self,
+        request_id: str,
+        tool_name: str,
+        user_id: uuid.UUID | None,
+        client_key: str | None,
+        input_chars: int,
+        client_ip: IPv4Address | IPv6Address | None = None,
     ) -> tuple[RequestStart, bool]:
         """`billing.begin_request`, retried on a lost connection. Returns (its answer, in doubt).
 
@@ -329,7 +353,7 @@ class Meter:
             try:
                 async with self.pool.connection() as conn:
                     start = await aledger.begin_request(
-                        conn, request_id, tool_name, user_id, client_key, input_chars=input_chars
+                        conn, request_id, tool_name, user_id, client_key, input_chars=input_chars, client_ip=client_ip
                     )
                     return start, in_doubt
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:

@@ -50,7 +50,7 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
     ErrorCode("BL014", "unsupported_currency", 422, "the currency is not USD or UAH"),
     ErrorCode("BL015", "unknown_api_key", 404, "no API key with that name"),
     ErrorCode("BL016", "unknown_payment", 404, "no payment intent with that id (for this user)"),
-    ErrorCode("BL030", "refund_cap_exceeded", 409, "refunds to the account in the cap's period would pass the refund cap"),
+    ErrorCode("BL030", "refund_cap_exceeded", 409, "refunds to the account in the period would pass the cap"),
     ErrorCode("BL031", "unknown_flag", 404, "no account flag with that id"),
     ErrorCode("BL090", "ledger_append_only", 409, "ledger rows cannot be updated or deleted"),
 )

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 from starlette.responses import Response
 
+from api.abuse.clientip import TrustedProxies
 from api.gateway.auth import Identity
 from api.gateway.http.envelope import ApiError, error_body, json_response, ok, scoped_request_id
 from api.gateway.http.parsing import idempotency_key, read_json
@@ -29,7 +30,10 @@ async def call_tool(gateway: Gateway, request: Request, caller: Identity) -> Res
         raise ApiError(422, "invalid_arguments", "the body must be the tool's arguments as a JSON object")
     key = idempotency_key(request)
     request_id = None if key is None else scoped_request_id(caller.label, key)
-    outcome = await gateway.call_tool(caller, name, arguments, transport="http", request_id=request_id)
+    client_ip = TrustedProxies(gateway.settings.abuse.trusted_proxies).client_ip(request.scope)
+    outcome = await gateway.call_tool(
+        caller, name, arguments, transport="http", request_id=request_id, client_ip=client_ip
+    )
     result = outcome.result.model_dump(mode="json", by_alias=True, exclude_none=True)
     result.pop("resultType", None)
     if outcome.result.is_error:
