@@ -26,7 +26,7 @@
 -- cost_tracking of users by created_at), so a run costs what the last window holds, not the ledger's size.
 -- Locks: a transaction-scoped advisory lock, velocity_state, new flags, and the user_billing row of each
 -- account it pauses.
--- Errors: none of its own.
+-- Errors: BL009 invalid_argument (force NULL).
 CREATE OR REPLACE FUNCTION billing.detect_velocity(
     p_force boolean DEFAULT false,
     OUT status text, OUT flags_raised integer, OUT accounts_paused integer, OUT spike_candidates integer,
@@ -61,12 +61,16 @@ BEGIN
     spike_candidates := 0;
     fanout_candidates := 0;
     buckets_rolled_up := 0;
+    IF p_force IS NULL THEN
+        RAISE EXCEPTION 'Invalid argument: force must be true or false, not NULL.'
+            USING ERRCODE = 'BL009', DETAIL = jsonb_build_object('field', 'force')::text;
+    END IF;
     IF NOT pg_try_advisory_xact_lock(hashtext('tollgate:billing.detect_velocity')) THEN
         status := 'busy';
         RETURN;
     END IF;
     SELECT * INTO v_state FROM billing.velocity_state FOR UPDATE;
-    IF NOT coalesce(p_force, false) AND v_state.last_run_at IS NOT NULL AND v_interval > 0
+    IF NOT p_force AND v_state.last_run_at IS NOT NULL AND v_interval > 0
        AND v_state.last_run_at > clock_timestamp() - v_interval / 2 * interval '1 second' THEN
         status := 'recent';
         RETURN;

@@ -88,6 +88,15 @@ MATRIX: dict[str, frozenset[str]] = {
         "credit_reviewed_payment": {OP},
         "ledger_heads": {OP},
         "verify_anchors": {OP},
+        # abuse controls: the figures and the audit trail (0010)
+        "set_abuse_policy": {OP},
+        "list_abuse_policy": {OP},
+        "list_abuse_events": {OP},
+        # velocity flags and the refund cap (0012)
+        "detect_velocity": {OP},
+        "list_account_flags": {OP},
+        "decide_account_flag": {OP},
+        "record_refused_refund": {OP},
     }.items()
 }
 
