@@ -39,7 +39,7 @@ def _verify_ledger_after_test(request):
 @pytest.fixture
 def operator(operator_url: str, connect: Any) -> psycopg.Connection[Any]:
     """A connection as the gateway's operator login (the detector's and the decisions' role)."""
-    conn = connect(operator_url)
+    conn: psycopg.Connection[Any] = connect(operator_url)
     api_db.configure(conn)
     return conn
 
