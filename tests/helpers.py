@@ -39,6 +39,10 @@ BILLING_TABLES = (
     "payment_events",
     "payment_reversals",
     "anonymous_usage",
+    "abuse_events",
+    "account_flags",
+    "spend_buckets",
+    "velocity_state",
 )
 
 UTC = dt.UTC

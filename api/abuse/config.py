@@ -209,18 +209,22 @@ class PaymentRules:
 
 @dataclass(frozen=True)
 class VelocityRules:
-    """Velocity flags and refund caps, enforced by the ledger (billing.abuse_policy, names ``velocity.<knob>``)."""
+    """Velocity flags and refund caps, enforced by the ledger (billing.abuse_policy, names ``velocity.<knob>``;
+    billing.detect_velocity and billing.refund). 0 turns a rule off. The defaults here are the defaults the
+    SQL functions use when no figure is stored (keep them equal). ``review_contact`` is not a figure: it is
+    text the gateway adds to the answer of a paused account (how to reach the operator), never stored."""
 
-    window_minutes: int = 10
-    spike_factor: Decimal = Decimal(10)
-    trailing_days: int = 7
-    min_spend_usd: Decimal = Decimal(1)
-    fanout_api_keys: int = 10
-    fanout_ips: int = 20
-    pause: bool = False
-    check_interval_seconds: int = 60
-    refund_cap_usd: Decimal = Decimal(100)
-    refund_cap_days: int = 30
+    window_minutes: int = 10  # the window spend and fan-out are measured over
+    spike_factor: Decimal = Decimal(10)  # a spike: window spend > factor x max(trailing average, min_spend_usd)
+    trailing_days: int = 7  # the period of an account's own average spend per window
+    min_spend_usd: Decimal = Decimal(1)  # the floor of a baseline (an account with no history)
+    fanout_api_keys: int = 10  # more distinct API keys than this in a window: flagged
+    fanout_ips: int = 20  # more distinct client addresses than this in a window: flagged
+    pause: bool = False  # a flag also deactivates the account until an operator clears it
+    check_interval_seconds: int = 60  # how often each gateway runs the detector
+    refund_cap_usd: Decimal = Decimal(100)  # operator refunds to one account per period, at most
+    refund_cap_days: int = 30  # the period of the refund cap
+    review_contact: str = ""  # e.g. "support@example.com": told to a paused account's caller
 
 
 @dataclass(frozen=True)
@@ -252,6 +256,8 @@ class AbuseSettings:
             values = getattr(self, section)
             for item in dataclasses.fields(values):
                 value = getattr(values, item.name)
+                if isinstance(value, str):
+                    continue  # text for the gateway's answers, not a figure the ledger enforces
                 policy[f"{section}.{item.name}"] = Decimal(int(value)) if isinstance(value, bool) else Decimal(value)
         return policy
 

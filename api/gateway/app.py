@@ -36,7 +36,6 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.abuse import connections
-from api.abuse.clientip import TrustedProxies
 from api.abuse.connections import BodyDeadline, BodyTimeout, ConnectionLimits
 from api.errors import TollgateError
 from api.gateway.auth import GatewayAuthBackend, InvalidCredentials, JWTVerifier, load_jwt_key
@@ -244,7 +243,7 @@ def create_app(
         max_body_bytes=settings.gateway.max_body_bytes,
         allowed_hosts=allowed_hosts,
         limits=limits,
-        proxies=TrustedProxies(settings.abuse.trusted_proxies),
+        proxies=gateway.trusted_proxies,
     )
 
     @contextlib.asynccontextmanager
@@ -267,6 +266,7 @@ def create_app(
                 tasks.start_soon(_spool_loop, gateway)
                 if gateway.payments.providers:
                     tasks.start_soon(_expiry_loop, gateway)
+                tasks.start_soon(_velocity_loop, gateway)
                 log.info(
                     "gateway ready",
                     extra={
@@ -432,6 +432,28 @@ async def _expiry_loop(gateway: Gateway, interval: float = 300.0) -> None:
                 log.info("payment intents expired", extra={"expired": expired})
         except Exception:
             log.exception("expiring payment intents failed; will retry")
+
+
+async def _velocity_loop(gateway: Gateway) -> None:
+    """Run the velocity detector (billing.detect_velocity: spend spikes, fan-out) every
+    ``[abuse.velocity] check_interval_seconds``, through the operator's login. Every gateway runs it; the ledger
+    lets one run at a time and skips a run within half the interval of another, so several gateways cost what
+    one does. Off when the abuse controls are off, or the interval or the window is 0."""
+    rules = gateway.settings.abuse.velocity
+    if not gateway.settings.abuse.enabled or rules.check_interval_seconds <= 0 or rules.window_minutes <= 0:
+        return
+    while True:
+        await anyio.sleep(rules.check_interval_seconds)
+        try:
+            async with gateway.operator_pool.connection() as conn:
+                run = await aledger.detect_velocity(conn)
+            if run.flags_raised:
+                log.warning(
+                    "velocity flags raised",
+                    extra={"flags_raised": run.flags_raised, "accounts_paused": run.accounts_paused},
+                )
+        except Exception:
+            log.exception("the velocity detector failed; will retry")
 
 
 async def _spool_loop(gateway: Gateway) -> None:

@@ -64,6 +64,7 @@ class Gateway:
             metering=settings.gateway.metering,
             tool_timeout_seconds=settings.gateway.tool_timeout_seconds,
             sign_in=sign_in_advice(settings.abuse.anonymous.sign_in_url),
+            review_contact=settings.abuse.velocity.review_contact,
         )
         self.trusted_proxies = TrustedProxies(settings.abuse.trusted_proxies)
         self.payments = Payments.from_env(self.payments_pool, settings.payment_env)

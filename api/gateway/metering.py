@@ -80,10 +80,14 @@ class CallRefused(TollgateError):
     """The reservation (or an anonymous call) was refused: ``error`` is the database's reason, with its
     figures. Answered with the refusal's status and code; a spend limit's or a daily quota's answer says
     when to retry (Retry-After); a 401 (sign in) carries the ``WWW-Authenticate`` challenge. ``advice`` is
-    what the gateway adds to the database's hint (how to sign in here)."""
+    what the gateway adds to the database's hint (how to sign in here). An account paused by a velocity
+    flag (BL004 with ``paused`` in its detail) is told how to reach the operator (``contact``,
+    ``[abuse.velocity] review_contact``) when one is configured."""
 
-    def __init__(self, error: BillingError, advice: str | None = None) -> None:
+    def __init__(self, error: BillingError, advice: str | None = None, contact: str = "") -> None:
         hint = error.hint or ("Top up your balance to continue." if error.sqlstate == "BL001" else None)
+        if contact and error.detail.get("paused") is True:
+            hint = f"{hint} Operator: {contact}." if hint else f"Contact the operator: {contact}."
         text = " ".join(part for part in (error.message, hint, advice) if part)
         headers = _retry_after(error)
         if error.status == 401:
@@ -218,6 +222,7 @@ class Meter:
         metering: bool,
         tool_timeout_seconds: float,
         sign_in: str | None = None,
+        review_contact: str = "",
     ) -> None:
         self.pool = pool
         self.registry = registry
@@ -227,6 +232,7 @@ class Meter:
         self.metering = metering
         self.tool_timeout_seconds = tool_timeout_seconds
         self.sign_in = sign_in if sign_in is not None else sign_in_advice()
+        self.review_contact = review_contact  # told to the caller of an account a velocity flag paused
         # Request ids this process is running, and those it answered 503 with their begin in doubt.
         self._running: set[str] = set()
         self._abandoned: dict[str, None] = {}  # an ordered set: the oldest are evicted first
@@ -257,7 +263,9 @@ class Meter:
                 return CallOutcome(None, result, "unmetered")
             if identity.kind == "anonymous":
                 return await self._anonymous(tool_name, arguments, transport, request_id or uuid.uuid4().hex, client_ip)
-            return await self._metered(identity, tool_name, arguments, transport, request_id or uuid.uuid4().hex)
+            return await self._metered(
+                identity, tool_name, arguments, transport, request_id or uuid.uuid4().hex, client_ip
+            )
         finally:
             self.metrics.tool_latency.labels(tool_name).observe(time.perf_counter() - started)
 
@@ -269,7 +277,13 @@ class Meter:
         return result
 
     async def _metered(
-        self, identity: Identity, tool_name: str, arguments: dict[str, Any], transport: str, request_id: str
+        self,
+        identity: Identity,
+        tool_name: str,
+        arguments: dict[str, Any],
+        transport: str,
+        request_id: str,
+        client_ip: IPAddress | None = None,
     ) -> CallOutcome:
         try:
             user_id = await self.accounts.user_id(identity)
@@ -281,7 +295,7 @@ class Meter:
         with anyio.CancelScope(shield=True):
             try:
                 start, in_doubt = await self._begin(
-                    request_id, tool_name, user_id, identity.client_key, input_characters(arguments)
+                    request_id, tool_name, user_id, identity.client_key, input_characters(arguments), client_ip
                 )
             except (psycopg.OperationalError, psycopg.InterfaceError, psycopg_pool.PoolTimeout) as exc:
                 log.error("ledger unreachable before %s ran: %s", tool_name, exc, extra={"request_id": request_id})
@@ -291,7 +305,7 @@ class Meter:
                 if error.sqlstate in REFUSALS:
                     self.metrics.refusals.labels(error.code).inc()
                     self.metrics.tool_calls.labels(tool_name, transport, "refused").inc()
-                    raise CallRefused(error) from None
+                    raise CallRefused(error, contact=self.review_contact) from None
                 raise
             # The same request id again: never run (or charge) a call twice. The replays that are ours:
             # the answer to our own resend of a begin_request whose answer was lost, and the caller's
@@ -334,7 +348,13 @@ class Meter:
             self._abandoned.pop(next(iter(self._abandoned)))
 
     async def _begin(
-        self, request_id: str, tool_name: str, user_id: uuid.UUID | None, client_key: str | None, input_chars: int
+        self,
+        request_id: str,
+        tool_name: str,
+        user_id: uuid.UUID | None,
+        client_key: str | None,
+        input_chars: int,
+        client_ip: IPAddress | None = None,
     ) -> tuple[RequestStart, bool]:
         """`billing.begin_request`, retried on a lost connection. Returns (its answer, in doubt).
 
@@ -355,7 +375,7 @@ class Meter:
             try:
                 async with self.pool.connection() as conn:
                     start = await aledger.begin_request(
-                        conn, request_id, tool_name, user_id, client_key, input_chars=input_chars
+                        conn, request_id, tool_name, user_id, client_key, input_chars=input_chars, client_ip=client_ip
                     )
                     return start, in_doubt
             except (psycopg.OperationalError, psycopg.InterfaceError) as exc:

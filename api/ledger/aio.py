@@ -29,6 +29,7 @@ from api.ledger.types import *  # noqa: F403  (the row types: callers write ledg
 from api.ledger.types import (
     AbuseEvent,
     AbusePolicy,
+    AccountFlag,
     AccountSettings,
     Adjustment,
     AnonymousCall,
@@ -42,6 +43,7 @@ from api.ledger.types import (
     Completion,
     Configuration,
     ExchangeRate,
+    FlagDecision,
     IntentStatus,
     IPAddressParam,
     LedgerHead,
@@ -65,6 +67,7 @@ from api.ledger.types import (
     TrackedRequest,
     Transaction,
     UnbilledCall,
+    VelocityRun,
     Violation,
     WrittenOffCall,
     anchor_params,
@@ -73,6 +76,7 @@ from api.ledger.types import (
 )
 
 AsyncConn = psycopg.AsyncConnection[Any]
+IPAddress = IPv4Address | IPv6Address
 
 
 async def _rows(conn: AsyncConn, query: str, params: dict[str, Any], row_type: type[Row]) -> list[Row]:
@@ -191,14 +195,39 @@ async def top_up(
     return await _one(conn, "top_up", params, TopUp)
 
 
-async def refund(conn: AsyncConn, transaction_id: int, amount_usd: Money, reason: str, idempotency_key: str) -> Refund:
+async def refund(
+    conn: AsyncConn,
+    transaction_id: int,
+    amount_usd: Money,
+    reason: str,
+    idempotency_key: str,
+    actor: str | None = None,
+) -> Refund:
+    """Refund part or all of a charge. ``actor`` is recorded on the ledger row (None: the database login).
+    Past the refund cap this raises ``RefundCapExceeded`` and writes nothing: record the refusal with
+    ``record_refused_refund`` (on a connection whose transaction is not the failed one)."""
     params = {
         "transaction_id": transaction_id,
         "amount_usd": money_param(amount_usd, "amount_usd"),
         "reason": reason,
         "idempotency_key": idempotency_key,
+        "actor": actor,
     }
     return await _one(conn, "refund", params, Refund)
+
+
+async def record_refused_refund(
+    conn: AsyncConn, transaction_id: int, amount_usd: Money, reason: str | None, actor: str | None = None
+) -> int | None:
+    """The abuse event of a refund the cap refused (its id), or None when the refund would not pass the cap."""
+    params = {
+        "transaction_id": transaction_id,
+        "amount_usd": money_param(amount_usd, "amount_usd"),
+        "reason": reason,
+        "actor": actor,
+    }
+    result: int | None = await _value(conn, "record_refused_refund", params)
+    return result
 
 
 async def adjust(
@@ -286,8 +315,15 @@ async def start_request(
     tool_name: str,
     user_id: uuid.UUID | None = None,
     client_key: str | None = None,
+    client_ip: IPAddress | None = None,
 ) -> TrackedRequest:
-    params = {"request_id": request_id, "tool_name": tool_name, "user_id": user_id, "client_key": client_key}
+    params = {
+        "request_id": request_id,
+        "tool_name": tool_name,
+        "user_id": user_id,
+        "client_key": client_key,
+        "client_ip": client_ip,
+    }
     return await _one(conn, "start_request", params, TrackedRequest)
 
 
@@ -394,11 +430,13 @@ async def begin_request(
     estimate_usd: Money | None = None,
     ttl: dt.timedelta | None = None,
     input_chars: int | None = None,
+    client_ip: IPAddress | None = None,
 ) -> RequestStart:
     """start_request + estimate + reserve in one transaction; a refused hold writes nothing.
 
     ``input_chars`` is the size of the call's arguments (``api.gateway.metering.input_characters``), from which a
-    tool priced per input character estimates its hold.
+    tool priced per input character estimates its hold. ``client_ip`` is the caller's address
+    (``api.abuse.clientip``), kept on the tracked call for the velocity detector's fan-out rule.
     """
     params = {
         "request_id": request_id,
@@ -408,6 +446,7 @@ async def begin_request(
         "estimate_usd": money_param(estimate_usd, "estimate_usd"),
         "ttl": ttl,
         "input_chars": input_chars,
+        "client_ip": client_ip,
     }
     return await _one(conn, "begin_request", params, RequestStart)
 
@@ -588,3 +627,24 @@ async def prune_anonymous_usage(conn: AsyncConn, before: dt.date) -> int:
     """Delete the anonymous aggregate's rows of days before ``before`` (never today's); how many."""
     result: int = await _value(conn, "prune_anonymous_usage", {"before": before})
     return result
+
+
+async def detect_velocity(conn: AsyncConn, force: bool = False) -> VelocityRun:
+    """One run of the velocity detector; ``force`` runs even when another ran within half the interval."""
+    return await _one(conn, "detect_velocity", {"force": force}, VelocityRun)
+
+
+async def list_account_flags(
+    conn: AsyncConn, *, user_id: uuid.UUID | None = None, status: str | None = "open", limit: int = 100
+) -> list[AccountFlag]:
+    """Flags raised on accounts, newest first; ``status`` None lists every status."""
+    params = {"user_id": user_id, "status": status, "limit": limit}
+    return await _rows(conn, "list_account_flags", params, AccountFlag)
+
+
+async def decide_account_flag(
+    conn: AsyncConn, flag_id: int, decision: str, actor: str, reason: str
+) -> FlagDecision:
+    """``decision`` is "clear" (reactivates an account the flag paused) or "confirm" (keeps it deactivated)."""
+    params = {"flag_id": flag_id, "decision": decision, "actor": actor, "reason": reason}
+    return await _one(conn, "decide_account_flag", params, FlagDecision)

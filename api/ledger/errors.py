@@ -53,6 +53,8 @@ ERROR_CODES: tuple[ErrorCode, ...] = (
     ErrorCode("BL016", "unknown_payment", 404, "no payment intent with that id (for this user)"),
     ErrorCode("BL040", "anonymous_denied", 401, "the tool is not served to callers without credentials: sign in"),
     ErrorCode("BL041", "anonymous_quota_exceeded", 429, "this anonymous client used the tool's free calls of the day"),
+    ErrorCode("BL030", "refund_cap_exceeded", 409, "refunds to the account in the period would pass the cap"),
+    ErrorCode("BL031", "unknown_flag", 404, "no account flag with that id"),
     ErrorCode("BL090", "ledger_append_only", 409, "ledger rows cannot be updated or deleted"),
 )
 
@@ -162,6 +164,16 @@ class AnonymousQuotaExceeded(BillingError):
     """``detail``: daily_calls (the limit) and resets_at (when it renews)."""
 
     sqlstate = "BL041"
+class RefundCapExceeded(BillingError):
+    """A refund that would take the account's refunds in the cap's period past the cap (velocity.refund_cap_usd):
+    ``detail`` has cap_usd, period_days, refunded_usd, requested_usd and remaining_usd. Nothing was written: the
+    caller records the refusal with ``record_refused_refund``."""
+
+    sqlstate = "BL030"
+
+
+class UnknownFlag(BillingError):
+    sqlstate = "BL031"
 
 
 class LedgerAppendOnly(BillingError):
@@ -189,6 +201,8 @@ EXCEPTIONS: dict[str, type[BillingError]] = {
         UnknownPayment,
         AnonymousDenied,
         AnonymousQuotaExceeded,
+        RefundCapExceeded,
+        UnknownFlag,
         LedgerAppendOnly,
     )
 }

@@ -37,8 +37,8 @@ SELECT * FROM billing.top_up(%(user_id)s, %(amount)s, %(provider)s, %(payment_id
                              %(description)s, %(metadata)s);
 
 -- refund --
--- Give back part or all of a charge.
-SELECT * FROM billing.refund(%(transaction_id)s, %(amount_usd)s, %(reason)s, %(idempotency_key)s);
+-- Give back part or all of a charge (capped per account and period; the actor and reason are audited).
+SELECT * FROM billing.refund(%(transaction_id)s, %(amount_usd)s, %(reason)s, %(idempotency_key)s, %(actor)s);
 
 -- adjust --
 -- Administrative signed correction.
@@ -63,7 +63,7 @@ SELECT * FROM billing.history(%(user_id)s, %(type)s, %(from)s, %(to)s, %(limit)s
 
 -- start_request --
 -- Open the cost-tracking record of a tool call.
-SELECT * FROM billing.start_request(%(request_id)s, %(tool_name)s, %(user_id)s, %(client_key)s);
+SELECT * FROM billing.start_request(%(request_id)s, %(tool_name)s, %(user_id)s, %(client_key)s, %(client_ip)s);
 
 -- complete_request --
 -- Close a tool call's record and bill it in the same transaction.
@@ -111,7 +111,7 @@ SELECT * FROM billing.configure(%(time_zone)s, %(hold_ttl)s);
 -- begin_request --
 -- Pre-flight of a metered call in one round trip: start_request, estimate, reserve.
 SELECT * FROM billing.begin_request(%(request_id)s, %(tool_name)s, %(user_id)s, %(client_key)s, %(estimate_usd)s,
-                                    %(ttl)s, %(input_chars)s);
+                                    %(ttl)s, %(input_chars)s, %(client_ip)s);
 
 -- estimate_price --
 -- The amount held before a call of a tool (of that many input characters, when known).
@@ -224,3 +224,19 @@ SELECT billing.record_anonymous_failure(%(usage_day)s, %(tool_name)s, %(client_n
 -- prune_anonymous_usage --
 -- Delete the anonymous aggregate's rows of days before a date.
 SELECT billing.prune_anonymous_usage(%(before)s) AS deleted;
+
+-- detect_velocity --
+-- Run the velocity detector once (spend spikes, fan-out): raise flags, pause accounts when so configured.
+SELECT * FROM billing.detect_velocity(%(force)s);
+
+-- list_account_flags --
+-- The flags raised on accounts, newest first, filtered by user and status.
+SELECT * FROM billing.list_account_flags(%(user_id)s, %(status)s, %(limit)s);
+
+-- decide_account_flag --
+-- An operator clears or confirms a flag (actor and reason recorded; reactivates an account the flag paused).
+SELECT * FROM billing.decide_account_flag(%(flag_id)s, %(decision)s, %(actor)s, %(reason)s);
+
+-- record_refused_refund --
+-- Record a refund the refund cap refused (after catching BL030), in a statement of its own that commits.
+SELECT billing.record_refused_refund(%(transaction_id)s, %(amount_usd)s, %(reason)s, %(actor)s) AS event_id;

@@ -22,6 +22,7 @@ from api.ledger.types import *  # noqa: F403  (the row types: callers write ledg
 from api.ledger.types import (
     AbuseEvent,
     AbusePolicy,
+    AccountFlag,
     AccountSettings,
     Adjustment,
     AnonymousCall,
@@ -35,6 +36,7 @@ from api.ledger.types import (
     Completion,
     Configuration,
     ExchangeRate,
+    FlagDecision,
     IntentStatus,
     IPAddressParam,
     LedgerHead,
@@ -58,6 +60,7 @@ from api.ledger.types import (
     TrackedRequest,
     Transaction,
     UnbilledCall,
+    VelocityRun,
     Violation,
     WrittenOffCall,
     anchor_params,
@@ -66,6 +69,7 @@ from api.ledger.types import (
 )
 
 Conn = psycopg.Connection[Any]
+IPAddress = IPv4Address | IPv6Address
 
 
 def _rows(conn: Conn, query: str, params: dict[str, Any], row_type: type[Row]) -> list[Row]:
@@ -184,14 +188,39 @@ def top_up(
     return _one(conn, "top_up", params, TopUp)
 
 
-def refund(conn: Conn, transaction_id: int, amount_usd: Money, reason: str, idempotency_key: str) -> Refund:
+def refund(
+    conn: Conn,
+    transaction_id: int,
+    amount_usd: Money,
+    reason: str,
+    idempotency_key: str,
+    actor: str | None = None,
+) -> Refund:
+    """Refund part or all of a charge. ``actor`` is recorded on the ledger row (None: the database login).
+    Past the refund cap this raises ``RefundCapExceeded`` and writes nothing: record the refusal with
+    ``record_refused_refund`` (on a connection whose transaction is not the failed one)."""
     params = {
         "transaction_id": transaction_id,
         "amount_usd": money_param(amount_usd, "amount_usd"),
         "reason": reason,
         "idempotency_key": idempotency_key,
+        "actor": actor,
     }
     return _one(conn, "refund", params, Refund)
+
+
+def record_refused_refund(
+    conn: Conn, transaction_id: int, amount_usd: Money, reason: str | None, actor: str | None = None
+) -> int | None:
+    """The abuse event of a refund the cap refused (its id), or None when the refund would not pass the cap."""
+    params = {
+        "transaction_id": transaction_id,
+        "amount_usd": money_param(amount_usd, "amount_usd"),
+        "reason": reason,
+        "actor": actor,
+    }
+    result: int | None = _value(conn, "record_refused_refund", params)
+    return result
 
 
 def adjust(
@@ -279,8 +308,15 @@ def start_request(
     tool_name: str,
     user_id: uuid.UUID | None = None,
     client_key: str | None = None,
+    client_ip: IPAddress | None = None,
 ) -> TrackedRequest:
-    params = {"request_id": request_id, "tool_name": tool_name, "user_id": user_id, "client_key": client_key}
+    params = {
+        "request_id": request_id,
+        "tool_name": tool_name,
+        "user_id": user_id,
+        "client_key": client_key,
+        "client_ip": client_ip,
+    }
     return _one(conn, "start_request", params, TrackedRequest)
 
 
@@ -387,11 +423,13 @@ def begin_request(
     estimate_usd: Money | None = None,
     ttl: dt.timedelta | None = None,
     input_chars: int | None = None,
+    client_ip: IPAddress | None = None,
 ) -> RequestStart:
     """start_request + estimate + reserve in one transaction; a refused hold writes nothing.
 
     ``input_chars`` is the size of the call's arguments (``api.gateway.metering.input_characters``), from which a
-    tool priced per input character estimates its hold.
+    tool priced per input character estimates its hold. ``client_ip`` is the caller's address
+    (``api.abuse.clientip``), kept on the tracked call for the velocity detector's fan-out rule.
     """
     params = {
         "request_id": request_id,
@@ -401,6 +439,7 @@ def begin_request(
         "estimate_usd": money_param(estimate_usd, "estimate_usd"),
         "ttl": ttl,
         "input_chars": input_chars,
+        "client_ip": client_ip,
     }
     return _one(conn, "begin_request", params, RequestStart)
 
@@ -581,3 +620,24 @@ def prune_anonymous_usage(conn: Conn, before: dt.date) -> int:
     """Delete the anonymous aggregate's rows of days before ``before`` (never today's); how many."""
     result: int = _value(conn, "prune_anonymous_usage", {"before": before})
     return result
+
+
+def detect_velocity(conn: Conn, force: bool = False) -> VelocityRun:
+    """One run of the velocity detector; ``force`` runs even when another ran within half the interval."""
+    return _one(conn, "detect_velocity", {"force": force}, VelocityRun)
+
+
+def list_account_flags(
+    conn: Conn, *, user_id: uuid.UUID | None = None, status: str | None = "open", limit: int = 100
+) -> list[AccountFlag]:
+    """Flags raised on accounts, newest first; ``status`` None lists every status."""
+    params = {"user_id": user_id, "status": status, "limit": limit}
+    return _rows(conn, "list_account_flags", params, AccountFlag)
+
+
+def decide_account_flag(
+    conn: Conn, flag_id: int, decision: str, actor: str, reason: str
+) -> FlagDecision:
+    """``decision`` is "clear" (reactivates an account the flag paused) or "confirm" (keeps it deactivated)."""
+    params = {"flag_id": flag_id, "decision": decision, "actor": actor, "reason": reason}
+    return _one(conn, "decide_account_flag", params, FlagDecision)

@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from psycopg.types.json import Jsonb
 
 __all__ = [  # the row types and Money, re-exported by api.ledger.aio and api.ledger.sync
+    "AccountFlag",
     "AccountSettings",
     "Adjustment",
     "ApiKey",
@@ -31,6 +32,7 @@ __all__ = [  # the row types and Money, re-exported by api.ledger.aio and api.le
     "Completion",
     "Configuration",
     "ExchangeRate",
+    "FlagDecision",
     "IntentStatus",
     "LedgerHead",
     "LimitCheck",
@@ -52,6 +54,7 @@ __all__ = [  # the row types and Money, re-exported by api.ledger.aio and api.le
     "TrackedRequest",
     "Transaction",
     "UnbilledCall",
+    "VelocityRun",
     "Violation",
     "WrittenOffCall",
 ]
@@ -548,6 +551,52 @@ class AnonymousCall:
     calls_today: int
     daily_calls: int | None
     resets_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class VelocityRun:
+    """One run of the velocity detector (billing.detect_velocity). ``status``: ran, busy (another gateway's
+    run holds the lock) or recent (one ran within half the check interval)."""
+
+    status: str
+    flags_raised: int
+    accounts_paused: int
+    spike_candidates: int
+    fanout_candidates: int
+    buckets_rolled_up: int
+
+
+@dataclass(frozen=True)
+class AccountFlag:
+    """A suspicion raised on an account (billing.list_account_flags): the rule, its figures, the decision."""
+
+    id: int
+    user_id: uuid.UUID
+    external_id: str
+    rule: str
+    status: str
+    raised_at: dt.datetime
+    detail: dict[str, Any]
+    paused: bool
+    decided_at: dt.datetime | None
+    decided_by: str | None
+    reason: str | None
+    account_active: bool
+
+
+@dataclass(frozen=True)
+class FlagDecision:
+    """An operator's decision on a flag (billing.decide_account_flag); ``replayed``: it was already so decided."""
+
+    id: int
+    user_id: uuid.UUID
+    rule: str
+    status: str
+    decided_at: dt.datetime
+    decided_by: str
+    reason: str
+    account_active: bool
+    replayed: bool
 
 
 def money_param(value: Money | None, field: str) -> Decimal | None:

@@ -616,6 +616,77 @@ def cmd_abuse(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+# --- tollgate abuse detect / flags (velocity flags) --------------------------------------------------
+
+
+def cmd_abuse_detect(args: argparse.Namespace, settings: Settings) -> int:
+    """`tollgate abuse detect`: run the velocity detector once (billing.detect_velocity), as the operator."""
+    with _ledger_connection(settings) as conn:
+        run = ledger.detect_velocity(conn, force=not args.unless_recent)
+    print(
+        f"velocity: {run.status}; {run.flags_raised} flag(s) raised, {run.accounts_paused} account(s) paused "
+        f"({run.spike_candidates} spend(s) over the floor, {run.fanout_candidates} fan-out(s) over a limit)"
+    )
+    return 0
+
+
+def cmd_abuse_flags(args: argparse.Namespace, settings: Settings) -> int:
+    """`tollgate abuse flags list|clear|confirm`: the flags the velocity detector raised, and the decisions."""
+    with _ledger_connection(settings) as conn:
+        if args.flags_action == "list":
+            user_id = None if args.user is None else _resolve_user(conn, args.user)
+            status = None if args.status == "all" else args.status
+            flags = ledger.list_account_flags(conn, user_id=user_id, status=status, limit=args.limit)
+            for flag in flags:
+                figures = " ".join(f"{key}={_plain(value)}" for key, value in sorted(flag.detail.items()))
+                decision = f" {flag.decided_by}: {flag.reason}" if flag.decided_by else ""
+                print(
+                    f"#{flag.id} {flag.raised_at:%Y-%m-%d %H:%M:%S%z} {flag.status} {flag.rule} "
+                    f"user {flag.user_id} ({flag.external_id}) {'paused' if flag.paused else 'not paused'}, "
+                    f"account {'active' if flag.account_active else 'inactive'}: {figures}{decision}"
+                )
+            print(f"{len(flags)} flag(s)" if flags else "no flags")
+            return 0
+        decided = ledger.decide_account_flag(
+            conn, args.flag_id, args.flags_action, args.actor or _operator(), args.reason
+        )
+    _print_fields(
+        flag_id=decided.id,
+        user_id=decided.user_id,
+        rule=decided.rule,
+        status=decided.status,
+        decided_by=decided.decided_by,
+        reason=decided.reason,
+        account_active=decided.account_active,
+        replayed=decided.replayed,
+    )
+    return 0
+
+
+def add_velocity_commands(abuse_actions: Any) -> None:
+    """`tollgate abuse detect` and `tollgate abuse flags ...`, added to the `abuse` command group."""
+    detect = abuse_actions.add_parser("detect", help="run the velocity detector once (spend spikes, fan-out)")
+    detect.add_argument(
+        "--unless-recent", action="store_true", help="do nothing if a gateway ran it within half its interval"
+    )
+    detect.set_defaults(handler=cmd_abuse_detect)
+    flags = abuse_actions.add_parser("flags", help="list, clear or confirm velocity flags raised on accounts")
+    flags.set_defaults(handler=cmd_abuse_flags)
+    flag_actions = flags.add_subparsers(dest="flags_action", required=True, metavar="ACTION")
+    flags_list = flag_actions.add_parser("list", help="flags, newest first (open ones by default)")
+    flags_list.add_argument("--status", choices=["open", "cleared", "confirmed", "all"], default="open")
+    flags_list.add_argument("--user", help="only this user's flags (id or external subject)")
+    flags_list.add_argument("--limit", type=int, default=100, help="at most this many (1-1000; default 100)")
+    for decision, text in (
+        ("clear", "a false alarm: reactivates an account the flag paused"),
+        ("confirm", "the suspicion holds: the account stays (or is now) deactivated"),
+    ):
+        action = flag_actions.add_parser(decision, help=f"{decision} a flag ({text}); audited")
+        action.add_argument("flag_id", type=int, help="the flag (tollgate abuse flags list shows them)")
+        action.add_argument("--reason", required=True, help="why (recorded on the flag and in the audit trail)")
+        action.add_argument("--actor", help="who decides, for the audit trail (default: cli:<login name>)")
+
+
 # --- parser -------------------------------------------------------------------------------------
 
 
@@ -802,6 +873,7 @@ def build_parser() -> argparse.ArgumentParser:
     abuse_events.add_argument("--since", type=iso_time_arg, help="only events at or after this time (ISO 8601)")
     abuse_events.add_argument("--limit", type=int, default=100, help="at most N events (1-1000, default 100)")
     abuse_actions.add_parser("policy", help="the figures the ledger enforces (billing.abuse_policy)")
+    add_velocity_commands(abuse_actions)
 
     return parser
 

@@ -6,6 +6,8 @@
 -- today's and this month's spend + open holds + amount must stay within the limits unless the admin
 -- override is set. The DETAIL of each refusal is a JSON object with the figures.
 -- Locks: none beyond the caller's.
+-- A deactivated account that an open velocity flag paused (billing.account_flags) is answered as paused
+-- pending review, with the flag's id to quote to the operator (DETAIL: paused, flag_id, rule, raised_at).
 -- Errors: BL004 account_inactive, BL001 insufficient_funds, BL002 daily_limit_exceeded,
 --         BL003 monthly_limit_exceeded.
 CREATE OR REPLACE FUNCTION billing._refuse_unaffordable(
@@ -16,8 +18,21 @@ AS $$
 DECLARE
     v_available numeric := billing._available_usd(p_account.balance_usd, p_account.held_usd, p_account.cooling_usd);
     v_limit     record;
+    v_flag      record;
 BEGIN
     IF NOT p_account.is_active THEN
+        SELECT f.id, f.rule, f.raised_at INTO v_flag
+          FROM billing.account_flags f
+         WHERE f.user_id = p_account.user_id AND f.status = 'open' AND f.paused
+         ORDER BY f.id LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'Account paused pending review: unusual activity on this account paused it at %, and no new charges are taken until an operator has reviewed it.',
+                    to_char(v_flag.raised_at AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS"Z"')
+                USING ERRCODE = 'BL004',
+                      DETAIL = jsonb_build_object('user_id', p_account.user_id, 'paused', true, 'flag_id', v_flag.id,
+                                                  'rule', v_flag.rule, 'raised_at', v_flag.raised_at)::text,
+                      HINT = format('Contact the operator of this gateway about review flag #%s; once it is cleared the account is active again.', v_flag.id);
+        END IF;
         RAISE EXCEPTION 'Account inactive: billing for this user is deactivated, so no new charges are taken.'
             USING ERRCODE = 'BL004',
                   DETAIL = jsonb_build_object('user_id', p_account.user_id)::text,

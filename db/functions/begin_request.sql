@@ -1,7 +1,8 @@
--- billing.begin_request(request_id, tool_name, user_id, client_key, estimate_usd, ttl, input_chars)
+-- billing.begin_request(request_id, tool_name, user_id, client_key, estimate_usd, ttl, input_chars, client_ip)
 --     -> (tracking_id, request_id, status, estimate_usd, reservation_id, reservation_status, available_usd, replayed)
 -- The pre-flight half of a metered tool call, in one transaction and one round trip:
---   1. billing.start_request opens the cost-tracking record (status 'pending');
+--   1. billing.start_request opens the cost-tracking record (status 'pending'), with the caller's address
+--      (client_ip, optional: the velocity detector's fan-out rule counts a user's addresses);
 --   2. the estimate: estimate_usd, or billing.estimate_price(tool_name, input_chars) when NULL — the
 --      tool's declared bound (max_price_usd, or the per-character estimator applied to input_chars, the
 --      size of the call's arguments: the gateway counts the characters of every string value in them, at
@@ -34,6 +35,7 @@
 CREATE OR REPLACE FUNCTION billing.begin_request(
     p_request_id text, p_tool_name text, p_user_id uuid DEFAULT NULL, p_client_key text DEFAULT NULL,
     p_estimate_usd numeric DEFAULT NULL, p_ttl interval DEFAULT NULL, p_input_chars integer DEFAULT NULL,
+    p_client_ip inet DEFAULT NULL,
     OUT tracking_id bigint, OUT request_id text, OUT status text, OUT estimate_usd numeric,
     OUT reservation_id bigint, OUT reservation_status text, OUT available_usd numeric, OUT replayed boolean)
 LANGUAGE plpgsql
@@ -60,7 +62,7 @@ BEGIN
 
     SELECT s.tracking_id, s.request_id, s.status, s.replayed
       INTO tracking_id, request_id, status, replayed
-      FROM billing.start_request(p_request_id, p_tool_name, p_user_id, p_client_key) s;
+      FROM billing.start_request(p_request_id, p_tool_name, p_user_id, p_client_key, p_client_ip) s;
 
     IF replayed THEN
         SELECT r.amount_usd INTO v_held_usd FROM billing.reservations r WHERE r.request_id = p_request_id;
@@ -104,8 +106,8 @@ BEGIN
     ELSE
         reservation_status := 'not_billed';
     END IF;
-    available_usd := v_account.balance_usd - v_account.held_usd;
+    available_usd := billing._available_usd(v_account.balance_usd, v_account.held_usd, v_account.cooling_usd);
 END;
 $$;
 
-GRANT EXECUTE ON FUNCTION billing.begin_request(text, text, uuid, text, numeric, interval, integer) TO tollgate_metering;
+GRANT EXECUTE ON FUNCTION billing.begin_request(text, text, uuid, text, numeric, interval, integer, inet) TO tollgate_metering;

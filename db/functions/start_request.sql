@@ -1,12 +1,17 @@
--- billing.start_request(request_id, tool_name, user_id, client_key) -> (tracking_id, request_id, status, replayed)
+-- billing.start_request(request_id, tool_name, user_id, client_key, client_ip)
+--     -> (tracking_id, request_id, status, replayed)
 -- Opens the cost-tracking record of one tool call (the original CostTracker.createTrackingRecord):
 -- status 'pending'. user_id is the billed user (JWT callers, or an API key bound to a user); API-key
 -- callers are identified by client_key; anonymous calls have neither and are tracked all the same.
+-- client_ip is the caller's address as the gateway saw it (behind trusted proxies: the forwarded client),
+-- kept for the velocity detector's fan-out rule (billing.detect_velocity); optional.
 -- Moves no money. Idempotent on request_id: a replay with the same tool, user and client key returns
--- the original record (replayed = true); anything else is a conflict.
+-- the original record (replayed = true); anything else is a conflict. The address is not compared: a
+-- retry may come from another address, and the record keeps the first one.
 -- Locks: none.  Errors: BL009 invalid_argument, BL007 unknown_user, BL005 idempotency_conflict.
 CREATE OR REPLACE FUNCTION billing.start_request(
     p_request_id text, p_tool_name text, p_user_id uuid DEFAULT NULL, p_client_key text DEFAULT NULL,
+    p_client_ip inet DEFAULT NULL,
     OUT tracking_id bigint, OUT request_id text, OUT status text, OUT replayed boolean)
 LANGUAGE plpgsql
 SECURITY DEFINER
@@ -26,8 +31,8 @@ BEGIN
         PERFORM billing._load_account(p_user_id, v_tz, NULL, false);  -- BL007 when unknown
     END IF;
     request_id := p_request_id;
-    INSERT INTO billing.cost_tracking AS ct (request_id, tool_name, user_id, client_key, created_at)
-    VALUES (p_request_id, p_tool_name, p_user_id, p_client_key, v_now)
+    INSERT INTO billing.cost_tracking AS ct (request_id, tool_name, user_id, client_key, client_ip, created_at)
+    VALUES (p_request_id, p_tool_name, p_user_id, p_client_key, p_client_ip, v_now)
     ON CONFLICT DO NOTHING
     RETURNING ct.id, ct.status INTO tracking_id, status;
     IF tracking_id IS NOT NULL THEN
@@ -49,4 +54,4 @@ BEGIN
 END;
 $$;
 
-GRANT EXECUTE ON FUNCTION billing.start_request(text, text, uuid, text) TO tollgate_metering;
+GRANT EXECUTE ON FUNCTION billing.start_request(text, text, uuid, text, inet) TO tollgate_metering;

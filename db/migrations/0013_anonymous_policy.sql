@@ -1,4 +1,4 @@
--- depends: 0010_abuse
+-- depends: 0012_velocity
 -- The anonymous policy (issue 14, item 2): what a caller without credentials may call, and a bounded
 -- record of what they called.
 --  * tool_pricing.anonymous_policy / anonymous_daily_calls: the operator's setting per tool — 'deny', 'free',

@@ -145,6 +145,9 @@ def test_openapi_names_every_served_route(gateway: Any, gateway_db: str) -> None
         "/api/admin/transactions/{transaction_id}/refund",
         "/api/admin/payments/{intent_id}/credit",
         "/api/admin/abuse/events",
+        "/api/admin/abuse/flags",
+        "/api/admin/abuse/flags/{flag_id}/clear",
+        "/api/admin/abuse/flags/{flag_id}/confirm",
     }
     assert {path for path, _ in served} == expected_paths
     # Every route, bar the endless event streams, is fuzzed by tests/gateway/test_fuzz.py.
@@ -325,6 +328,9 @@ def _targets(real: set[str]) -> st.SearchStrategy[tuple[str, str]]:
             ("POST", f"/api/admin/users/{uuid.uuid4()}/adjust"),
             ("POST", "/api/admin/transactions/1/refund"),
             ("POST", f"/api/admin/payments/{uuid.uuid4()}/credit"),
+            ("GET", "/api/admin/abuse/flags"),
+            ("POST", "/api/admin/abuse/flags/1/clear"),
+            ("POST", "/api/admin/abuse/flags/1/confirm"),
         ]
     ]
     # Every route equally likely, even in a short run.

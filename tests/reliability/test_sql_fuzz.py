@@ -74,6 +74,8 @@ FUNCTIONS = (
     "create_api_key",
     "create_payment_intent",
     "credit_reviewed_payment",
+    "decide_account_flag",
+    "detect_velocity",
     "ensure_account",
     "estimate_price",
     "expire_payment_intents",
@@ -82,6 +84,7 @@ FUNCTIONS = (
     "ledger_heads",
     "list_abuse_events",
     "list_abuse_policy",
+    "list_account_flags",
     "list_api_keys",
     "list_tool_pricing",
     "open_payment_intents",
@@ -90,6 +93,7 @@ FUNCTIONS = (
     "reap_expired_holds",
     "record_anonymous_failure",
     "record_payment_event",
+    "record_refused_refund",
     "refund",
     "release",
     "reserve",
@@ -117,6 +121,7 @@ READ_ONLY = frozenset(
         "ledger_heads",
         "list_abuse_events",
         "list_abuse_policy",
+        "list_account_flags",
         "list_api_keys",
         "list_tool_pricing",
         "open_payment_intents",
@@ -170,6 +175,7 @@ class World:
     tools: list[str]
     payments: list[tuple[str, str]]
     intents: list[uuid.UUID]
+    flags: list[int]
 
 
 # --- the seeded world ------------------------------------------------------------------------------------------
@@ -242,6 +248,10 @@ def _seed_world(db: psycopg.Connection[Any]) -> World:
             payment_ref="fz-pay-review-ref", amount=D(6), currency="USD",
         ),
     )
+    # A spend spike on rich (3 USD in the window, above 10 x a 0.1 USD floor): an open flag to decide.
+    ledger.set_abuse_policy(db, "velocity.min_spend_usd", D("0.1"), "fuzz")
+    assert ledger.detect_velocity(db, force=True).flags_raised == 1
+    flags = [flag.id for flag in ledger.list_account_flags(db)]
     return World(
         users=[rich, poor, inactive, unbilled],
         request_ids=[
@@ -254,6 +264,7 @@ def _seed_world(db: psycopg.Connection[Any]) -> World:
         tools=["priced", "metered", "bounded", "search", "free-quota"],
         payments=[("stripe", "pi-rich"), ("fondy", "order-1")],
         intents=[open_intent.intent_id, paid_intent.intent_id, review_intent.intent_id],
+        flags=flags,
     )
 
 
@@ -423,6 +434,12 @@ TIME_ZONES = st.sampled_from(
         "Europe/Kyiv\n",
     ]
 )
+UNUSUAL_INET = ["10.0.0.0/8", "::ffff:1.2.3.4", "fe80::1%eth0", "255.255.255.255", "0.0.0.0"]  # noqa: S104
+INETS = st.one_of(
+    st.ip_addresses(),
+    st.sampled_from(UNUSUAL_INET).map(Raw),
+    st.sampled_from(["not-an-ip", "", "300.1.1.1", "1.2.3.4/33", "::1/200", "1.2.3", "1.2.3.4:80"]).map(Raw),
+)
 CURRENCIES = st.sampled_from(["USD", "UAH", "usd", "EUR", "", " USD", "ГРН"])
 TX_TYPES = st.sampled_from(["charge", "refund", "topup", "adjustment", "Charge", ""])
 
@@ -459,6 +476,10 @@ def _strategy(arg: Arg, world: World) -> st.SearchStrategy[Any]:
             base = st.one_of(st.sampled_from([p for _, p in world.payments]), IDENT_TEXT, HOSTILE_TEXT)
         elif name == "p_action":
             base = st.sampled_from(["paid", "failed", "expired", "reversal", "ignore"]) | HOSTILE_TEXT
+        elif name == "p_decision":
+            base = st.sampled_from(["clear", "confirm"]) | HOSTILE_TEXT
+        elif name == "p_status":
+            base = st.sampled_from(["open", "cleared", "confirmed"]) | HOSTILE_TEXT
         elif name == "p_reversal_kind":
             base = st.sampled_from(["refund", "chargeback"]) | HOSTILE_TEXT
         elif name in ("p_reversal_currency",):
@@ -471,7 +492,7 @@ def _strategy(arg: Arg, world: World) -> st.SearchStrategy[Any]:
             base = st.one_of(IDENT_TEXT, HOSTILE_TEXT)
     elif type_ == "bigint":
         base = st.one_of(
-            st.sampled_from(world.transaction_ids),
+            st.sampled_from(world.flags if name == "p_flag_id" else world.transaction_ids),
             st.integers(-(2**63), 2**63 - 1),
             st.integers(2**63, 2**90),
             st.just(Raw("abc")),

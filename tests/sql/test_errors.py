@@ -46,6 +46,8 @@ FITTING_STATUSES: dict[str, set[int]] = {
     "unknown_payment": {404},
     "anonymous_denied": {401},
     "anonymous_quota_exceeded": {429},
+    "refund_cap_exceeded": {409, 422},
+    "unknown_flag": {404},
     "ledger_append_only": {403, 409, 500},
 }
 
@@ -192,8 +194,16 @@ def _scenarios(db) -> dict[str, Callable[[], Any]]:
         "BL016": lambda: ledger.payment_intent(db, uuid.uuid4()),
         "BL040": lambda: ledger.begin_anonymous_call(db, "priced-anonymously", None),
         "BL041": lambda: ledger.begin_anonymous_call(db, "quota-of-one", None),
+        "BL030": lambda: _refund_cap(db, charged.transaction_id),  # type: ignore[arg-type]
+        "BL031": lambda: ledger.decide_account_flag(db, 424242, "clear", "ops", "a false alarm"),
         "BL090": append_only,
     }
+
+
+def _refund_cap(db, transaction_id: int) -> Any:
+    """A cap of 0.5 USD of refunds per 30 days (this part commits), then a refund of 1 USD."""
+    ledger.set_abuse_policy(db, "velocity.refund_cap_usd", D("0.5"), "test")
+    return ledger.refund(db, transaction_id, D(1), "r", "k-cap")
 
 
 def _daily(db) -> Any:

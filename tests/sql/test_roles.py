@@ -102,6 +102,11 @@ MATRIX: dict[str, frozenset[str]] = {
         "set_abuse_policy": {OP},
         "list_abuse_policy": {OP},
         "list_abuse_events": {OP},
+        # velocity flags and the refund cap (0012)
+        "detect_velocity": {OP},
+        "list_account_flags": {OP},
+        "decide_account_flag": {OP},
+        "record_refused_refund": {OP},
     }.items()
 }
 

@@ -28,6 +28,7 @@ from api.gateway.http.parsing import (
 )
 from api.jsonio import iso_utc
 from api.ledger import aio as aledger
+from api.ledger.errors import RefundCapExceeded
 
 if TYPE_CHECKING:
     from api.gateway.context import Gateway
@@ -103,11 +104,20 @@ REFUND_BODY = object_schema(
 
 
 async def admin_refund(gateway: Gateway, request: Request, caller: Identity) -> Response:
+    """A refund of a charge, audited with the reason and the administrator. Past the refund cap the ledger refuses
+    (BL030, nothing written) and the refusal is then recorded in a statement of its own (the pool's connections
+    are autocommit), before the 409 is answered."""
     transaction_id = path_int(request, "transaction_id")
     body = await read_body(request, REFUND_BODY)
     amount = money(body["amount_usd"], "amount_usd", positive=True)
     async with gateway.operator_pool.connection() as conn:
-        result = await aledger.refund(conn, transaction_id, amount, body["reason"], body["idempotency_key"])
+        try:
+            result = await aledger.refund(
+                conn, transaction_id, amount, body["reason"], body["idempotency_key"], actor=caller.label
+            )
+        except RefundCapExceeded:
+            await aledger.record_refused_refund(conn, transaction_id, amount, body["reason"], caller.label)
+            raise
     return ok(transaction=asdict(result))
 
 

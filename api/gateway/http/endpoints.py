@@ -35,6 +35,7 @@ from api.gateway.http.admin import (
     admin_refund,
 )
 from api.gateway.http.billing import HISTORY_QUERY, SETTINGS_BODY, balance, history, settings
+from api.gateway.http.flags import DECISION_BODY, FLAGS_QUERY, clear_flag, confirm_flag, list_flags
 from api.gateway.http.ops import health, metrics, openapi
 from api.gateway.http.payments import PROVIDER_NAME, TOPUP_BODY, payment_status, payment_webhook, topup
 from api.gateway.http.tools import call_tool, list_tools
@@ -178,9 +179,40 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "POST",
         "/api/admin/transactions/{transaction_id}/refund",
         admin_refund,
-        "Refund part or all of a charge",
+        "Refund part or all of a charge (capped per account and period: velocity.refund_cap_usd; the reason and "
+        "the administrator are recorded)",
         Access.ADMIN,
         body=REFUND_BODY,
+        responses={409: "past the refund cap (refund_cap_exceeded; the refusal is recorded), or past the charge"},
+        tag="admin",
+    ),
+    Endpoint(
+        "GET",
+        "/api/admin/abuse/flags",
+        list_flags,
+        "Velocity flags raised on accounts (spend spikes, fan-out), newest first; open ones by default",
+        Access.ADMIN,
+        query=FLAGS_QUERY,
+        tag="admin",
+    ),
+    Endpoint(
+        "POST",
+        "/api/admin/abuse/flags/{flag_id}/clear",
+        clear_flag,
+        "Clear a flag (a false alarm; audited with the reason): reactivates an account the flag paused",
+        Access.ADMIN,
+        body=DECISION_BODY,
+        responses={404: "no such flag", 409: "the flag was confirmed already"},
+        tag="admin",
+    ),
+    Endpoint(
+        "POST",
+        "/api/admin/abuse/flags/{flag_id}/confirm",
+        confirm_flag,
+        "Confirm a flag (audited with the reason): the account stays, or is now, deactivated",
+        Access.ADMIN,
+        body=DECISION_BODY,
+        responses={404: "no such flag", 409: "the flag was cleared already"},
         tag="admin",
     ),
     Endpoint(

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from api.abuse.clientip import TrustedProxies
 from api.gateway.auth import Identity
 from api.gateway.http.envelope import ApiError, json_response, ok
 from api.gateway.http.parsing import (
@@ -90,7 +89,7 @@ async def topup(gateway: Gateway, request: Request, caller: Identity) -> Respons
     assert user_id is not None
     # PaymentsUnavailable (503) and AmountOutOfBounds (422) answer as they are; a provider's failure says more.
     # The per-network payment caps count the client's address (behind the configured trusted proxies).
-    client_ip = TrustedProxies(gateway.settings.abuse.trusted_proxies).client_ip(request.scope)
+    client_ip = gateway.client_ip(request.scope)
     # PaymentRefused (429, Retry-After: a payment fraud rule) answers as it is too, before any provider call.
     try:
         started = await gateway.payments.start_payment(
