@@ -9,8 +9,9 @@ In one run, on a private embedded PostgreSQL with `--users` funded JWT users:
    median req/s of ``on`` over ``off``. Target: >= 0.95.
 2. **Flood.** A gateway with the *default* controls, and the same with the controls off (the "before"). A
    paying user (127.0.0.1) makes a billed call every 1/`--paced-rate` seconds; its p50 is measured quiet,
-   then while an anonymous client from another address (127.0.0.2) floods the same priced tool open-loop
-   at `--flood-rate` requests a second (bench/abuse_load.py). The tool is free for anonymous callers here
+   then while an anonymous MCP client from another address (127.0.0.2) floods the same priced tool
+   open-loop with `tools/call` at `--flood-rate` calls a second over 16 sessions (bench/abuse_load.py).
+   The tool is free for anonymous callers here
    (bench/abuse_tools.toml: the worst case: a flood the anonymous policy does not refuse by itself), so
    the rate limits are what stands between the flood and the ledger. The figure is p50 during the flood
    over p50 quiet, for each gateway. Target with the controls on: <= 1.5.
@@ -38,6 +39,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if __package__ in (None, ""):
     sys.path.insert(0, str(ROOT))
 
+from api.abuse.config import RateLimitSettings  # noqa: E402
 from api.ledger import db, roles  # noqa: E402
 from api.ops import embedded, migrate  # noqa: E402
 from bench.gateway import BODY, TOOL, load, raise_open_files_limit, seed, warm  # noqa: E402
@@ -68,7 +70,7 @@ def paced_and_flood(
     paced_args = ["paced", host, port, path, str(seconds), str(paced_rate), token, BODY]
     if flood_rate is None:
         return {"paced": abuse_load(*paced_args)}
-    flood_args = ["flood", host, port, path, str(seconds + 1), str(flood_rate), str(connections), "127.0.0.2", BODY]
+    flood_args = ["mcp-flood", host, port, TOOL, str(seconds + 1), str(flood_rate), str(connections), "127.0.0.2", BODY]
     flood = subprocess.Popen(
         [sys.executable, "-m", "bench.abuse_load", *flood_args], cwd=ROOT, stdout=subprocess.PIPE, text=True
     )
@@ -135,8 +137,15 @@ def flood(
     token = jwts.read_text().split()[0]
     common = {"TOLLGATE_LOG_LEVEL": "WARNING", "TOLLGATE_POOL_MAX": "10", "TOLLGATE_TOOLS_CONFIG": str(TOOLS)}
     report: dict[str, Any] = {}
+    # start_gateway gives test gateways generous rate limits: the flood meets the defaults here.
+    defaults = RateLimitSettings()
+    default_limits = {
+        f"TOLLGATE_ABUSE_RATE_LIMITS_{knob.upper()}": str(getattr(defaults, knob)) for knob in defaults.limits()
+    }
     for mode, enabled in (("on", "true"), ("off", "false")):
-        gateway = start_gateway(url, workdir / f"flood-{mode}", **common, TOLLGATE_ABUSE_ENABLED=enabled)
+        gateway = start_gateway(
+            url, workdir / f"flood-{mode}", **common, **default_limits, TOLLGATE_ABUSE_ENABLED=enabled
+        )
         try:
             quiet = paced_and_flood(gateway, token, seconds, paced_rate, None, connections)
             loud = paced_and_flood(gateway, token, seconds, paced_rate, flood_rate, connections)
@@ -165,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--flood-seconds", type=float, default=20.0)
     parser.add_argument("--flood-rate", type=float, default=500.0)
-    parser.add_argument("--flood-connections", type=int, default=50)
+    # At most mcp_sessions_per_principal (20) sessions of one anonymous address are let in.
+    parser.add_argument("--flood-connections", type=int, default=16)
     parser.add_argument("--paced-rate", type=float, default=5.0, help="the paying user's calls per second")
     args = parser.parse_args(argv)
 

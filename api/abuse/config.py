@@ -110,6 +110,9 @@ class RateLimitSettings:
     webhooks_per_ip: str = "600/minute burst 120"
     # New MCP sessions (POST /mcp without a session id, GET /sse) per client address.
     sessions_per_ip: str = "120/minute burst 30"
+    # Every message on open MCP sessions (POST /mcp with a session id, POST /messages/), refused at the edge before
+    # the MCP SDK parses it: a flood over a few sessions costs the gateway a 429, not a JSON-RPC round.
+    mcp_messages_per_ip: str = "1200/minute burst 240"
 
     def __post_init__(self) -> None:
         self.limits()

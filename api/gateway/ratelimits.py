@@ -11,6 +11,8 @@ limits per principal:
     webhooks    /api/payments/{provider}/webhook                webhooks_per_ip    -
     sessions    a new MCP session: GET /sse, or POST /mcp       sessions_per_ip    -
                 without an Mcp-Session-Id header
+    mcp_messages a message on an open MCP session: POST /mcp   mcp_messages_per_ip -
+                with an Mcp-Session-Id header, POST /messages/
 
 The address is ``api.abuse.clientip`` (the peer, or X-Forwarded-For past trusted proxies); an IPv6 client is
 keyed by its /64, the block one subscriber is given, so rotating addresses within it gains nothing. The
@@ -57,6 +59,7 @@ PER_IP = {
     "topups": "topups_per_ip",
     "webhooks": "webhooks_per_ip",
     "sessions": "sessions_per_ip",
+    "mcp_messages": "mcp_messages_per_ip",
 }
 PER_USER = {"tool_calls": "tool_calls_per_user", "billing": "billing_per_user", "topups": "topups_per_user"}
 PER_API_KEY = {"tool_calls": "tool_calls_per_api_key"}
@@ -75,8 +78,11 @@ def route_classes(scope: Scope) -> tuple[str, ...]:
         return ("webhooks",)
     if path == "/sse" and method == "GET":
         return ("sessions",)
-    if path == "/mcp" and method == "POST" and not any(name == b"mcp-session-id" for name, _ in scope["headers"]):
-        return ("sessions",)
+    if path == "/mcp" and method == "POST":
+        with_session = any(name == b"mcp-session-id" for name, _ in scope["headers"])
+        return ("mcp_messages",) if with_session else ("sessions",)
+    if path.startswith("/messages") and method == "POST":
+        return ("mcp_messages",)
     return ()
 
 

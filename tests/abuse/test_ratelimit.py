@@ -60,6 +60,7 @@ def test_every_default_limit_is_on() -> None:
         "topups_per_user",
         "webhooks_per_ip",
         "sessions_per_ip",
+        "mcp_messages_per_ip",
     }
 
 
