@@ -8,7 +8,8 @@
 - **Body timeout** (``BodyDeadline``): the ASGI ``receive`` of a request whose body has not all arrived
   ``body_timeout_seconds`` after its head answers 408 (``BodyTimeout``) and closes the connection; the
   protocol closes it ``BODY_GRACE_SECONDS`` later anyway if nothing was reading (a 404 whose body trickles on).
-  A request whose body is complete (every GET, every stream) is never timed.
+  A request whose body is complete (every GET, every stream; and, with our protocol, one whose body had
+  all arrived when the application began: ``BODY_COMPLETE_KEY``) is never timed: no cancel scope per call.
 - **Connections** (``server_options``): uvicorn's ``limit_concurrency``: past ``max_connections`` open
   connections a request is answered 503.
 - **MCP sessions and SSE streams** (``ConnectionLimits``): open sessions in total (503) and per principal
@@ -44,6 +45,9 @@ from api.errors import TollgateError
 # After the ASGI answer's 408 (which needs the application to be reading), the protocol closes the connection
 # this much later on its own.
 BODY_GRACE_SECONDS = 2.0
+# Set in a request's ASGI scope by the protocol once its whole body has arrived: a body that is already here
+# (the usual case: a small request in one read, before the application runs) needs no deadline.
+BODY_COMPLETE_KEY = "tollgate.body_complete"
 # How long a refused client is told to wait.
 SESSION_RETRY_AFTER = 60
 TOTAL_RETRY_AFTER = 30
@@ -124,6 +128,8 @@ class _GuardedProtocol(HttpToolsProtocol):
         if self._body_timer is not None:
             self._body_timer.cancel()
             self._body_timer = None
+        if self.scope is not None:
+            self.scope[BODY_COMPLETE_KEY] = True  # type: ignore[literal-required]
         super().on_message_complete()
 
     def handle_websocket_upgrade(self) -> None:

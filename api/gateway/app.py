@@ -36,7 +36,7 @@ from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.abuse import connections
-from api.abuse.connections import BodyDeadline, BodyTimeout, ConnectionLimits
+from api.abuse.connections import BODY_COMPLETE_KEY, BodyDeadline, BodyTimeout, ConnectionLimits
 from api.errors import TollgateError
 from api.gateway.auth import GatewayAuthBackend, InvalidCredentials, JWTVerifier, load_jwt_key
 from api.gateway.config import Settings
@@ -99,9 +99,11 @@ class RequestContextMiddleware:
             request_id_var.reset(token)
             return
         received = 0
-        # Only a request that has a body is timed (GET streams have none).
+        # Only a request whose body is still arriving is timed (GET streams have none; a small body is usually
+        # all here already, as our protocol marks in the scope).
         has_body = (length is not None and length != b"0") or b"transfer-encoding" in headers
-        body_receive = BodyDeadline(receive, self.body_timeout).receive if has_body and self.body_timeout else receive
+        timed = has_body and self.body_timeout and not scope.get(BODY_COMPLETE_KEY)
+        body_receive = BodyDeadline(receive, self.body_timeout).receive if timed else receive
         response_started = False
         # Set once this middleware has answered on its own (a body timeout): what the app sends is dropped.
         answered = False
