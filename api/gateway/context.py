@@ -53,7 +53,8 @@ class Gateway:
         for authority, pool in self.pools.items():
             self.metrics.watch_pool(authority.value, pool)
         self.accounts = Accounts(self.pool)
-        self.rate_limits = RateLimits(settings.abuse, self.accounts, self.metrics.registry)
+        self.trusted_proxies = TrustedProxies(settings.abuse.trusted_proxies)
+        self.rate_limits = RateLimits(settings.abuse, self.trusted_proxies, self.accounts, self.metrics.registry)
         self.spool = Spool(settings.data_dir / "spool")
         self.meter = Meter(
             self.pool,
@@ -66,7 +67,6 @@ class Gateway:
             sign_in=sign_in_advice(settings.abuse.anonymous.sign_in_url),
             review_contact=settings.abuse.velocity.review_contact,
         )
-        self.trusted_proxies = TrustedProxies(settings.abuse.trusted_proxies)
         self.payments = Payments.from_env(self.payments_pool, settings.payment_env)
         self.openapi = openapi
 

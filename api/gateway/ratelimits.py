@@ -50,8 +50,10 @@ from api.gateway.http.payments import PROVIDER_NAME
 
 log = logging.getLogger("tollgate.gateway.ratelimits")
 
-# The scope key under which the per-address checks already spent are kept for the principal's middleware.
+# The scope keys under which the per-address middleware leaves, for the principal's, the checks it spent and
+# the request's classes of route (worked out once a request).
 SPENT_KEY = "tollgate.rate_limit.spent"
+CLASSES_KEY = "tollgate.rate_limit.classes"
 
 PER_IP = {
     "tool_calls": "tool_calls_per_ip",
@@ -99,9 +101,11 @@ def address_key(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str:
 class RateLimits:
     """The gateway's limiter with what it keys on: trusted proxies for addresses, accounts for user ids."""
 
-    def __init__(self, settings: AbuseSettings, accounts: Accounts, registry: CollectorRegistry) -> None:
+    def __init__(
+        self, settings: AbuseSettings, proxies: TrustedProxies, accounts: Accounts, registry: CollectorRegistry
+    ) -> None:
         self.limiter = RateLimiter(settings.rate_limits, enabled=settings.enabled, registry=registry)
-        self.proxies = TrustedProxies(settings.trusted_proxies)
+        self.proxies = proxies
         self.accounts = accounts
 
     @property
@@ -168,7 +172,7 @@ class ClientRateLimitMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self.limits.enabled:
-            classes = route_classes(scope)
+            classes = scope[CLASSES_KEY] = route_classes(scope)
             if classes:
                 checks = self.limits.address_checks(classes, scope)
                 refusal = await self.limits.limiter.hit(checks)
@@ -188,7 +192,7 @@ class PrincipalRateLimitMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self.limits.enabled:
-            classes = route_classes(scope)
+            classes = scope[CLASSES_KEY] if CLASSES_KEY in scope else route_classes(scope)
             checks = await self.limits.principal_checks(classes, identity_of_scope(scope), scope) if classes else []
             if checks:
                 refusal = await self.limits.limiter.hit(checks)
