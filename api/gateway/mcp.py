@@ -33,7 +33,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from api.abuse.clientip import IPAddress, TrustedProxies
+from api.abuse.clientip import TrustedProxies
 from api.abuse.connections import ConnectionLimits, SseGuard, StreamableGuard, StreamableSessionManager
 from api.abuse.ratelimit import Refusal
 from api.gateway.auth import ANONYMOUS, Identity, identity_of
@@ -52,12 +52,6 @@ def _identity(ctx: Any) -> tuple[Identity, str, Request | None]:
         transport = "mcp-sse" if request.url.path.startswith("/messages") else "mcp-http"
         return identity_of(request), transport, request
     return ANONYMOUS, "mcp", None
-
-
-def _client_ip(gateway: Gateway, ctx: Any) -> IPAddress | None:
-    """The address of the HTTP request that carried the message (None without one)."""
-    request = getattr(ctx, "request", None)
-    return gateway.client_ip(request.scope) if isinstance(request, Request) else None
 
 
 def _error(text: str, code: str) -> types.CallToolResult:
@@ -93,7 +87,7 @@ def build_server(gateway: Gateway) -> Server[Any]:
                 params.name,
                 dict(params.arguments or {}),
                 transport=transport,
-                client_ip=_client_ip(gateway, ctx),
+                client_ip=None if request is None else gateway.client_ip(request.scope),
             )
         except CallRefused as refused:
             return refusal_result(refused)
